@@ -1,0 +1,30 @@
+"""parallelize: run a function of one item over many items on every core.
+
+>>> from parallelize import pmap
+>>> pmap(str.upper, ["a", "b"], backend="thread")
+['A', 'B']
+"""
+
+from ._api import imap, pmap
+from ._decorator import ParallelFunction, parallel
+from ._errors import (
+    ParallelizeError,
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+    WorkerCrashedError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ParallelFunction",
+    "ParallelizeError",
+    "RemoteError",
+    "RemoteTraceback",
+    "SerializationError",
+    "WorkerCrashedError",
+    "imap",
+    "parallel",
+    "pmap",
+]

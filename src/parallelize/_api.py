@@ -1,0 +1,153 @@
+"""``pmap`` and ``imap``: validate, pick the backend, hand the job over, apply the error policy.
+
+Everything a user can get wrong is checked here, before any worker starts. Ordering, the progress
+bar and ``on_error`` are done here once, for every backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Sized
+from contextlib import closing
+from typing import Any, TypeVar
+
+from ._backends.base import Batch, Job, get_backend
+from ._options import Options
+from ._progress import open_bar
+from ._serialization import Failure
+from ._worker import in_worker
+
+R = TypeVar("R")
+
+
+def pmap(fn: Callable[..., R], /, *iterables: Iterable[Any], **options: Any) -> list[R]:
+    """Apply ``fn`` to every item in parallel; the list of results, like ``list(map(fn, ...))``.
+
+    Several iterables are zipped like the builtin ``map`` (stopping at the shortest). Options:
+    ``workers``, ``chunksize``, ``ordered``, ``progress``, ``backend``, ``start_method``,
+    ``timeout``, ``retries``, ``on_error``, ``initializer``, ``initargs``,
+    ``max_tasks_per_worker``, ``address`` (see :doc:`api`).
+
+    An exception raised by ``fn`` is re-raised here with its own type, the worker's traceback as
+    ``__cause__`` and a note naming the item's index, and the rest of the map is cancelled; with
+    ``on_error="return"`` it takes the item's place in the list instead.
+
+    >>> pmap(abs, [-1, 2, -3], backend="thread")
+    [1, 2, 3]
+    """
+    return run_list(prepare(fn, iterables, Options.from_kwargs(options, "pmap"), stream=False))
+
+
+def imap(fn: Callable[..., R], /, *iterables: Iterable[Any], **options: Any) -> Iterator[R]:
+    """Like :func:`pmap`, but a lazy iterator: results come as they are ready.
+
+    The input is read lazily with a bounded window in flight, so an endless generator works and
+    memory stays flat. Breaking out of the loop, closing the iterator or dropping it cancels the
+    work still outstanding. With ``ordered=False`` results come in completion order.
+
+    >>> list(imap(len, ["a", "bb"], backend="thread"))
+    [1, 2]
+    """
+    return run_stream(prepare(fn, iterables, Options.from_kwargs(options, "imap"), stream=True))
+
+
+def prepare(
+    fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], options: Options, *, stream: bool
+) -> Job:
+    """Check the call and build the job; every error here is raised before any worker starts."""
+    where = "imap" if stream else "pmap"
+    if not callable(fn):
+        raise TypeError(f"{where}() needs a callable as its first argument, got {fn!r}")
+    if not iterables:
+        raise TypeError(f"{where}() needs at least one iterable of items")
+    iterators = []
+    for position, iterable in enumerate(iterables, start=2):
+        try:
+            iterators.append(iter(iterable))
+        except TypeError:
+            raise TypeError(
+                f"argument {position} to {where}() must be iterable, "
+                f"got {type(iterable).__name__}: {iterable!r:.80}"
+            ) from None
+    total = None
+    if all(isinstance(iterable, Sized) for iterable in iterables):
+        total = min(len(iterable) for iterable in iterables)  # type: ignore[arg-type]
+    resolved = options.resolve()
+    if in_worker() and resolved.backend == "process":
+        resolved = dataclasses.replace(resolved, backend="serial")
+    get_backend(resolved.backend)  # a missing engine fails now, not at the first result
+    star = len(iterators) > 1
+    items: Iterator[Any] = zip(*iterators, strict=False) if star else iterators[0]
+    return Job(fn, items, star, total, resolved, stream)
+
+
+def _values(batch: Batch, raise_first: bool) -> list[Any]:
+    """The batch's values with failures raised, or turned into exception objects."""
+    if not batch.failed:
+        return batch.values
+    values = []
+    for value in batch.values:
+        if type(value) is Failure:
+            error = value.exception()
+            if raise_first:
+                raise error
+            value = error
+        values.append(value)
+    return values
+
+
+def run_list(job: Job) -> list[Any]:
+    """Run a job to completion; the results in input (or completion) order."""
+    options = job.options
+    raise_first = options.on_error == "raise"
+    backend = get_backend(options.backend)
+    bar = open_bar(options.progress, job.total)
+    try:
+        with closing(backend.run(job)) as batches:
+            if not options.ordered:
+                out: list[Any] = []
+                for batch in batches:
+                    out += _values(batch, raise_first)
+                    bar.update(len(batch.values))
+                return out
+            received = []
+            for batch in batches:
+                received.append((batch.start, _values(batch, raise_first)))
+                bar.update(len(batch.values))
+    finally:
+        bar.close()
+    received.sort(key=_start)
+    out = []
+    for _, values in received:
+        out += values
+    return out
+
+
+def _start(pair: tuple[int, list[Any]]) -> int:
+    return pair[0]
+
+
+def run_stream(job: Job) -> Iterator[Any]:
+    """Run a job lazily, yielding results as the consumer asks for them."""
+    options = job.options
+    raise_first = options.on_error == "raise"
+    backend = get_backend(options.backend)
+    bar = open_bar(options.progress, job.total)
+    try:
+        with closing(backend.run(job)) as batches:
+            if not options.ordered:
+                for batch in batches:
+                    values = _values(batch, raise_first)
+                    bar.update(len(values))
+                    yield from values
+                return
+            waiting: dict[int, list[Any]] = {}
+            next_index = 0
+            for batch in batches:
+                waiting[batch.start] = _values(batch, raise_first)
+                bar.update(len(batch.values))
+                while (values := waiting.pop(next_index, None)) is not None:
+                    next_index += len(values)
+                    yield from values
+    finally:
+        bar.close()

@@ -1,0 +1,391 @@
+"""The scheduler shared by the process and thread backends.
+
+It runs in the caller's thread, inside the generator the backend returns: no scheduling thread to
+start, race with or leak. It hands out chunks (adaptive size, a bounded number queued per worker,
+the input read lazily), watches every worker's pipe and liveness in one ``wait``, and turns faults
+into per-item results:
+
+* a worker that dies takes only the item it was running with it (its index is read from the
+  worker's status slot); the rest of its chunk and its queued chunks run again elsewhere;
+* an item past its ``timeout`` has its worker stopped and is treated like a crash, as a
+  ``TimeoutError``;
+* a crashed or timed-out item is run again up to ``retries`` times before its error counts;
+* closing the generator cancels what is queued and gives running items a moment to finish, then
+  stops their workers; Ctrl-C stops busy workers at once.
+
+The pool side (how workers start, talk and die) is a :class:`WorkerSet`.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Final, Generic, TypeVar
+
+from .._chunking import ChunkSizer, split
+from .._errors import WorkerCrashedError
+from .._execute import CANCEL, INDEX, START_NS, TASK, Call, Status
+from .._serialization import Failure, find_unpicklable, unpicklable_error
+from .._worker import CALL_CACHE, CANCELLED, DONE, INIT_FAILED, LOAD
+from .._worker import TASK as TASK_MESSAGE
+from .base import Batch, Job
+
+# Chunks queued per worker: one running and one waiting, so no worker idles during a round trip.
+DEPTH: Final = 2
+# Ordered streaming: how many chunks per worker may run ahead of the oldest unfinished one, which
+# bounds the results buffered for reordering behind one slow item.
+WINDOW: Final = 4
+# After a cancel, how long running items may take to finish before their workers are stopped.
+CANCEL_GRACE: Final = 0.25
+# A chunk whose worker died before starting it is sent again at most this many times.
+MAX_UNSTARTED: Final = 3
+# Shortest wait when polling for timeouts, so a deadline just passed does not spin.
+MIN_POLL: Final = 0.001
+
+DEAD: Final = object()  # the event a WorkerSet reports for a worker that died
+
+
+class WorkerHandle:
+    """The dispatcher's view of one worker."""
+
+    __slots__ = ("budget", "loaded", "queue", "retiring", "status")
+
+    def __init__(self, status: Status, budget: int | None):
+        self.status = status
+        self.queue: collections.deque[int] = collections.deque()  # ids of chunks sent, in order
+        self.loaded: collections.OrderedDict[int, None] = collections.OrderedDict()  # call ids
+        self.budget = budget  # items it may still run (max_tasks_per_worker)
+        self.retiring = False  # it will exit after its queued chunks
+
+
+W = TypeVar("W", bound=WorkerHandle)
+
+
+class WorkerSet(abc.ABC, Generic[W]):
+    """A set of workers as the dispatcher drives it."""
+
+    size: int
+    workers: list[W]
+    broken: bool = False  # discard this set after the map (an initializer failed)
+
+    @abc.abstractmethod
+    def spawn(self) -> W:
+        """Start one more worker."""
+
+    @abc.abstractmethod
+    def encode(self, message: tuple[Any, ...]) -> Any:
+        """A message ready to send; raises if it cannot be serialised."""
+
+    @abc.abstractmethod
+    def load_message(self, call: Call) -> tuple[int, Any]:
+        """An id for ``call`` and the encoded message that loads it into a worker."""
+
+    @abc.abstractmethod
+    def send(self, worker: W, payload: Any) -> None:
+        """Deliver an encoded message; OSError when the worker is gone."""
+
+    @abc.abstractmethod
+    def wait(self, timeout: float | None) -> list[tuple[W, Any]]:
+        """Messages that arrived and deaths (``DEAD``), waiting up to ``timeout`` for one."""
+
+    @abc.abstractmethod
+    def kill(self, worker: W) -> None:
+        """Stop a worker now, whatever it is doing."""
+
+    @abc.abstractmethod
+    def reap(self, worker: W) -> int | None:
+        """Forget a dead or killed worker; its exit code when it has one."""
+
+
+class _Task:
+    __slots__ = ("id", "items", "retries", "start", "unstarted")
+
+    def __init__(self, start: int, items: list[Any], retries: int, unstarted: int = 0):
+        self.id = 0  # assigned when sent
+        self.start = start
+        self.items = items
+        self.retries = retries
+        self.unstarted = unstarted
+
+    def covers(self, index: int) -> bool:
+        return self.start <= index < self.start + len(self.items)
+
+
+class Dispatcher(Generic[W]):
+    """Runs one job on a worker set; iterate :meth:`run` for the batches."""
+
+    def __init__(self, pool: WorkerSet[W], job: Job, next_task_id: Callable[[], int]):
+        options = job.options
+        self._pool = pool
+        self._job = job
+        self._call = Call(job.fn, job.star, options.on_error == "return", options.timeout is not None)
+        self._call_id, self._load = pool.load_message(self._call)
+        self._new_id = next_task_id
+        self._sizer = ChunkSizer(workers=pool.size, fixed=options.chunksize)
+        self._timeout_ns = None if options.timeout is None else int(options.timeout * 1e9)
+        self._bounded = options.ordered and job.stream
+        self._tasks: dict[int, _Task] = {}
+        self._retry: collections.deque[_Task] = collections.deque()
+        self._lookahead: list[Any] = []
+        self._next_index = 0
+        self._exhausted = False
+        self._ready: list[Batch] = []  # results and failures not yet yielded
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> Iterator[Batch]:
+        try:
+            while True:
+                self._fill()
+                if self._tasks:
+                    timeout = 0.0 if self._ready else self._poll_timeout()
+                    for worker, event in self._pool.wait(timeout):
+                        self._handle(worker, event)
+                    if self._timeout_ns is not None:
+                        self._expire()
+                elif not self._ready:
+                    return
+                ready, self._ready = self._ready, []
+                yield from ready
+        except BaseException as exc:
+            self._cancel(now=isinstance(exc, KeyboardInterrupt))
+            raise
+
+    def _handle(self, worker: W, event: Any) -> None:
+        if event is DEAD:
+            self._lost(worker, None)
+            return
+        kind = event[0]
+        if kind == DONE:
+            _, task_id, start, values, seconds, failed = event
+            worker.queue.remove(task_id)
+            self._tasks.pop(task_id)
+            self._sizer.record(items=len(values), seconds=seconds)
+            self._ready.append(Batch(start, values, failed))
+        elif kind == CANCELLED:
+            worker.queue.remove(event[1])
+            self._tasks.pop(event[1])
+        elif kind == INIT_FAILED:
+            self._pool.broken = True
+            failure: Failure = event[1]
+            raise failure.exception()
+
+    # -- handing out work ----------------------------------------------------------------------
+
+    def _fill(self) -> None:
+        while (worker := self._pick_worker()) is not None:
+            task = self._next_task(worker.budget)
+            if task is None:
+                return
+            self._send(worker, task)
+
+    def _pick_worker(self) -> W | None:
+        workers = [w for w in self._pool.workers if not w.retiring]
+        for worker in workers:
+            if not worker.queue:
+                return worker
+        if len(workers) < self._pool.size and self._has_work():
+            return self._pool.spawn()
+        for worker in workers:
+            if len(worker.queue) < DEPTH:
+                return worker
+        return None
+
+    def _has_work(self) -> bool:
+        if self._retry or self._lookahead:
+            return True
+        if not self._exhausted:
+            self._lookahead = split(self._job.items, 1)
+            self._exhausted = not self._lookahead
+        return bool(self._lookahead)
+
+    def _next_task(self, cap: int | None) -> _Task | None:
+        if self._retry:
+            task = self._retry.popleft()
+            if cap is not None and len(task.items) > cap:
+                rest = _Task(task.start + cap, task.items[cap:], task.retries)
+                self._retry.appendleft(rest)
+                task = _Task(task.start, task.items[:cap], task.retries, task.unstarted)
+            return task
+        if self._exhausted and not self._lookahead:
+            return None
+        if self._bounded and self._tasks and self._window_full():
+            return None
+        total = self._job.total
+        size = self._sizer.next_size(None if total is None else total - self._next_index)
+        if cap is not None:
+            size = min(size, cap)
+        items = self._lookahead
+        self._lookahead = []
+        if len(items) < size and not self._exhausted:
+            wanted = size - len(items)
+            more = split(self._job.items, wanted)
+            self._exhausted = len(more) < wanted
+            items += more
+        if not items:
+            return None
+        task = _Task(self._next_index, items, self._job.options.retries)
+        self._next_index += len(items)
+        return task
+
+    def _window_full(self) -> bool:
+        oldest = min(task.start for task in self._tasks.values())
+        if self._retry:
+            oldest = min(oldest, min(task.start for task in self._retry))
+        limit = self._sizer.next_size(None) * self._pool.size * WINDOW
+        return self._next_index - oldest >= limit
+
+    def _send(self, worker: W, task: _Task) -> None:
+        task.id = self._new_id()
+        message = (TASK_MESSAGE, task.id, self._call_id, task.start, task.items, task.retries)
+        try:
+            payload = self._pool.encode(message)
+        except Exception as exc:
+            self._split_unpicklable(task, exc)
+            return
+        self._tasks[task.id] = task
+        worker.queue.append(task.id)
+        if worker.budget is not None:
+            worker.budget -= len(task.items)
+            worker.retiring = worker.budget <= 0
+        try:
+            if self._call_id not in worker.loaded:
+                self._pool.send(worker, self._load)
+                worker.loaded[self._call_id] = None
+                if len(worker.loaded) > CALL_CACHE:
+                    worker.loaded.popitem(last=False)
+            self._pool.send(worker, payload)
+        except OSError:
+            pass  # it died: its sentinel reports that, and the chunk is sent again
+
+    def _split_unpicklable(self, task: _Task, error: Exception) -> None:
+        """An argument could not be pickled: that item fails, the others go on."""
+        found = find_unpicklable(task.items, task.start)
+        if found is None:  # the items pickle one by one: let the real error surface
+            raise error
+        index, exc = found
+        offset = index - task.start
+        failure = Failure(unpicklable_error("argument", index, task.items[offset], exc), index)
+        parts = [
+            _Task(task.start, task.items[:offset], task.retries),
+            _Task(index + 1, task.items[offset + 1 :], task.retries),
+        ]
+        self._retry.extendleft(part for part in reversed(parts) if part.items)
+        self._ready.append(Batch(index, [failure], True))
+
+    # -- faults ---------------------------------------------------------------------------------
+
+    def _lost(self, worker: W, timed_out: int | None) -> None:
+        """Account for a worker that died (or was stopped because item ``timed_out`` overran)."""
+        status = worker.status
+        exitcode = self._pool.reap(worker)
+        tasks = [self._tasks.pop(task_id) for task_id in worker.queue]
+        worker.queue.clear()
+        if not tasks:
+            return
+        running, waiting = tasks[0], tasks[1:]
+        requeue: list[_Task] = []
+        started = status[TASK] == running.id
+        index = timed_out if timed_out is not None else status[INDEX]
+        if started and running.covers(index):
+            offset = index - running.start
+            before = running.items[:offset]
+            after = running.items[offset + 1 :]
+            if before:
+                requeue.append(_Task(running.start, before, running.retries))
+            if running.retries > 0:
+                requeue.append(_Task(index, [running.items[offset]], running.retries - 1))
+            else:
+                error = self._fault(index, exitcode, timed_out is not None)
+                self._ready.append(Batch(index, [Failure(error, index)], True))
+            if after:
+                requeue.append(_Task(index + 1, after, running.retries))
+        elif not started and running.unstarted < MAX_UNSTARTED:
+            running.unstarted += 1
+            requeue.append(running)
+        else:
+            indices = range(running.start, running.start + len(running.items))
+            error = self._fault(None, exitcode, False)
+            self._ready.append(Batch(running.start, [Failure(error, i) for i in indices], True))
+        requeue.extend(waiting)
+        self._retry.extendleft(reversed(requeue))
+
+    def _fault(self, index: int | None, exitcode: int | None, timed_out: bool) -> BaseException:
+        if timed_out:
+            return TimeoutError(
+                f"the item at index {index} ran longer than the timeout of "
+                f"{self._job.options.timeout} s; its worker was stopped and replaced"
+            )
+        where = "an unknown item" if index is None else f"the item at index {index}"
+        return WorkerCrashedError(
+            f"a worker process {describe_exit(exitcode)} while running {where}",
+            index=index,
+            exitcode=exitcode,
+        )
+
+    def _poll_timeout(self) -> float | None:
+        if self._timeout_ns is None:
+            return None
+        now = time.monotonic_ns()
+        soonest = self._timeout_ns
+        for worker in self._pool.workers:
+            if worker.queue and worker.status[TASK] == worker.queue[0]:
+                soonest = min(soonest, worker.status[START_NS] + self._timeout_ns - now)
+        return max(MIN_POLL, soonest / 1e9)
+
+    def _expire(self) -> None:
+        assert self._timeout_ns is not None
+        now = time.monotonic_ns()
+        for worker in list(self._pool.workers):
+            if not worker.queue:
+                continue
+            task = self._tasks[worker.queue[0]]
+            status = worker.status
+            index = status[INDEX]  # read before START_NS: see _execute's write order
+            if (
+                status[TASK] == task.id
+                and task.covers(index)
+                and now - status[START_NS] > self._timeout_ns
+            ):
+                self._pool.kill(worker)
+                self._lost(worker, index)
+
+    def _cancel(self, *, now: bool) -> None:
+        """Stop the work still outstanding; leave the pool clean for the next map."""
+        busy = [w for w in self._pool.workers if w.queue]
+        if not busy:
+            return
+        if not now:
+            last = max(self._tasks, default=0)
+            for worker in busy:
+                worker.status[CANCEL] = last
+            deadline = time.monotonic() + CANCEL_GRACE
+            while (remaining := deadline - time.monotonic()) > 0 and any(w.queue for w in busy):
+                for worker, event in self._pool.wait(remaining):
+                    if event is DEAD:
+                        self._pool.reap(worker)
+                        worker.queue.clear()
+                    elif event[0] in (DONE, CANCELLED):
+                        worker.queue.remove(event[1])
+        for worker in busy:
+            if worker.queue and worker in self._pool.workers:
+                self._pool.kill(worker)
+                self._pool.reap(worker)
+                worker.queue.clear()
+        self._tasks.clear()
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """'was killed by SIGKILL', 'exited with code 3', ... for error messages."""
+    if exitcode is None:
+        return "stopped responding"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"was killed by {name} (exit code {exitcode})"
+    return f"exited with code {exitcode}"

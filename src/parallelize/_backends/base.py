@@ -1,0 +1,92 @@
+"""The interface every backend implements, and the lookup that imports a backend only when used.
+
+A backend receives a :class:`Job` (the callable, a lazy iterator of items and the resolved options)
+and yields :class:`Batch` objects in completion order. Everything else, ordering, the progress bar
+and the error policy, is done once for all backends in ``parallelize._api``. Closing the generator
+a backend returns must cancel the work still outstanding and leave the backend reusable.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+from .._options import Resolved
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    """One map: ``fn`` over ``items``, item ``i`` being input index ``i``."""
+
+    fn: Callable[..., Any]
+    items: Iterator[Any]  # one argument each, or argument tuples when ``star``
+    star: bool
+    total: int | None  # the number of items, when the input has a length
+    options: Resolved
+    stream: bool = False  # results are consumed as they come (imap), so look-ahead is bounded
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Batch:
+    """Results of the consecutive input indices ``start, start + 1, ...``.
+
+    ``failed`` says whether some of ``values`` are :class:`~parallelize._serialization.Failure`
+    objects, so the common case needs no scan.
+    """
+
+    start: int
+    values: list[Any]
+    failed: bool
+
+
+class Backend(abc.ABC):
+    """Runs jobs. One instance per backend name lives for the whole interpreter."""
+
+    name: str
+
+    @abc.abstractmethod
+    def run(self, job: Job) -> Iterator[Batch]:
+        """Yield the job's results as they complete; closing the iterator cancels the rest."""
+
+    def shutdown(self) -> None:  # noqa: B027 - most backends hold nothing between maps
+        """Release whatever is kept warm between maps (called at interpreter exit)."""
+
+
+# backend name -> (module, class, extra to install when its engine is missing)
+_REGISTRY: Final = {
+    "process": ("parallelize._backends.process", "ProcessBackend", None),
+    "thread": ("parallelize._backends.thread", "ThreadBackend", None),
+    "serial": ("parallelize._backends.serial", "SerialBackend", None),
+    "dask": ("parallelize._backends.dask", "DaskBackend", "dask"),
+    "ray": ("parallelize._backends.ray", "RayBackend", "ray"),
+}
+_instances: dict[str, Backend] = {}
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name``, importing it (and its engine) on first use."""
+    backend = _instances.get(name)
+    if backend is None:
+        module_name, class_name, _ = _REGISTRY[name]
+        module = importlib.import_module(module_name)
+        backend = _instances[name] = getattr(module, class_name)()
+    return backend
+
+
+def loaded_backends() -> list[Backend]:
+    """The backends started so far, for shutdown."""
+    return list(_instances.values())
+
+
+def missing_engine(extra: str, module: str, error: ImportError) -> ImportError:
+    """An ImportError that tells the user which extra brings the engine."""
+    message = (
+        f"backend={extra!r} needs {module}, which is not installed; "
+        f'install it with: pip install "parallelize[{extra}]"'
+    )
+    new = ImportError(message, name=module)
+    new.__cause__ = error
+    return new

@@ -1,0 +1,255 @@
+"""The process backend: a warm pool of worker processes, reused from map to map.
+
+Each worker has its own pipe, so the dispatcher knows exactly which chunks a worker holds, and a
+status slot in a shared array, so it knows which item it is running. Workers are started from a
+``multiprocessing`` context with the chosen start method, lazily, up to ``workers`` of them. The
+pool lives until its configuration changes or the interpreter exits; a second map running at the
+same time (another thread, or two interleaved ``imap`` loops) gets a private pool of its own.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.util  # imported before our atexit hook, so that ours runs first
+import os
+import pickle
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any, Final, NamedTuple
+
+from .._execute import SLOT_WIDTH, Call
+from .._serialization import dumps, dumps_function
+from .._worker import LOAD, process_main
+from ._dispatch import DEAD, Dispatcher, WorkerHandle, WorkerSet
+from .base import Backend, Batch, Job, loaded_backends
+
+# At shutdown, how long idle workers get to exit on their own before they are killed.
+SHUTDOWN_GRACE: Final = 2.0
+# Maps whose function pickles to the same bytes share one id, so a warm worker loads it once.
+CALL_IDS_KEPT: Final = 64
+
+
+class _PoolKey(NamedTuple):
+    start_method: str
+    workers: int
+    init_blob: bytes | None
+    max_items: int | None
+
+
+class _Worker(WorkerHandle):
+    __slots__ = ("conn", "process", "slot")
+
+    def __init__(self, process: Any, conn: Any, slot: int, status: Any, budget: int | None):
+        super().__init__(status, budget)
+        self.process = process
+        self.conn = conn
+        self.slot = slot
+
+
+class ProcessPool(WorkerSet[_Worker]):
+    """Worker processes of one configuration."""
+
+    def __init__(self, key: _PoolKey):
+        self.key = key
+        self.size = key.workers
+        self.workers = []
+        self._context = multiprocessing.get_context(key.start_method)
+        # Twice the size: a retiring worker and its replacement may both hold a slot for a moment.
+        slots = 2 * key.workers
+        self._status_array = self._context.RawArray("q", slots * SLOT_WIDTH)
+        view = memoryview(self._status_array).cast("B").cast("q")
+        self._views = [view[i * SLOT_WIDTH : (i + 1) * SLOT_WIDTH] for i in range(slots)]
+        self._free_slots = list(range(slots - 1, -1, -1))
+        self._call_ids: dict[bytes, int] = {}
+        self._ids = itertools.count(1)
+
+    def new_task_id(self) -> int:
+        return next(self._ids)
+
+    def spawn(self) -> _Worker:
+        slot = self._free_slots.pop()
+        for index in range(SLOT_WIDTH - 1):  # keep CANCEL: ids only grow, so it stays harmless
+            self._views[slot][index] = -1
+        parent_conn, child_conn = self._context.Pipe()
+        inherited: list[int] = []
+        if self.key.start_method == "fork":
+            # A forked child inherits the parent's ends of every pipe: it must close them, or a
+            # worker never sees end-of-file when the parent dies.
+            inherited = [w.conn.fileno() for w in self.workers] + [parent_conn.fileno()]
+        process = self._context.Process(
+            target=process_main,
+            args=(child_conn, self._status_array, slot, self.key.init_blob, self.key.max_items,
+                  inherited),
+            name=f"parallelize-worker-{slot}",
+        )
+        try:
+            process.start()
+        except BaseException:
+            self._free_slots.append(slot)
+            parent_conn.close()
+            raise
+        finally:
+            child_conn.close()
+        worker = _Worker(process, parent_conn, slot, self._views[slot], self.key.max_items)
+        self.workers.append(worker)
+        return worker
+
+    def encode(self, message: tuple[Any, ...]) -> bytes:
+        return dumps(message)
+
+    def load_message(self, call: Call) -> tuple[int, bytes]:
+        blob = dumps_function(call, call.fn)
+        call_id = self._call_ids.get(blob)
+        if call_id is None:
+            if len(self._call_ids) >= CALL_IDS_KEPT:
+                self._call_ids.clear()
+            call_id = self._call_ids[blob] = self.new_task_id()
+        return call_id, _load_payload(call_id, blob)
+
+    def send(self, worker: _Worker, payload: bytes) -> None:
+        worker.conn.send_bytes(payload)
+
+    def wait(self, timeout: float | None) -> list[tuple[_Worker, Any]]:
+        watched: dict[Any, _Worker] = {}
+        for worker in self.workers:
+            watched[worker.conn] = worker
+            watched[worker.process.sentinel] = worker
+        ready = multiprocessing.connection.wait(list(watched), timeout)
+        events: list[tuple[_Worker, Any]] = []
+        dead: list[_Worker] = []
+        for obj in ready:
+            worker = watched[obj]
+            if obj is worker.conn:
+                try:
+                    events.append((worker, pickle.loads(worker.conn.recv_bytes())))
+                except (EOFError, OSError):
+                    dead.append(worker)
+            elif worker not in dead:
+                dead.append(worker)
+        for worker in dict.fromkeys(dead):
+            events.extend((worker, message) for message in _drain(worker.conn))
+            events.append((worker, DEAD))
+        return events
+
+    def kill(self, worker: _Worker) -> None:
+        try:
+            os.kill(worker.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, TypeError):
+            pass
+
+    def reap(self, worker: _Worker) -> int | None:
+        worker.process.join()
+        worker.conn.close()
+        if worker in self.workers:
+            self.workers.remove(worker)
+            self._free_slots.append(worker.slot)
+        exitcode: int | None = worker.process.exitcode
+        worker.process.close()
+        return exitcode
+
+    def close(self) -> None:
+        """Stop every worker: end-of-file first, then a kill for any that lingers."""
+        for worker in self.workers:
+            worker.conn.close()
+        for worker in self.workers:
+            worker.process.join(SHUTDOWN_GRACE)
+            if worker.process.exitcode is None:
+                self.kill(worker)
+                worker.process.join()
+        self.workers.clear()
+
+
+def _load_payload(call_id: int, blob: bytes) -> bytes:
+    return pickle.dumps((LOAD, call_id, _Blob(blob)), 5)
+
+
+class _Blob:
+    """A pickled Call inside a LOAD message: unpickled as the Call itself, in the worker."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes):
+        self.blob = blob
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pickle.loads, (self.blob,))
+
+
+def _drain(conn: Any) -> Iterator[Any]:
+    """Messages a dead worker sent before it died."""
+    try:
+        while conn.poll():
+            yield pickle.loads(conn.recv_bytes())
+    except (EOFError, OSError):
+        return
+
+
+class ProcessBackend(Backend):
+    """Runs jobs on a warm :class:`ProcessPool`."""
+
+    name = "process"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ProcessPool | None = None
+        self._busy = False
+
+    def run(self, job: Job) -> Iterator[Batch]:
+        options = job.options
+        init_blob = None
+        if options.initializer is not None:
+            init_blob = dumps_function((options.initializer, options.initargs), options.initializer)
+        key = _PoolKey(options.start_method, options.workers, init_blob,
+                       options.max_tasks_per_worker)
+        pool, shared = self._checkout(key)
+        try:
+            yield from Dispatcher(pool, job, pool.new_task_id).run()
+        finally:
+            self._checkin(pool, shared)
+
+    def _checkout(self, key: _PoolKey) -> tuple[ProcessPool, bool]:
+        with self._lock:
+            if self._busy:
+                return ProcessPool(key), False
+            self._busy = True
+            old = self._pool
+            if old is not None and old.key == key:
+                return old, True
+            self._pool = None
+        if old is not None:
+            old.close()
+        pool = ProcessPool(key)
+        with self._lock:
+            self._pool = pool
+        return pool, True
+
+    def _checkin(self, pool: ProcessPool, shared: bool) -> None:
+        if not shared:
+            pool.close()
+            return
+        if pool.broken:
+            pool.close()
+        with self._lock:
+            if pool.broken and self._pool is pool:
+                self._pool = None
+            self._busy = False
+
+    def shutdown(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+
+def _shutdown_all() -> None:
+    for backend in loaded_backends():
+        backend.shutdown()
+
+
+# Registered after multiprocessing.util's own exit hook, so it runs before it (atexit is LIFO):
+# otherwise multiprocessing joins our still-running workers first and interpreter exit hangs.
+atexit.register(_shutdown_all)

@@ -1,0 +1,88 @@
+"""Chunk sizing and batching: pure functions, no processes.
+
+Items travel in chunks so that the fixed cost of a round trip to a worker (pickling, a pipe write,
+a wake-up: tens of microseconds) is spread over many tiny items, while long or uneven items still
+travel a few at a time so that every worker stays busy until the end.
+
+The automatic size aims for a chunk that takes about ``TARGET_SECONDS`` in a worker, measured from
+the chunks that came back; it never gives one worker more than its share of what is left, so the
+tail of a map is balanced.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from typing import Any
+
+# A chunk of ~10 ms keeps the per-chunk overhead (~50 us) near 0.5% of the work while the tail
+# imbalance stays far below the 5% of even a one-second map.
+TARGET_SECONDS = 0.01
+# Growth per measured chunk: trust a new measurement quickly, but not a single noisy one blindly.
+MAX_GROWTH = 16
+# Above this many items a chunk's pickle grows past a few MB without any gain in throughput.
+MAX_CHUNK = 65536
+# Each worker should get at least this many chunks of what is left, for load balance at the end.
+SHARES_PER_WORKER = 2
+
+
+def split(items: Iterator[Any], size: int) -> list[Any]:
+    """The next ``size`` items of an iterator, fewer at its end.
+
+    >>> it = iter(range(5))
+    >>> split(it, 2), split(it, 2), split(it, 2), split(it, 2)
+    ([0, 1], [2, 3], [4], [])
+    """
+    return list(itertools.islice(items, size))
+
+
+def balanced_size(remaining: int, workers: int) -> int:
+    """The largest chunk that leaves every worker ``SHARES_PER_WORKER`` shares of what is left.
+
+    >>> balanced_size(1000, 2)
+    250
+    >>> balanced_size(3, 4)
+    1
+    """
+    return max(1, math.ceil(remaining / (workers * SHARES_PER_WORKER)))
+
+
+class ChunkSizer:
+    """Chooses the size of the next chunk: fixed when the user gave one, else adaptive.
+
+    >>> s = ChunkSizer(workers=2, fixed=None)
+    >>> s.next_size(remaining=None)
+    1
+    >>> s.record(items=1, seconds=1e-6)   # 1 us per item: grow, at most MAX_GROWTH times
+    >>> s.next_size(remaining=None)
+    16
+    >>> s.record(items=16, seconds=0.16)  # 10 ms per item: one item per chunk
+    >>> s.next_size(remaining=None)
+    1
+    >>> ChunkSizer(workers=2, fixed=100).next_size(remaining=10)
+    100
+    """
+
+    __slots__ = ("_fixed", "_size", "_workers")
+
+    def __init__(self, *, workers: int, fixed: int | None):
+        self._workers = workers
+        self._fixed = fixed
+        self._size = 1
+
+    def next_size(self, remaining: int | None) -> int:
+        """Items for the next chunk; ``remaining`` is how many are left when that is known."""
+        if self._fixed is not None:
+            return self._fixed
+        if remaining is None:
+            return self._size
+        return min(self._size, balanced_size(remaining, self._workers))
+
+    def record(self, *, items: int, seconds: float) -> None:
+        """Learn from a chunk of ``items`` that took ``seconds`` in a worker."""
+        if self._fixed is not None or items <= 0:
+            return
+        per_item = max(seconds / items, 1e-9)
+        wanted = max(1, int(TARGET_SECONDS / per_item))
+        self._size = min(wanted, self._size * MAX_GROWTH, MAX_CHUNK)

@@ -1,0 +1,80 @@
+"""Running one chunk of items: the loop every backend's worker shares.
+
+A worker publishes what it is doing in a small status slot (shared memory for processes, a list
+for threads) so the dispatcher can tell, without any message, which item a dead or stuck worker
+was running and since when, and can ask it to skip chunks of a cancelled map.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, MutableSequence
+from typing import Any
+
+from ._serialization import Failure
+
+# Status slot layout: one int64 each.
+TASK = 0  # id of the chunk being run
+INDEX = 1  # input index of the item being run
+START_NS = 2  # time.monotonic_ns() when that item started (only kept up when a timeout is set)
+CANCEL = 3  # written by the dispatcher: chunks with an id up to this one are to be skipped
+SLOT_WIDTH = 4
+
+Status = MutableSequence[int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Call:
+    """What a worker needs to know about a map, sent once per map."""
+
+    fn: Callable[..., Any]
+    star: bool  # the items are argument tuples (several iterables)
+    keep_going: bool  # on_error="return": finish the chunk after a failure
+    timed: bool  # a timeout is set: keep START_NS up to date
+
+
+def run_chunk(
+    call: Call, task_id: int, start: int, items: list[Any], retries: int, status: Status
+) -> tuple[list[Any], float] | None:
+    """Run ``items`` (input indices from ``start``); their values and the seconds it took.
+
+    A failing item is retried up to ``retries`` times, then stands in the values as a
+    :class:`Failure`; without ``keep_going`` the chunk stops there. Returns None when the
+    dispatcher cancelled the chunk before or while it ran.
+    """
+    fn, star, timed = call.fn, call.star, call.timed
+    status[TASK] = task_id
+    values: list[Any] = []
+    append = values.append
+    began = time.perf_counter()
+    index = start
+    for item in items:
+        if status[CANCEL] >= task_id:
+            return None
+        status[INDEX] = index
+        if timed:
+            status[START_NS] = time.monotonic_ns()
+        try:
+            append(fn(*item) if star else fn(item))
+        except BaseException as exc:  # the worker must outlive anything the user raises
+            outcome = _retry(call, item, index, retries, exc, status)
+            append(outcome)
+            if isinstance(outcome, Failure) and not call.keep_going:
+                break
+        index += 1
+    return values, time.perf_counter() - began
+
+
+def _retry(
+    call: Call, item: Any, index: int, retries: int, error: BaseException, status: Status
+) -> Any:
+    """Run a failed item again up to ``retries`` times: its value, or the last failure."""
+    for _ in range(retries):
+        if call.timed:
+            status[START_NS] = time.monotonic_ns()
+        try:
+            return call.fn(*item) if call.star else call.fn(item)
+        except BaseException as exc:
+            error = exc
+    return Failure.capture(error, index)

@@ -1,0 +1,165 @@
+"""The loop a worker runs, in a process of the pool or in a thread of the thread backend.
+
+Messages in:  ``(LOAD, call_id, call)`` once per map and worker, ``(TASK, task_id, call_id, start,
+items, retries)`` per chunk, ``None`` to stop. Messages out: ``(DONE, task_id, start, values,
+seconds, failed)`` or ``(CANCELLED, task_id)`` per chunk, and ``(INIT_FAILED, failure)`` when the initializer
+raised. In a process the messages are pickled over a pipe; a thread passes them as they are.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from ._execute import SLOT_WIDTH, Call, Status, run_chunk
+from ._serialization import Failure, dumps, find_unpicklable, unpicklable_error
+
+LOAD: Final = 0
+TASK: Final = 1
+DONE: Final = 2
+CANCELLED: Final = 3
+INIT_FAILED: Final = 4
+
+# How many maps' functions a worker keeps; the dispatcher mirrors this to know what to resend.
+CALL_CACHE: Final = 16
+# After its parent is gone, a worker busy in a long item gets this long before it exits anyway,
+# so that no orphan outlives the caller.
+ORPHAN_GRACE: Final = 1.0
+
+_in_worker = False
+
+
+def in_worker() -> bool:
+    """True inside a worker process, where a nested map runs serially instead of forking a pool."""
+    return _in_worker
+
+
+def serve(
+    receive: Callable[[], Any],
+    send: Callable[[Any], None],
+    status: Status,
+    max_items: int | None,
+) -> None:
+    """Run chunks until told to stop, or until ``max_items`` items have run."""
+    calls: collections.OrderedDict[int, Call] = collections.OrderedDict()
+    done = 0
+    while True:
+        message = receive()
+        if message is None:
+            return
+        if message[0] == LOAD:
+            calls[message[1]] = message[2]
+            if len(calls) > CALL_CACHE:
+                calls.popitem(last=False)
+            continue
+        _, task_id, call_id, start, items, retries = message
+        outcome = run_chunk(calls[call_id], task_id, start, items, retries, status)
+        if outcome is None:
+            send((CANCELLED, task_id))
+            continue
+        values, seconds = outcome
+        failed = any(type(value) is Failure for value in values)
+        send((DONE, task_id, start, values, seconds, failed))
+        done += len(items)
+        if max_items is not None and done >= max_items:
+            return
+
+
+def run_initializer(initializer: Any, initargs: Sequence[Any]) -> Failure | None:
+    """Run the user's initializer; its failure, if it raised."""
+    try:
+        initializer(*initargs)
+    except BaseException as exc:
+        return Failure.capture(exc, -1)
+    return None
+
+
+def _encode_result(message: tuple[Any, ...]) -> bytes:
+    """Pickle a worker's reply; an unpicklable result becomes that item's SerializationError."""
+    try:
+        return dumps(message)
+    except Exception:
+        if message[0] != DONE:
+            raise
+    _, task_id, start, values, seconds, _ = message
+    values = list(values)
+    while (found := find_unpicklable(values, start)) is not None:
+        index, exc = found
+        offset = index - start
+        values[offset] = Failure.capture(
+            unpicklable_error("result", index, values[offset], exc), index
+        )
+    return dumps((DONE, task_id, start, values, seconds, True))
+
+
+def process_main(
+    conn: Any,
+    status_array: Any,
+    slot: int,
+    init_blob: bytes | None,
+    max_items: int | None,
+    inherited_fds: Sequence[int],
+) -> None:
+    """Entry point of a worker process."""
+    global _in_worker
+    _in_worker = True
+    # Ctrl-C goes to the whole foreground process group; the parent decides what to do about it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for fd in inherited_fds:  # under fork: the parent's ends of other workers' pipes
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    status = memoryview(status_array).cast("B").cast("q")[slot * SLOT_WIDTH : (slot + 1) * SLOT_WIDTH]
+
+    if init_blob is not None:
+        initializer, initargs = pickle.loads(init_blob)
+        failure = run_initializer(initializer, initargs)
+        if failure is not None:
+            conn.send_bytes(dumps((INIT_FAILED, failure)))
+            return
+
+    inbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+    threading.Thread(target=_read, args=(conn, inbox), daemon=True, name="reader").start()
+
+    def receive() -> Any:
+        raw = inbox.get()
+        return None if raw is None else pickle.loads(raw)
+
+    def send(message: tuple[Any, ...]) -> None:
+        conn.send_bytes(_encode_result(message))
+        _flush()
+
+    serve(receive, send, status, max_items)
+    _flush()
+
+
+def _read(conn: Any, inbox: queue.SimpleQueue[bytes | None]) -> None:
+    """Read the pipe ahead of the main loop, so the dispatcher's writes never wait on a busy item."""
+    try:
+        while True:
+            inbox.put(conn.recv_bytes())
+    except (EOFError, OSError):
+        inbox.put(None)
+    # The parent closed the pipe or died. An idle main loop has exited by now; a busy one gets a
+    # grace period, then the process ends so that it is not left orphaned.
+    time.sleep(ORPHAN_GRACE)
+    _flush()
+    os._exit(0)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
