@@ -96,6 +96,20 @@ def _values(batch: Batch, raise_first: bool) -> list[Any]:
     return values
 
 
+def _emit(batch: Batch, raise_first: bool) -> Iterator[Any]:
+    """The batch's values one by one; a failure is raised (or yielded) where it stands."""
+    if not batch.failed:
+        yield from batch.values
+        return
+    for value in batch.values:
+        if type(value) is Failure:
+            error = value.exception()
+            if raise_first:
+                raise error
+            value = error
+        yield value
+
+
 def run_list(job: Job) -> list[Any]:
     """Run a job to completion; the results in input (or completion) order."""
     options = job.options
@@ -141,13 +155,15 @@ def run_stream(job: Job) -> Iterator[Any]:
                     bar.update(len(values))
                     yield from values
                 return
-            waiting: dict[int, list[Any]] = {}
+            # In input order, a failure is raised when the stream reaches it, after the results
+            # before it.
+            waiting: dict[int, Batch] = {}
             next_index = 0
             for batch in batches:
-                waiting[batch.start] = _values(batch, raise_first)
+                waiting[batch.start] = batch
                 bar.update(len(batch.values))
-                while (values := waiting.pop(next_index, None)) is not None:
-                    next_index += len(values)
-                    yield from values
+                while (ready := waiting.pop(next_index, None)) is not None:
+                    next_index += len(ready.values)
+                    yield from _emit(ready, raise_first)
     finally:
         bar.close()

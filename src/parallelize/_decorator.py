@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
@@ -47,7 +48,7 @@ class ParallelFunction(Generic[T, P, R]):
 
     def options(self, **options: Any) -> ParallelFunction[T, P, R]:
         """A new parallel function with these options overriding the current ones."""
-        override = Options.from_kwargs(options, f"{self.__name__}.options")
+        override = Options.from_kwargs(options, f"{self._name}.options")
         return ParallelFunction(self.__wrapped__, self._options.merged(override))
 
     def _bind(self, positional: int, kwargs: dict[str, Any]) -> Callable[..., R]:
@@ -61,23 +62,34 @@ class ParallelFunction(Generic[T, P, R]):
         return functools.partial(self.__wrapped__, **kwargs)
 
     def _misuse(self, exc: TypeError, positional: int, kwargs: dict[str, Any]) -> str:
-        message = f"{self.__name__}() called with {positional} iterable(s) and {sorted(kwargs)}: {exc}"
+        message = f"{self._name}() called with {positional} iterable(s) and {sorted(kwargs)}: {exc}"
         options = {name: value for name, value in kwargs.items() if name in OPTION_NAMES}
         if options:
             given = ", ".join(f"{name}={value!r}" for name, value in options.items())
-            message += f"; to set a parallelize option, use {self.__name__}.options({given})"
+            message += f"; to set a parallelize option, use {self._name}.options({given})"
         return message
 
     @property
-    def __name__(self) -> str:  # type: ignore[override]
+    def _name(self) -> str:
         return getattr(self.__wrapped__, "__name__", type(self.__wrapped__).__name__)
 
     def __repr__(self) -> str:
         given = ", ".join(f"{k}={v!r}" for k, v in self._options.given().items())
         return f"<parallel {self.__wrapped__!r}{' (' + given + ')' if given else ''}>"
 
-    def __reduce__(self) -> tuple[Any, ...]:
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        # A module-level decorated function pickles by name, like a plain function; any other
+        # (a local one, or one made by .options()) carries its function and options.
+        if _lookup(getattr(self, "__module__", None), getattr(self, "__qualname__", "")) is self:
+            return str(self.__qualname__)
         return (ParallelFunction, (self.__wrapped__, self._options))
+
+
+def _lookup(module_name: str | None, qualname: str) -> object:
+    found: object = sys.modules.get(module_name or "")
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found
 
 
 def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:

@@ -1,0 +1,339 @@
+"""The behaviour suite of pmap, imap and @parallel, run on every local backend and start method."""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import threading
+from typing import Any
+
+import pytest
+
+import parallelize
+from parallelize import ParallelFunction, SerializationError, imap, parallel, pmap
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(x: int, y: int, z: int = 0) -> int:
+    return x + y + z
+
+
+@parallel
+def scaled(item: float, *, weight: float = 1.0) -> float:
+    return item * weight
+
+
+@parallel(workers=2, chunksize=3)
+def tagged(item: int) -> tuple[int, int]:
+    return item, os.getpid()
+
+
+class NeedsTwoArgs(Exception):
+    def __init__(self, a: int, b: int):
+        super().__init__(f"{a}/{b}")
+        self.a = a
+
+
+def raise_value_error(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def raise_unpicklable(x: int) -> int:
+    if x == 2:
+        raise NeedsTwoArgs(1, 2)
+    return x
+
+
+def returns_lock(x: int) -> object:
+    return threading.Lock() if x == 4 else x
+
+
+def nested(x: int) -> list[int]:
+    return pmap(square, range(x))
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+def test_results_in_input_order(engine: dict[str, Any]) -> None:
+    assert pmap(square, range(100), **engine) == [x * x for x in range(100)]
+
+
+def test_unordered_gives_every_result(engine: dict[str, Any]) -> None:
+    assert sorted(pmap(square, range(100), ordered=False, **engine)) == [x * x for x in range(100)]
+    assert sorted(imap(square, range(50), ordered=False, **engine)) == [x * x for x in range(50)]
+
+
+def test_several_iterables_zip_to_the_shortest(engine: dict[str, Any]) -> None:
+    assert pmap(add, range(10), range(5), **engine) == list(map(add, range(10), range(5)))
+    assert list(imap(add, [1, 2], iter([10, 20, 30]), [100, 200], **engine)) == [111, 222]
+
+
+def test_empty_input(engine: dict[str, Any]) -> None:
+    assert pmap(square, [], **engine) == []
+    assert list(imap(square, iter([]), **engine)) == []
+
+
+def test_lambdas_closures_and_partials(engine: dict[str, Any]) -> None:
+    offset = 7
+    assert pmap(lambda x: x + offset, range(5), **engine) == [7, 8, 9, 10, 11]
+
+    def closure(x: int) -> int:
+        return x * offset
+
+    assert pmap(closure, [1, 2], **engine) == [7, 14]
+    assert pmap(functools.partial(add, z=100), [1], [2], **engine) == [103]
+
+
+def test_unpicklable_items_fall_back_to_cloudpickle(engine: dict[str, Any]) -> None:
+    functions = [lambda: 1, lambda: 2]
+    assert pmap(lambda f: f(), functions, **engine) == [1, 2]
+
+
+def test_generator_input_and_chunksize(engine: dict[str, Any]) -> None:
+    items = (x for x in range(37))
+    assert pmap(square, items, chunksize=5, **engine) == [x * x for x in range(37)]
+
+
+def test_decorated_function(engine: dict[str, Any]) -> None:
+    fast = scaled.options(**engine)
+    assert fast([1, 2, 3]) == [1.0, 2.0, 3.0]
+    assert fast([1, 2], weight=2.0) == [2.0, 4.0]
+    assert list(fast.imap([1, 2], weight=3.0)) == [3.0, 6.0]
+    assert fast.__wrapped__(5, weight=2.0) == 10.0
+
+
+def test_decorated_function_keeps_metadata() -> None:
+    assert scaled.__name__ == "scaled"
+    assert scaled.__qualname__ == "scaled"
+    assert scaled.__module__ == __name__
+    assert isinstance(scaled, ParallelFunction)
+    assert scaled.__wrapped__(2.0) == 2.0
+
+
+def test_parallel_as_a_call() -> None:
+    fast = parallel(square, workers=2, backend="thread")
+    assert fast([1, 2, 3]) == [1, 4, 9]
+    assert fast.options(backend="serial")([4]) == [16]
+
+
+def test_decorated_function_pickles_by_reference() -> None:
+    clone = pickle.loads(pickle.dumps(scaled))
+    assert clone.__wrapped__ is scaled.__wrapped__
+
+
+def test_options_override_keeps_the_rest() -> None:
+    results = tagged.options(backend="serial")(range(4))
+    assert [item for item, _ in results] == [0, 1, 2, 3]
+    assert {pid for _, pid in results} == {os.getpid()}
+
+
+def test_nested_map_runs_serially_in_the_worker(start_method: str) -> None:
+    assert pmap(nested, [3, 4], workers=2, start_method=start_method) == [[0, 1, 4], [0, 1, 4, 9]]
+
+
+def test_module_functions_run_in_other_processes(start_method: str) -> None:
+    pids = {pid for _, pid in tagged.options(start_method=start_method)(range(40))}
+    assert os.getpid() not in pids
+
+
+# -- errors from the user's function ---------------------------------------------------------------
+
+
+def test_exception_keeps_its_type_with_cause_and_note(engine: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="bad item 3") as caught:
+        pmap(raise_value_error, range(10), **engine)
+    error = caught.value
+    assert any("index 3" in note for note in error.__notes__)
+    if engine["backend"] == "process":
+        assert isinstance(error.__cause__, parallelize.RemoteTraceback)
+        assert "raise_value_error" in str(error.__cause__)
+    else:
+        assert error.__traceback__ is not None
+
+
+def test_on_error_return_puts_the_exception_in_place(engine: dict[str, Any]) -> None:
+    results = pmap(raise_value_error, range(6), on_error="return", **engine)
+    assert results[:3] == [0, 1, 2] and results[4:] == [4, 5]
+    assert isinstance(results[3], ValueError)
+    streamed = list(imap(raise_value_error, range(6), on_error="return", **engine))
+    assert isinstance(streamed[3], ValueError)
+
+
+def test_imap_raises_at_the_failing_item(engine: dict[str, Any]) -> None:
+    seen = []
+    with pytest.raises(ValueError):
+        for value in imap(raise_value_error, range(10), chunksize=1, **engine):
+            seen.append(value)
+    assert seen == [0, 1, 2]
+
+
+def test_unpicklable_exception_becomes_a_standin(start_method: str) -> None:
+    with pytest.raises(parallelize.RemoteError, match="NeedsTwoArgs") as caught:
+        pmap(raise_unpicklable, range(4), workers=2, start_method=start_method)
+    assert caught.value.type_name.endswith("NeedsTwoArgs")
+    assert "NeedsTwoArgs" in str(caught.value.__cause__)
+
+
+def test_unpicklable_result_names_the_item(start_method: str) -> None:
+    with pytest.raises(SerializationError, match="result of item 4"):
+        pmap(returns_lock, range(8), workers=2, start_method=start_method)
+    results = pmap(returns_lock, range(6), workers=2, start_method=start_method,
+                   on_error="return")
+    assert isinstance(results[4], SerializationError) and results[5] == 5
+
+
+def test_unpicklable_argument_names_the_item(start_method: str) -> None:
+    items: list[object] = [1, 2, threading.Lock(), 4]
+    with pytest.raises(SerializationError, match="argument of item 2"):
+        pmap(str, items, workers=2, start_method=start_method)
+
+
+def test_unpicklable_function_is_a_clear_error() -> None:
+    lock = threading.Lock()
+    with pytest.raises(SerializationError, match="cannot pickle the function"):
+        pmap(lambda x: (lock, x), [1], workers=1)
+
+
+def test_pool_stays_usable_after_errors(start_method: str) -> None:
+    for _ in range(3):
+        with pytest.raises(ValueError):
+            pmap(raise_value_error, range(10), workers=2, start_method=start_method)
+        assert pmap(square, range(10), workers=2, start_method=start_method)[-1] == 81
+
+
+# -- streaming ---------------------------------------------------------------------------------
+
+
+def naturals() -> Any:
+    n = 0
+    while True:
+        yield n
+        n += 1
+
+
+def test_imap_consumes_an_endless_generator_lazily(engine: dict[str, Any]) -> None:
+    out = []
+    for value in imap(square, naturals(), **engine):
+        out.append(value)
+        if len(out) == 500:
+            break
+    assert out == [x * x for x in range(500)]
+
+
+def test_imap_reads_input_lazily() -> None:
+    pulled = []
+
+    def source() -> Any:
+        for n in range(10_000):
+            pulled.append(n)
+            yield n
+
+    stream = imap(square, source(), workers=2, chunksize=10)
+    assert pulled == []  # nothing is read before the first result is asked for
+    assert next(stream) == 0
+    assert len(pulled) < 1000
+    stream.close()
+
+
+# -- progress ------------------------------------------------------------------------------------
+
+
+def test_progress_bar_counts_items(engine: dict[str, Any], capfd: pytest.CaptureFixture[str]) -> None:
+    pmap(square, range(57), progress=True, **engine)
+    err = capfd.readouterr().err
+    assert "57/57" in err
+
+
+def test_progress_description_and_kwargs(capfd: pytest.CaptureFixture[str]) -> None:
+    pmap(square, range(5), progress="squaring", backend="thread")
+    assert "squaring" in capfd.readouterr().err
+    list(imap(square, range(5), progress={"desc": "custom", "unit": "sq"}, backend="thread"))
+    err = capfd.readouterr().err
+    assert "custom" in err and "5/5" in err
+
+
+def test_no_output_without_progress(capfd: pytest.CaptureFixture[str]) -> None:
+    pmap(square, range(50), workers=2)
+    assert capfd.readouterr() == ("", "")
+
+
+# -- validation, before any worker starts ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"workers": 0}, ValueError, "workers must be >= 1, got 0"),
+        ({"workers": 1.5}, TypeError, "workers must be"),
+        ({"chunksize": 0}, ValueError, "chunksize must be >= 1"),
+        ({"backend": "gpu"}, ValueError, "unknown backend 'gpu'"),
+        ({"start_method": "vfork"}, ValueError, "unknown start_method 'vfork'"),
+        ({"ordered": "yes"}, TypeError, "ordered must be"),
+        ({"progress": 3}, TypeError, "progress must be"),
+        ({"timeout": -1}, ValueError, "timeout must be"),
+        ({"retries": -1}, ValueError, "retries must be >= 0"),
+        ({"on_error": "ignore"}, ValueError, "unknown on_error"),
+        ({"colour": "red"}, TypeError, "unexpected option"),
+    ],
+)
+def test_bad_options_fail_at_call_time(kwargs: dict[str, Any], error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        pmap(square, [1], **kwargs)
+    with pytest.raises(error, match=match):
+        imap(square, [1], **kwargs)
+    with pytest.raises(error, match=match):
+        parallel(**kwargs)
+
+
+def test_bad_arguments_fail_at_call_time() -> None:
+    with pytest.raises(TypeError, match="callable"):
+        pmap(42, [1])  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="argument 2 to pmap"):
+        pmap(square, 5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="argument 3 to imap"):
+        imap(add, [1], None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="at least one iterable"):
+        pmap(square)
+
+
+def test_option_as_function_keyword_points_to_options() -> None:
+    with pytest.raises(TypeError, match=r"scaled\.options\(workers=4\)"):
+        scaled([1, 2], workers=4)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        scaled([1, 2], nonsense=1)
+
+
+def test_environment_sets_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARALLELIZE_BACKEND", "serial")
+    assert {pid for _, pid in tagged.options(chunksize=1)(range(3))} == {os.getpid()}
+    # an explicit option beats the environment
+    assert os.getpid() not in {pid for _, pid in tagged.options(backend="process")(range(3))}
+    monkeypatch.setenv("PARALLELIZE_BACKEND", "nope")
+    with pytest.raises(ValueError, match="PARALLELIZE_BACKEND"):
+        pmap(square, [1])
+    monkeypatch.setenv("PARALLELIZE_BACKEND", "process")
+    monkeypatch.setenv("PARALLELIZE_WORKERS", "0")
+    with pytest.raises(ValueError, match="PARALLELIZE_WORKERS"):
+        pmap(square, [1])
+
+
+def test_workers_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARALLELIZE_WORKERS", "3")
+    pids = {pid for _, pid in tagged.options(workers=None, chunksize=1)(range(60))}
+    assert 1 <= len(pids) <= 3
+
+
+def test_public_names_are_exported() -> None:
+    public = {name for name in dir(parallelize) if not name.startswith("_")}
+    public -= {"annotations"}
+    assert set(parallelize.__all__) == public
+    assert parallelize.__all__ == sorted(parallelize.__all__)
