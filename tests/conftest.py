@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,10 +30,6 @@ def engine(request: pytest.FixtureRequest) -> dict[str, object]:
     if method is not None:
         options["start_method"] = method
     return options
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@
 """
 
 from ._api import imap, pmap
+from ._counter import SharedCounter, shared_counter
 from ._decorator import ParallelFunction, parallel
 from ._errors import (
     ParallelizeError,
@@ -23,8 +24,10 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
+    "SharedCounter",
     "WorkerCrashedError",
     "imap",
     "parallel",
     "pmap",
+    "shared_counter",
 ]

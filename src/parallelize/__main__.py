@@ -4,7 +4,7 @@
 speed-up over a plain loop; ``bench`` times a plain loop, parallelize and ``multiprocessing.Pool``
 on a tiny and a CPU-bound workload and prints the ratios. Both need nothing but the package.
 
-Exit codes: 0 success, 1 a check failed (results differ, or an error), 2 bad usage,
+Exit codes: 0 success, 1 a check failed (results differ) or stdout was closed, 2 bad usage,
 130 interrupted.
 """
 
@@ -16,6 +16,7 @@ import importlib
 import json
 import math
 import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -24,19 +25,19 @@ from typing import Any, Final
 
 from . import __version__, pmap
 from ._cpu import usable_cpus
-from ._options import default_start_method
+from ._options import ENV_WORKERS, default_start_method
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2  # what argparse itself uses for a bad command line
 EXIT_INTERRUPTED: Final = 130  # 128 + SIGINT, as shells report it
 
-# Demo defaults: 300 items of ~8 ms each is ~2.5 s of serial work on a current core, so the whole
-# demo (loop + map) stays near 5 s on 2 cores while each item is far above the per-item overhead.
+# Demo defaults: 300 items of ~6 ms each is ~2 s of serial work on a current core, so the whole
+# demo (map + loop) takes ~3 s on 2 cores while each item is far above the per-item overhead.
 DEMO_ITEMS: Final = 300
-DEMO_SIZE: Final = 20_000
+DEMO_SIZE: Final = 5_000
 # Bench defaults: the tiny workload is overhead-bound (a multiplication per item), the CPU-bound
-# one is ~1.5 s of serial work in items of ~7 ms; best of 3 hides a cold cache or a noisy neighbour.
+# one is ~1 s of serial work in items of ~5 ms; best of 3 hides a cold cache or a noisy neighbour.
 BENCH_TINY_ITEMS: Final = 100_000
 BENCH_CPU_ITEMS: Final = 200
 BENCH_REPEAT: Final = 3
@@ -127,15 +128,21 @@ def _bind_size(fn: Callable[..., int], size: int) -> Callable[[int], int]:
 # -- bench -------------------------------------------------------------------------------------
 
 
-def _best(repeat: int, run: Callable[[], object]) -> tuple[float, object]:
-    """The shortest of ``repeat`` timed runs, and what the last one returned."""
+def _best(
+    repeat: int, run: Callable[..., object], *args: Any, **kwargs: Any
+) -> tuple[float, object]:
+    """The shortest of ``repeat`` timed calls of ``run(*args, **kwargs)``, and its result."""
     best = math.inf
     result: object = None
     for _ in range(repeat):
         started = time.perf_counter()
-        result = run()
+        result = run(*args, **kwargs)
         best = min(best, time.perf_counter() - started)
     return best, result
+
+
+def _loop(fn: Callable[[int], int], items: list[int]) -> list[int]:
+    return [fn(item) for item in items]
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -158,14 +165,11 @@ def bench(args: argparse.Namespace) -> int:
         pool.map(work.square, range(args.workers))  # start the workers before timing
         pmap(work.square, range(args.workers), workers=args.workers, start_method=start_method)
         for name, fn, items in workloads:
-            serial_s, expected = _best(args.repeat, lambda fn=fn, items=items: list(map(fn, items)))
+            serial_s, expected = _best(args.repeat, _loop, fn, items)
             ours_s, ours = _best(
-                args.repeat,
-                lambda fn=fn, items=items: pmap(
-                    fn, items, workers=args.workers, start_method=start_method
-                ),
+                args.repeat, pmap, fn, items, workers=args.workers, start_method=start_method
             )
-            pool_s, theirs = _best(args.repeat, lambda fn=fn, items=items: pool.map(fn, items))
+            pool_s, theirs = _best(args.repeat, pool.map, fn, items)
             if not expected == ours == theirs:
                 print(f"error: results differ on the {name} workload", file=sys.stderr)
                 return EXIT_FAILED
@@ -212,6 +216,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _default_workers() -> int:
+    """``PARALLELIZE_WORKERS`` when it is a valid count, else the usable CPUs, as a map would."""
+    raw = os.environ.get(ENV_WORKERS, "").strip()
+    return int(raw) if raw.isdigit() and int(raw) >= 1 else usable_cpus()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``parallelize`` argument parser, with the ``demo`` and ``bench`` commands."""
     parser = argparse.ArgumentParser(
@@ -222,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"parallelize {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    workers = usable_cpus()
+    workers = _default_workers()
     demo_parser = commands.add_parser(
         "demo",
         help="map a CPU-bound function with a progress bar and show the speed-up",
@@ -236,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--size", type=_positive_int, default=DEMO_SIZE, help="numbers per item (%(default)s)"
     )
     demo_parser.add_argument(
-        "--workers", type=_positive_int, default=workers, help="workers (usable CPUs: %(default)s)"
+        "--workers", type=_positive_int, default=workers, help="workers (default: %(default)s)"
     )
     demo_parser.add_argument(
         "--backend",
@@ -272,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeat", type=_positive_int, default=BENCH_REPEAT, help="runs per timing (%(default)s)"
     )
     bench_parser.add_argument(
-        "--workers", type=_positive_int, default=workers, help="workers (usable CPUs: %(default)s)"
+        "--workers", type=_positive_int, default=workers, help="workers (default: %(default)s)"
     )
     bench_parser.add_argument(
         "--start-method",
@@ -300,6 +310,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as the docs advise
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
     return code
 
 

@@ -83,17 +83,7 @@ def prepare(
 
 def _values(batch: Batch, raise_first: bool) -> list[Any]:
     """The batch's values with failures raised, or turned into exception objects."""
-    if not batch.failed:
-        return batch.values
-    values = []
-    for value in batch.values:
-        if type(value) is Failure:
-            error = value.exception()
-            if raise_first:
-                raise error
-            value = error
-        values.append(value)
-    return values
+    return batch.values if not batch.failed else list(_emit(batch, raise_first))
 
 
 def _emit(batch: Batch, raise_first: bool) -> Iterator[Any]:

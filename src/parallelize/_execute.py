@@ -52,9 +52,11 @@ def run_chunk(
     for item in items:
         if status[CANCEL] >= task_id:
             return None
-        status[INDEX] = index
+        # START_NS before INDEX: a dispatcher that reads INDEX then START_NS never pairs an item
+        # with an older item's start time, so it cannot time out an item that just began.
         if timed:
             status[START_NS] = time.monotonic_ns()
+        status[INDEX] = index
         try:
             append(fn(*item) if star else fn(item))
         except BaseException as exc:  # the worker must outlive anything the user raises

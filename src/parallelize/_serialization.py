@@ -1,9 +1,10 @@
 """Moving functions, items, results and exceptions between processes.
 
-* The user's function travels once per map, by value through cloudpickle, so lambdas, closures,
-  functions defined in ``__main__`` and decorated module-level functions (where pickling by
-  reference would find the decorator's wrapper, not the function) all work under every start
-  method, and a worker started before ``sys.path`` changed still gets the current code.
+* The user's function travels once per map through cloudpickle, so lambdas, closures and
+  functions defined in ``__main__`` or interactively work under every start method. A function
+  decorated with ``@parallel`` at module level travels as a reference to its decorator (pickling
+  it by reference would find the wrapper, not the function), and the caller's ``sys.path`` goes
+  along, so a worker started before it changed still finds the user's modules.
 * Items and results use the standard pickler (protocol 5), which is fastest; only what it refuses
   falls back to cloudpickle.
 * A failure in a worker travels as a :class:`Failure`: the exception itself when it survives a
@@ -17,6 +18,7 @@ import builtins
 import functools
 import io
 import pickle
+import sys
 import traceback
 import types
 from typing import Any
@@ -29,43 +31,66 @@ PROTOCOL = 5  # out-of-band buffers and the fastest framing; every supported Pyt
 
 
 class _FunctionPickler(cloudpickle.Pickler):
-    """A cloudpickle pickler that ships chosen functions by value even when importable."""
+    """cloudpickle, except that a function decorated with ``@parallel`` at module level travels as
+    a reference to its decorator (whose ``__wrapped__`` it is), not by value.
 
-    def __init__(self, file: io.BytesIO, by_value: set[int]):
-        super().__init__(file, protocol=PROTOCOL)
-        self._by_value = by_value
+    cloudpickle would ship such a function by value, since its module attribute is the wrapper;
+    but a function shipped by value gets a private copy of its module's globals, so it would not see
+    what an ``initializer`` set there. By reference, it runs in its real module.
+    """
 
     def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is types.FunctionType and id(obj) in self._by_value:
-            return self._dynamic_function_reduce(obj)
+        if type(obj) is types.FunctionType:
+            wrapper = _decorator_of(obj)
+            if wrapper is not None:
+                return getattr, (wrapper, "__wrapped__")
         return super().reducer_override(obj)
 
 
-def _user_functions(fn: Any) -> set[int]:
-    """The plain functions that make up ``fn``: itself, or the ones inside partials."""
-    found: set[int] = set()
-    while True:
-        if isinstance(fn, functools.partial):
-            fn = fn.func
-            continue
-        if type(fn) is types.FunctionType:
-            found.add(id(fn))
+def _decorator_of(fn: types.FunctionType) -> Any:
+    from ._decorator import ParallelFunction
+
+    found: Any = sys.modules.get(fn.__module__)
+    for part in fn.__qualname__.split("."):
+        found = getattr(found, part, None)
+    if isinstance(found, ParallelFunction) and found.__wrapped__ is fn:
         return found
+    return None
 
 
-def dumps_function(obj: Any, fn: Any) -> bytes:
-    """Pickle ``obj``, which holds the user's callable ``fn``, shipping ``fn`` by value.
+def dumps_function(obj: Any, *_: Any) -> bytes:
+    """Pickle ``obj``, which holds the user's callables, for a worker.
 
-    Raises a SerializationError naming the function when that is impossible.
+    Importable functions travel by reference and run in their real module; lambdas, closures and
+    functions of ``__main__`` travel by value. The caller's ``sys.path`` travels along and is
+    added to the worker's before unpickling, so a worker started earlier finds modules that the
+    caller made importable since. Raises a SerializationError naming what could not be pickled.
     """
     buffer = io.BytesIO()
     try:
-        _FunctionPickler(buffer, _user_functions(fn)).dump(obj)
+        _FunctionPickler(buffer, protocol=PROTOCOL).dump(obj)
     except Exception as exc:
-        raise SerializationError(
-            f"cannot pickle the function {fn!r} to send it to the workers: {exc}"
-        ) from exc
-    return buffer.getvalue()
+        raise SerializationError(f"cannot pickle {obj!r} to send it to the workers: {exc}") from exc
+    return pickle.dumps(_WithPath(list(sys.path), buffer.getvalue()), PROTOCOL)
+
+
+class _WithPath:
+    """A pickle to be loaded only after ``sys.path`` holds the caller's entries."""
+
+    __slots__ = ("blob", "path")
+
+    def __init__(self, path: list[str], blob: bytes):
+        self.path = path
+        self.blob = blob
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_load_with_path, (self.path, self.blob))
+
+
+def _load_with_path(path: list[str], blob: bytes) -> Any:
+    missing = [entry for entry in path if entry not in sys.path]
+    sys.path.extend(missing)
+    return pickle.loads(blob)
 
 
 def dumps(obj: Any) -> bytes:

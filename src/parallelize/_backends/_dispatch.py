@@ -75,6 +75,10 @@ class WorkerSet(abc.ABC, Generic[W]):
     def spawn(self) -> W:
         """Start one more worker."""
 
+    def can_spawn(self) -> bool:
+        """Whether another worker may start now (retiring ones may still hold resources)."""
+        return True
+
     @abc.abstractmethod
     def encode(self, message: tuple[Any, ...]) -> Any:
         """A message ready to send; raises if it cannot be serialised."""
@@ -187,7 +191,7 @@ class Dispatcher(Generic[W]):
         for worker in workers:
             if not worker.queue:
                 return worker
-        if len(workers) < self._pool.size and self._has_work():
+        if len(workers) < self._pool.size and self._pool.can_spawn() and self._has_work():
             return self._pool.spawn()
         for worker in workers:
             if len(worker.queue) < DEPTH:

@@ -98,11 +98,14 @@ class ProcessPool(WorkerSet[_Worker]):
         self.workers.append(worker)
         return worker
 
+    def can_spawn(self) -> bool:
+        return bool(self._free_slots)
+
     def encode(self, message: tuple[Any, ...]) -> bytes:
         return dumps(message)
 
     def load_message(self, call: Call) -> tuple[int, bytes]:
-        blob = dumps_function(call, call.fn)
+        blob = dumps_function(call)
         call_id = self._call_ids.get(blob)
         if call_id is None:
             if len(self._call_ids) >= CALL_IDS_KEPT:
@@ -202,7 +205,7 @@ class ProcessBackend(Backend):
         options = job.options
         init_blob = None
         if options.initializer is not None:
-            init_blob = dumps_function((options.initializer, options.initargs), options.initializer)
+            init_blob = dumps_function((options.initializer, options.initargs))
         key = _PoolKey(options.start_method, options.workers, init_blob,
                        options.max_tasks_per_worker)
         pool, shared = self._checkout(key)

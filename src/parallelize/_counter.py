@@ -1,0 +1,617 @@
+"""``shared_counter``: a locked 64-bit integer that every worker can reach, however it gets there.
+
+``multiprocessing.Value`` can only travel by inheritance: pickling one into a task raises, and a
+worker started before the value existed can never see it. A :class:`SharedCounter` instead pickles
+to a *name*, and any process on the machine reopens the counter from that name. So it works as an
+argument, inside a closure, under every start method, and in a pool that was warm before the
+counter existed; nothing restarts.
+
+Design (one small file per counter, see ``docs/shared-state.md``):
+
+* The integer lives in a 32-byte file in ``/dev/shm`` (memory, not disk), mapped with ``mmap``.
+  Its name is the handle that crosses the pipe.
+* The counter's lock is ``flock(LOCK_EX)`` on a descriptor this process opened itself. It is a few
+  hundred nanoseconds when nobody else holds it, there is no semaphore to leak, and the kernel
+  drops it when its holder dies, so a worker killed mid-update (a timeout) cannot wedge the others.
+  ``flock`` belongs to an open file description, so threads are serialized by a per-process
+  ``threading.Lock`` first; an owner and a depth make the whole lock recursive, as the idiom
+  ``with c.get_lock(): c.value += 1`` needs.
+* Every process that holds the counter keeps a shared OFD lock on byte 0 of the file: a liveness
+  mark the kernel also drops at death. A process letting go (garbage collection, or its exit)
+  tries to turn its mark exclusive: if it can, no other process holds the counter and it unlinks
+  the file. Releases are serialized by an OFD lock on byte 1, so two leaving at once cannot both
+  miss being last.
+* Lifetime backstop: the creator registers the file with multiprocessing's resource tracker, so a
+  SIGKILLed creator's file is still removed when its process tree ends. When the creator lets go
+  cleanly it unregisters and the liveness marks take over. Only the creator registers (attaching
+  never does), which avoids the early unlink that ``SharedMemory`` suffers from before 3.13.
+* Fork: the child gets a fresh thread lock and no ownership (a lock held by the parent is not held
+  by the child). On first use it reopens the file through ``/proc/self/fd`` as its own open file
+  description, so its locks are its own, and only then counts as a holder.
+
+The seam for other engines: a :class:`SharedCounter` is a thin face over a storage object with
+``get``/``set``/``add`` and a recursive ``acquire``/``release`` (:class:`CounterStorage`).
+:class:`FileStorage` is the one for processes on this machine; a distributed backend can build a
+``SharedCounter`` over its own engine's shared state and swap it in when pickling counters for
+its workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import mmap
+import operator
+import os
+import secrets
+import struct
+import sys
+import threading
+import time
+import weakref
+from multiprocessing import resource_tracker, util
+from typing import Any, Final, Protocol, final
+
+__all__ = ["CounterLock", "CounterStorage", "FileStorage", "SharedCounter", "shared_counter"]
+
+# Memory-backed, and the directory whose entries shm_unlink() removes: that is what lets the
+# resource tracker's "shared_memory" cleanup delete a counter file whose creator was SIGKILLed.
+_SHM_DIRECTORY: Final = "/dev/shm"
+_PREFIX: Final = "parallelize-counter-"
+# The file's int64 words: the value, whether the creator's tracker registration is still live, the
+# inode of that tracker's pipe (to tell whether we share it), and a magic number.
+_VALUE, _TRACKED, _TRACKER, _MAGIC = 0, 1, 2, 3
+_SIZE: Final = 32
+_MAGIC_NUMBER: Final = int.from_bytes(b"pzcount1", "little")
+_MIN: Final = -(2**63)
+_MAX: Final = 2**63 - 1
+# Byte 0 carries the holders' liveness marks; byte 1 serializes the unlink decisions.
+_LIVE_BYTE, _RELEASE_BYTE = 0, 1
+# ``struct flock`` in native layout (l_type, l_whence, l_start, l_len, l_pid), padded at the end
+# the way the C compiler pads it: what F_OFD_SETLK reads.
+_FLOCK: Final = struct.Struct("hhqqi0q")
+# A timed acquire polls flock(LOCK_NB): start fine so short waits stay short, cap the interval
+# so a long wait costs little CPU.
+_POLL_FIRST: Final = 50e-6
+_POLL_MAX: Final = 5e-3
+# A releaser holds its exclusive mark only for one unlink and one pipe write; a process adopting a
+# counter after fork waits at most this long for it to finish.
+_ADOPT_PATIENCE: Final = 1.0
+# At exit, how long to wait for another thread of this process to leave a counter's lock.
+_EXIT_GRACE: Final = 1.0
+# Among multiprocessing's exit finalizers, negative ones run last, after children are joined: so
+# the creator usually lets go last and removes the file itself.
+_EXIT_PRIORITY: Final = -10
+# mmap keeps a dup() of the descriptor unless told not to (3.13+): one descriptor per counter
+# instead of two.
+_MMAP_OPTIONS: Final[dict[str, Any]] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+
+
+class CounterLock(Protocol):
+    """The recursive lock returned by :meth:`SharedCounter.get_lock`."""
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool: ...
+    def release(self) -> None: ...
+    def __enter__(self) -> bool: ...
+    def __exit__(self, *exc_info: object) -> None: ...
+
+
+class CounterStorage(CounterLock, Protocol):
+    """Where a counter's integer lives: the seam for other engines (issue 6).
+
+    ``add`` is atomic and returns the new value. ``get``, ``set`` and ``add`` take the storage's own
+    recursive lock, so they also work while the caller holds it. Pickling a storage must give
+    something that reaches the same integer in the receiving process.
+    """
+
+    def get(self) -> int: ...
+    def set(self, value: int) -> None: ...
+    def add(self, delta: int) -> int: ...
+
+
+def _integer(value: object, what: str) -> int:
+    """``value`` as an int; TypeError for floats, strings, bools and the like."""
+    if type(value) is int:
+        return value
+    if isinstance(value, bool):
+        raise TypeError(f"a shared counter's {what} must be an integer, not bool")
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"a shared counter's {what} must be an integer, not {type(value).__name__}"
+        ) from None
+
+
+def _check_range(value: int) -> int:
+    if not _MIN <= value <= _MAX:
+        raise OverflowError(f"{value} does not fit a shared counter (a signed 64-bit integer)")
+    return value
+
+
+def _range_lock(fd: int, kind: int, byte: int, wait: bool = False) -> bool:
+    """Set an OFD lock of ``kind`` on one byte; False if another open file holds a conflict."""
+    command = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK
+    try:
+        fcntl.fcntl(fd, command, _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0))
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _tracker_id() -> int:
+    """The inode of this process's resource-tracker pipe (0 if it has none): equal means shared."""
+    fd = getattr(resource_tracker._resource_tracker, "_fd", None)
+    if fd is None:
+        return 0
+    try:
+        return os.fstat(fd).st_ino
+    except OSError:
+        return 0
+
+
+def _same_file(fd: int, ino: int, dev: int) -> bool:
+    try:
+        stat = os.fstat(fd)
+    except OSError:
+        return False
+    return stat.st_ino == ino and stat.st_dev == dev
+
+
+class _Handle:
+    """This process's OS resources for one counter; kept apart so a finalizer can release them."""
+
+    __slots__ = ("closed", "creator", "dev", "fd", "inherited", "ino", "mm", "path", "pid", "view")
+
+    def __init__(self, path: str, fd: int, creator: bool):
+        stat = os.fstat(fd)
+        self.path = path
+        self.ino = stat.st_ino
+        self.dev = stat.st_dev
+        self.fd = fd  # ours: holds the liveness mark; -1 after a fork until adopted
+        self.pid = os.getpid()
+        self.creator = creator
+        self.inherited: list[int] = []  # descriptors copied in by fork, closed on release
+        self.closed = False
+        self.mm = mmap.mmap(fd, _SIZE, **_MMAP_OPTIONS)
+        self.view = memoryview(self.mm).cast("q")
+
+    def forked(self) -> None:
+        """In a fork child: what was ours is now only a copy of the parent's."""
+        if self.fd >= 0:
+            self.inherited.append(self.fd)
+            self.fd = -1
+        self.creator = False
+
+    def adopt(self) -> None:
+        """In a fork child, on first use: open the file afresh, map it, mark ourselves a holder."""
+        fd = -1
+        for old in self.inherited:  # /proc reopens the very same file, even if already unlinked
+            if _same_file(old, self.ino, self.dev):
+                fd = os.open(f"/proc/self/fd/{old}", os.O_RDWR | os.O_CLOEXEC)
+                break
+        if fd < 0:
+            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            if not _same_file(fd, self.ino, self.dev):
+                os.close(fd)
+                raise FileNotFoundError(errno.ENOENT, "shared counter no longer exists", self.path)
+        self._drop_copies()
+        deadline = time.monotonic() + _ADOPT_PATIENCE
+        while not _range_lock(fd, fcntl.F_RDLCK, _LIVE_BYTE):
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise OSError(errno.EAGAIN, "shared counter is stuck in release", self.path)
+            time.sleep(_POLL_MAX)
+        self.mm = mmap.mmap(fd, _SIZE, **_MMAP_OPTIONS)
+        self.view = memoryview(self.mm).cast("q")
+        self.fd = fd
+        self.pid = os.getpid()
+        _arm_exit_hook()
+
+    def _drop_copies(self) -> None:
+        self.view.release()
+        self.mm.close()
+        for fd in self.inherited:
+            if _same_file(fd, self.ino, self.dev):
+                os.close(fd)
+        self.inherited.clear()
+
+    def release(self) -> None:
+        """Let go of the counter in this process; unlink it if no other process holds it."""
+        if self.closed:
+            return
+        self.closed = True
+        fd = self.fd
+        try:
+            if fd >= 0 and self.pid == os.getpid():
+                self._decide(fd)
+        finally:
+            self._drop_copies()
+            if fd >= 0 and self.pid == os.getpid():
+                os.close(fd)
+            self.fd = -1
+
+    def _decide(self, fd: int) -> None:
+        _range_lock(fd, fcntl.F_WRLCK, _RELEASE_BYTE, wait=True)
+        try:
+            last = _range_lock(fd, fcntl.F_WRLCK, _LIVE_BYTE)  # atomic upgrade of our own mark
+            if last:
+                # FileNotFoundError: a fork child's copy of a counter its parent already let go.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+            view = self.view
+            if view[_TRACKED] and (
+                self.creator or (last and view[_TRACKER] == _tracker_id() != 0)
+            ):
+                # The creator hands over to the liveness marks, or a creator that died without
+                # letting go is unregistered by the last holder sharing its tracker.
+                view[_TRACKED] = 0
+                resource_tracker.unregister(_shm_name(self.path), "shared_memory")
+        finally:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, 0, 2, 0))
+
+
+def _shm_name(path: str) -> str:
+    return "/" + os.path.basename(path)
+
+
+@final
+class FileStorage:
+    """A counter in a small ``/dev/shm`` file, for the processes and threads of this machine.
+
+    One instance per counter per process: reopening a name this process already holds returns the
+    same object, so all its copies share one lock.
+    """
+
+    __slots__ = ("__weakref__", "_depth", "_fd", "_handle", "_owner", "_tlock", "_view", "name")
+
+    def __init__(self, name: str, handle: _Handle):
+        self.name = name
+        self._handle = handle
+        self._fd = handle.fd  # -1 when this process must adopt (after fork) or has let go
+        self._view = handle.view
+        self._tlock = threading.Lock()
+        self._owner: int | None = None  # thread ident of the holder
+        self._depth = 0
+        weakref.finalize(self, handle.release).atexit = False  # exit is _release_all's job
+
+    @classmethod
+    def create(cls, value: int) -> FileStorage:
+        """A new counter holding ``value``."""
+        directory = _SHM_DIRECTORY if os.path.isdir(_SHM_DIRECTORY) else None
+        if directory is None:
+            raise OSError(errno.ENOENT, "shared_counter needs /dev/shm (Linux)", _SHM_DIRECTORY)
+        name = f"{_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+        path = os.path.join(directory, name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            resource_tracker.register(_shm_name(path), "shared_memory")
+            os.ftruncate(fd, _SIZE)
+            _range_lock(fd, fcntl.F_RDLCK, _LIVE_BYTE)
+            handle = _Handle(path, fd, creator=True)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            resource_tracker.unregister(_shm_name(path), "shared_memory")
+            raise
+        view = handle.view
+        view[_VALUE] = value
+        view[_TRACKED] = 1
+        view[_TRACKER] = _tracker_id()
+        view[_MAGIC] = _MAGIC_NUMBER
+        return _remember(cls(name, handle))
+
+    @classmethod
+    def attach(cls, name: str) -> FileStorage:
+        """The counter called ``name``; FileNotFoundError once its last holder has let go."""
+        with _here.lock:
+            storage = _live.get(name)
+        if storage is not None:
+            return storage
+        if not name.startswith(_PREFIX) or "/" in name:
+            raise ValueError(f"{name!r} is not a shared counter's name")
+        path = os.path.join(_SHM_DIRECTORY, name)
+        gone = FileNotFoundError(
+            errno.ENOENT,
+            "shared counter no longer exists: every process holding it has let go "
+            "(keep a reference until the receiver has unpickled it)",
+            path,
+        )
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise gone from None
+        try:
+            # A release that found itself last holds an exclusive mark until it has unlinked.
+            if not _range_lock(fd, fcntl.F_RDLCK, _LIVE_BYTE) or os.fstat(fd).st_nlink == 0:
+                raise gone
+            if os.fstat(fd).st_size < _SIZE:
+                raise ValueError(f"{path} is not a shared counter")
+            handle = _Handle(path, fd, creator=False)
+        except BaseException:
+            os.close(fd)
+            raise
+        if handle.view[_MAGIC] != _MAGIC_NUMBER:
+            handle.release()
+            raise ValueError(f"{path} is not a shared counter")
+        return _remember(cls(name, handle))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A module-level function: cloudpickle would ship a classmethod by value, globals and all.
+        return (_attach, (self.name,))
+
+    def _forked(self) -> None:
+        self._tlock = threading.Lock()
+        self._owner = None
+        self._depth = 0
+        self._fd = -1
+        self._handle.forked()
+
+    def _revive(self) -> int:
+        """The descriptor to lock, adopting the counter first in a fork child (slow path)."""
+        handle = self._handle
+        if handle.closed:
+            raise ValueError(f"shared counter {self.name} was released by this process at exit")
+        handle.adopt()
+        self._view = handle.view
+        self._fd = handle.fd
+        return self._fd
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        """Take the lock (recursively); False if it was not free in time."""
+        me = threading.get_ident()
+        if self._owner == me:
+            self._depth += 1
+            return True
+        if not block:
+            got = self._tlock.acquire(False)
+        elif timeout is None:
+            got = self._tlock.acquire()
+        else:
+            deadline = time.monotonic() + max(timeout, 0.0)
+            got = self._tlock.acquire(True, max(timeout, 0.0))
+        if not got:
+            return False
+        try:
+            fd = self._fd if self._fd >= 0 else self._revive()
+            if block and timeout is None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            elif not _flock_until(fd, deadline if block else 0.0):
+                self._tlock.release()
+                return False
+        except BaseException:
+            self._tlock.release()
+            raise
+        self._owner = me
+        self._depth = 1
+        return True
+
+    def release(self) -> None:
+        """Release the lock once; RuntimeError if this thread does not hold it."""
+        if self._owner != threading.get_ident():
+            raise RuntimeError("cannot release a shared counter's lock this thread does not hold")
+        self._depth -= 1
+        if self._depth:
+            return
+        self._owner = None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._tlock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def get(self) -> int:
+        if self._owner == threading.get_ident():
+            return self._view[_VALUE]
+        self.acquire()
+        try:
+            return self._view[_VALUE]
+        finally:
+            self.release()
+
+    def set(self, value: int) -> None:
+        _check_range(value)
+        if self._owner == threading.get_ident():
+            self._view[_VALUE] = value
+            return
+        self.acquire()
+        try:
+            self._view[_VALUE] = value
+        finally:
+            self.release()
+
+    def add(self, delta: int) -> int:
+        if self._owner == threading.get_ident():
+            value = self._view[_VALUE] = _check_range(self._view[_VALUE] + delta)
+            return value
+        # acquire() and release() inlined: this is the hot path, and nothing in it can recurse.
+        tlock = self._tlock
+        tlock.acquire()
+        try:
+            fd = self._fd if self._fd >= 0 else self._revive()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                value = self._view[_VALUE] + delta
+                if not _MIN <= value <= _MAX:
+                    _check_range(value)
+                self._view[_VALUE] = value
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            tlock.release()
+        return value
+
+    def _close_at_exit(self) -> None:
+        got = self._tlock.acquire(True, _EXIT_GRACE)
+        try:
+            self._fd = -1
+            self._handle.release()
+        finally:
+            if got:
+                self._tlock.release()
+
+    def __repr__(self) -> str:
+        return f"FileStorage({self.name!r})"
+
+
+def _attach(name: str) -> FileStorage:
+    return FileStorage.attach(name)
+
+
+def _flock_until(fd: int, deadline: float) -> bool:
+    """flock(LOCK_EX) polled until ``deadline`` (monotonic); a deadline of 0 tries once."""
+    pause = _POLL_FIRST
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(pause, left))
+        pause = min(2 * pause, _POLL_MAX)
+
+
+# This process's counters by name, so every copy of one counter shares one lock.
+_live: weakref.WeakValueDictionary[str, FileStorage] = weakref.WeakValueDictionary()
+
+
+class _ThisProcess:
+    """Bookkeeping that belongs to one process, started afresh in a fork child."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # guards _live's check-then-insert
+        self.exit_hook: util.Finalize | None = None
+        self.exit_hook_pid = -1
+
+
+_here = _ThisProcess()
+
+
+def _remember(storage: FileStorage) -> FileStorage:
+    """Record a storage just opened; if another thread opened the same name first, use that one."""
+    with _here.lock:
+        existing = _live.get(storage.name)
+        if existing is None:
+            _live[storage.name] = storage
+    if existing is not None:
+        storage._close_at_exit()  # our duplicate: the other one keeps the liveness mark
+        return existing
+    _arm_exit_hook()
+    return storage
+
+
+def _release_all() -> None:
+    """Let go of every counter this process holds (its exit, however multiprocessing ends it)."""
+    for storage in list(_live.values()):
+        storage._close_at_exit()
+
+
+def _after_fork_in_child() -> None:
+    _here.lock = threading.Lock()
+    for storage in list(_live.values()):
+        storage._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _arm_exit_hook() -> None:
+    """Make sure this process lets go of its counters when it exits.
+
+    multiprocessing runs its finalizers at the exit of every process it starts (which then end with
+    ``os._exit``, skipping ``atexit``) and at the main process's exit. A starting process clears
+    them after unpickling its arguments, so an after-fork callback arms the hook again.
+    """
+    hook = _here.exit_hook
+    if _here.exit_hook_pid == os.getpid() and hook is not None and hook.still_active():
+        return
+    _here.exit_hook = util.Finalize(None, _release_all, exitpriority=_EXIT_PRIORITY)
+    _here.exit_hook_pid = os.getpid()
+
+
+class _Anchor:
+    """A weak-referenceable object for multiprocessing's after-fork registry."""
+
+
+def _rearm(_: object) -> None:
+    if len(_live):
+        _arm_exit_hook()
+
+
+_ANCHOR: Final = _Anchor()
+util.register_after_fork(_ANCHOR, _rearm)
+
+
+@final
+class SharedCounter:
+    """A 64-bit signed integer shared by every process and thread that holds it.
+
+    Create one with :func:`shared_counter`. It pickles to a name, so it can be passed to
+    ``multiprocessing.Process``, to ``pmap`` items or arguments, or captured in a closure.
+    ``increment`` and ``decrement`` are atomic; for compound updates hold :meth:`get_lock`, a
+    recursive lock that also covers ``value``. Out-of-range results raise ``OverflowError``
+    and leave the value unchanged.
+
+    ``SharedCounter(storage)`` wraps any :class:`CounterStorage`; that is the seam where other
+    engines plug in their own shared state.
+    """
+
+    __slots__ = ("__weakref__", "_storage")
+
+    def __init__(self, storage: CounterStorage):
+        self._storage = storage
+
+    @property
+    def value(self) -> int:
+        """The current value (read under the lock)."""
+        return self._storage.get()
+
+    @value.setter
+    def value(self, value: int) -> None:
+        self._storage.set(_integer(value, "value"))
+
+    def increment(self, n: int = 1) -> int:
+        """Add ``n`` atomically; the new value."""
+        return self._storage.add(_integer(n, "step"))
+
+    def decrement(self, n: int = 1) -> int:
+        """Subtract ``n`` atomically; the new value."""
+        return self._storage.add(-_integer(n, "step"))
+
+    def get_lock(self) -> CounterLock:
+        """The counter's recursive lock, shared by every process: hold it for compound updates."""
+        return self._storage
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SharedCounter, (self._storage,))
+
+    def __repr__(self) -> str:
+        try:
+            return f"SharedCounter({self._storage.get()})"
+        except (OSError, ValueError):
+            return "SharedCounter(<released>)"
+
+
+def shared_counter(value: int = 0) -> SharedCounter:
+    """A new :class:`SharedCounter` starting at ``value``; TypeError if that is not an integer.
+
+    >>> c = shared_counter(1)
+    >>> c.increment(2)
+    3
+    >>> with c.get_lock():
+    ...     c.value += 1
+    >>> c
+    SharedCounter(4)
+    """
+    return SharedCounter(FileStorage.create(_check_range(_integer(value, "initial value"))))

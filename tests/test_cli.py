@@ -1,0 +1,118 @@
+"""``python -m parallelize``: the demo and bench commands, their help and their exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from parallelize.__main__ import build_parser, main
+
+# Seconds a small CLI run may take: interpreter start, a pool start and a fraction of a second of
+# work, on a loaded 2-core machine.
+CLI_TIMEOUT = 60
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "parallelize", *args],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+
+
+@pytest.mark.timeout(CLI_TIMEOUT + 30)
+def test_demo_small_runs_and_reports_a_speedup() -> None:
+    result = run_cli("demo", "--items", "20", "--size", "500", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    assert "speed-up:" in result.stdout
+    assert "x with 2 worker(s)" in result.stdout
+    assert "20/20" in result.stderr  # the progress bar, on stderr, counting items
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.timeout(CLI_TIMEOUT + 30)
+def test_demo_without_progress_bar_on_threads() -> None:
+    result = run_cli(
+        "demo", "--items", "8", "--size", "200", "--backend", "thread", "--no-progress"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+@pytest.mark.timeout(CLI_TIMEOUT + 30)
+def test_bench_small_json() -> None:
+    result = run_cli(
+        "bench", "--tiny-items", "500", "--cpu-items", "6", "--size", "300", "--repeat", "1",
+        "--workers", "2", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["workers"] == 2
+    assert [row["workload"] for row in report["rows"]] == ["tiny (x * x)", "cpu-bound (primes)"]
+    for row in report["rows"]:
+        assert row["serial_s"] > 0 and row["parallelize_s"] > 0 and row["pool_s"] > 0
+        assert row["speedup_vs_serial"] == pytest.approx(row["serial_s"] / row["parallelize_s"])
+
+
+@pytest.mark.timeout(CLI_TIMEOUT + 30)
+def test_bench_small_table() -> None:
+    result = run_cli(
+        "bench", "--tiny-items", "200", "--cpu-items", "4", "--size", "200", "--repeat", "1",
+        "--start-method", "spawn",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "start method spawn" in result.stdout
+    assert "vs Pool" in result.stdout and "cpu-bound (primes)" in result.stdout
+
+
+@pytest.mark.timeout(CLI_TIMEOUT + 30)
+@pytest.mark.parametrize("args", [["--help"], ["demo", "--help"], ["bench", "--help"]])
+def test_help_exits_0(args: list[str]) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: python -m parallelize")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],  # no command: help on stderr
+        ["frobnicate"],
+        ["demo", "--items", "0"],
+        ["demo", "--items", "many"],
+        ["demo", "--backend", "gpu"],
+        ["bench", "--repeat", "-1"],
+    ],
+)
+def test_usage_errors_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from parallelize import __version__  # noqa: PLC0415 - the version under test
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"parallelize {__version__}"
+
+
+def test_defaults_are_sensible() -> None:
+    demo = build_parser().parse_args(["demo"])
+    assert 100 <= demo.items <= 1000 and demo.workers >= 1 and demo.backend == "process"
+    bench = build_parser().parse_args(["bench"])
+    assert bench.repeat >= 1 and bench.start_method is None
+
+
+@pytest.mark.timeout(CLI_TIMEOUT + 30)
+def test_console_script_entry_point() -> None:
+    """``parallelize`` (the console script) is the same as ``python -m parallelize``."""
+    from importlib.metadata import entry_points  # noqa: PLC0415
+
+    (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "parallelize"]
+    assert script.value == "parallelize.__main__:main"
+    assert script.load() is main

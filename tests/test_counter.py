@@ -1,0 +1,443 @@
+"""shared_counter: exact totals from every route a counter can take into a worker, and no leaks.
+
+Real processes throughout: ``multiprocessing.Process`` under each start method, ``pmap`` with the
+counter as an argument, a keyword argument and a closure, a pool that was warm before the counter
+existed, threads, and subprocess scripts that check ``/dev/shm`` and the resource tracker.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import multiprocessing
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import parallelize
+from parallelize import SharedCounter, parallel, pmap, shared_counter
+
+pytestmark = pytest.mark.timeout(60)
+
+WORKERS = 3  # more processes than the 2 cores, so increments really interleave
+INCREMENTS = 300
+
+
+def path_of(counter: SharedCounter) -> str:
+    return os.path.join("/dev/shm", counter._storage.name)  # type: ignore[attr-defined]
+
+
+def wait_until_gone(path: str, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+# Targets for multiprocessing.Process: module level, so spawn can find them by name.
+def bump(counter: SharedCounter, times: int) -> None:
+    for i in range(times):
+        if i % 2:
+            counter.increment()
+        else:
+            with counter.get_lock():  # the seed idiom from the multiprocessing docs
+                counter.value += 1
+
+
+def bump_many(counters: list[SharedCounter], times: int) -> None:
+    for _ in range(times):
+        for counter in counters:
+            counter.increment()
+
+
+def hold_until(counter: SharedCounter, attached: Any, dropped: Any) -> None:
+    counter.increment()
+    attached.set()
+    dropped.wait(30)
+    counter.increment()
+
+
+def hold_lock_then_die(counter: SharedCounter) -> None:
+    counter.get_lock().acquire()
+    counter.increment()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def bump_and_count(counter: SharedCounter, item: int) -> int:
+    counter.increment()
+    return os.getpid()
+
+
+# --- the API ------------------------------------------------------------------------------------
+
+
+def test_exported() -> None:
+    assert {"SharedCounter", "shared_counter"} <= set(parallelize.__all__)
+    assert parallelize.__all__ == sorted(parallelize.__all__)
+
+
+def test_basic_operations() -> None:
+    counter = shared_counter()
+    assert isinstance(counter, SharedCounter)
+    assert counter.value == 0
+    assert counter.increment() == 1
+    assert counter.increment(n=5) == 6
+    assert counter.decrement() == 5
+    assert counter.decrement(10) == -5
+    counter.value = 10
+    assert counter.value == 10
+    assert repr(counter) == "SharedCounter(10)"
+    assert shared_counter(-3).value == -3
+
+
+@pytest.mark.parametrize("bad", [1.5, "1", None, True, [1]])
+def test_bad_input_raises_type_error(bad: Any) -> None:
+    with pytest.raises(TypeError, match="integer"):
+        shared_counter(bad)
+    counter = shared_counter(1)
+    with pytest.raises(TypeError, match="integer"):
+        counter.increment(bad)
+    with pytest.raises(TypeError, match="integer"):
+        counter.decrement(bad)
+    with pytest.raises(TypeError, match="integer"):
+        counter.value = bad
+    assert counter.value == 1
+
+
+def test_index_types_are_integers() -> None:
+    numpy = pytest.importorskip("numpy")
+    counter = shared_counter(numpy.int64(2))
+    assert counter.increment(numpy.int32(3)) == 5
+
+
+def test_sixty_four_bit_range() -> None:
+    counter = shared_counter(2**63 - 2)
+    assert counter.increment() == 2**63 - 1
+    with pytest.raises(OverflowError):
+        counter.increment()
+    assert counter.value == 2**63 - 1
+    counter.value = -(2**63)
+    with pytest.raises(OverflowError):
+        counter.decrement()
+    with pytest.raises(OverflowError):
+        shared_counter(2**63)
+    with pytest.raises(OverflowError):
+        counter.value = 2**64
+
+
+def test_lock_is_recursive_and_covers_value() -> None:
+    counter = shared_counter(0)
+    lock = counter.get_lock()
+    with lock:
+        with counter.get_lock():
+            counter.value += 1
+            counter.increment()
+        assert counter.value == 2
+    assert lock.acquire(timeout=0)
+    lock.release()
+
+
+def test_lock_excludes_other_threads() -> None:
+    counter = shared_counter(0)
+    got: list[bool] = []
+    with counter.get_lock():
+        thread = threading.Thread(
+            target=lambda: got.extend([
+                counter.get_lock().acquire(block=False),
+                counter.get_lock().acquire(timeout=0.05),
+            ])
+        )
+        thread.start()
+        thread.join()
+    assert got == [False, False]
+
+
+def test_release_unheld_lock_raises() -> None:
+    counter = shared_counter(0)
+    with pytest.raises(RuntimeError):
+        counter.get_lock().release()
+
+
+def test_pickle_in_the_same_process_is_the_same_counter() -> None:
+    counter = shared_counter(7)
+    clone = pickle.loads(pickle.dumps(counter))
+    assert clone._storage is counter._storage  # type: ignore[attr-defined]
+    clone.increment()
+    assert counter.value == 8
+    assert copy.deepcopy(counter).increment() == 9
+
+
+def test_last_holder_frees_the_file() -> None:
+    counter = shared_counter(1)
+    path = path_of(counter)
+    assert os.path.exists(path)
+    blob = pickle.dumps(counter)
+    del counter
+    gc.collect()
+    assert not os.path.exists(path)
+    with pytest.raises(FileNotFoundError, match="no longer exists"):
+        pickle.loads(blob)
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_plain_process(start_method: str) -> None:
+    context = multiprocessing.get_context(start_method)
+    counter = shared_counter(0)
+    processes = [
+        context.Process(target=bump, args=(counter, INCREMENTS)) for _ in range(WORKERS)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+        assert process.exitcode == 0
+    assert counter.value == WORKERS * INCREMENTS
+
+
+@pytest.mark.timeout(120)
+def test_counter_outlives_its_creator_in_a_holder(start_method: str) -> None:
+    context = multiprocessing.get_context(start_method)
+    counter = shared_counter(0)
+    path = path_of(counter)
+    attached, dropped = context.Event(), context.Event()
+    process = context.Process(target=hold_until, args=(counter, attached, dropped))
+    process.start()
+    assert attached.wait(30)
+    del counter  # the child still holds it
+    gc.collect()
+    assert os.path.exists(path)
+    dropped.set()
+    process.join()
+    assert process.exitcode == 0
+    assert wait_until_gone(path)  # the child was the last holder and removed it
+
+
+@pytest.mark.timeout(120)
+def test_pmap_argument_keyword_and_closure(start_method: str) -> None:
+    counter = shared_counter(0)
+    items = range(WORKERS * INCREMENTS)
+    options: dict[str, Any] = {"workers": WORKERS, "start_method": start_method, "chunksize": 7}
+
+    pmap(bump_and_count, [counter] * len(items), items, **options)
+    assert counter.value == len(items)
+
+    pmap(lambda item: counter.increment(), items, **options)  # captured in a lambda
+    assert counter.value == 2 * len(items)
+
+    def closure(item: int) -> None:
+        with counter.get_lock():
+            counter.value += 1
+
+    pmap(closure, items, **options)
+    assert counter.value == 3 * len(items)
+
+    @parallel(workers=WORKERS, start_method=start_method, chunksize=7)
+    def task(item: int, *, by: SharedCounter) -> None:
+        by.increment()
+
+    task(items, by=counter)  # a keyword argument of an @parallel function
+    assert counter.value == 4 * len(items)
+
+
+@pytest.mark.timeout(120)
+def test_counter_created_after_the_pool_is_warm(start_method: str) -> None:
+    options: dict[str, Any] = {"workers": 2, "start_method": start_method}
+    warm = set(pmap(lambda item: os.getpid(), range(20), **options))
+    counter = shared_counter(0)
+    pids = set(pmap(bump_and_count, [counter] * 400, range(400), **options))
+    assert counter.value == 400
+    assert pids <= warm, "the pool was restarted for the counter"
+    later = shared_counter(100)
+    pmap(lambda item: later.decrement(), range(100), **options)
+    assert later.value == 0
+
+
+@pytest.mark.parametrize("backend", ["thread", "serial"])
+def test_in_process_backends(backend: str) -> None:
+    counter = shared_counter(0)
+    pmap(lambda item: bump(counter, 10), range(50), backend=backend, workers=4)
+    assert counter.value == 500
+
+
+@pytest.mark.timeout(120)
+def test_threads_in_many_processes(start_method: str) -> None:
+    counter = shared_counter(0)
+
+    def threaded(item: int) -> None:
+        threads = [threading.Thread(target=bump, args=(counter, 100)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    pmap(threaded, range(6), workers=2, start_method=start_method)
+    assert counter.value == 6 * 4 * 100
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_many_counters_heavy_contention(start_method: str) -> None:
+    counters = [shared_counter(i) for i in range(20)]
+    context = multiprocessing.get_context(start_method)
+    processes = [
+        context.Process(target=bump_many, args=(counters, 200)) for _ in range(4)
+    ]
+    for process in processes:
+        process.start()
+    threads = [threading.Thread(target=bump_many, args=(counters, 200)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for process in processes:
+        process.join()
+        assert process.exitcode == 0
+    assert [c.value for c in counters] == [i + 7 * 200 for i in range(20)]
+
+
+# --- fork and death -----------------------------------------------------------------------------
+
+
+def test_fork_child_does_not_inherit_a_held_lock() -> None:
+    counter = shared_counter(0)
+    context = multiprocessing.get_context("fork")
+    result = context.Queue()
+
+    def child() -> None:
+        lock = counter.get_lock()
+        free_now = lock.acquire(block=False)  # the parent holds it: must not look recursive
+        result.put(free_now)
+        assert lock.acquire(timeout=30)
+        counter.increment()
+        lock.release()
+
+    with counter.get_lock():
+        process = context.Process(target=child)
+        process.start()
+        assert result.get(timeout=30) is False
+        counter.increment()
+    process.join(30)
+    assert process.exitcode == 0
+    assert counter.value == 2
+
+
+@pytest.mark.timeout(120)
+def test_lock_of_a_killed_holder_is_released(start_method: str) -> None:
+    counter = shared_counter(0)
+    process = multiprocessing.get_context(start_method).Process(
+        target=hold_lock_then_die, args=(counter,)
+    )
+    process.start()
+    process.join()
+    assert process.exitcode == -signal.SIGKILL
+    assert counter.get_lock().acquire(timeout=10)
+    counter.get_lock().release()
+    assert counter.increment() == 2
+
+
+# --- no leaks -----------------------------------------------------------------------------------
+
+LEAK_SCRIPT = """
+import multiprocessing, os, sys
+from parallelize import pmap, shared_counter
+
+def bump(counter, times):
+    for _ in range(times):
+        counter.increment()
+
+def make_inside(item):
+    inner = shared_counter(item)  # created in a worker, dropped there
+    inner.increment()
+    return inner._storage.name
+
+if __name__ == "__main__":
+    names = []
+    for method in ["fork", "spawn", "forkserver"]:
+        early = shared_counter()
+        pmap(bump, [early] * 4, [10] * 4, workers=2, start_method=method)  # warms the pool
+        late = shared_counter()  # created after the pool is warm
+        pmap(lambda item: late.increment(), range(40), workers=2, start_method=method)
+        dropped = shared_counter()
+        pmap(lambda item: dropped.increment(), range(8), workers=2, start_method=method)
+        names.append(dropped._storage.name)
+        del dropped  # workers may still hold it: the last one to let go removes it
+        context = multiprocessing.get_context(method)
+        process = context.Process(target=bump, args=(early, 10))
+        process.start()
+        process.join()
+        names += pmap(make_inside, range(4), workers=2, start_method=method)
+        assert early.value == 50 and late.value == 40, (early, late)
+        names += [early._storage.name, late._storage.name]
+    print("\\n".join(names))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_no_leaks_and_no_tracker_warnings(script: Path) -> None:
+    script.write_text(textwrap.dedent(LEAK_SCRIPT), encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(script)],
+        capture_output=True, text=True, timeout=150, check=False, cwd=script.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "resource_tracker" not in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    names = result.stdout.split()
+    assert len(names) == 3 * (3 + 4)
+    left = [name for name in names if os.path.exists(f"/dev/shm/{name}")]
+    assert not left, "counter files were left in /dev/shm"
+
+
+KILLED_CREATOR_SCRIPT = """
+import multiprocessing, os, signal, sys, time
+from parallelize import shared_counter
+
+def hold(counter, ready):
+    counter.increment()
+    ready.set()
+    time.sleep({hold_seconds})
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("{method}")
+    counter = shared_counter()
+    print(counter._storage.name, flush=True)
+    ready = context.Event()
+    child = context.Process(target=hold, args=(counter, ready))
+    child.start()
+    ready.wait(30)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("hold_seconds", [0.5, 0.0], ids=["holder-outlives", "alone"])
+def test_sigkilled_creator_leaves_nothing(script: Path, hold_seconds: float) -> None:
+    """Another holder removes it when it lets go; or else the creator's resource tracker does."""
+    script.write_text(
+        textwrap.dedent(KILLED_CREATOR_SCRIPT).format(method="spawn", hold_seconds=hold_seconds),
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=script.parent,
+    )
+    assert result.returncode == -signal.SIGKILL
+    name = result.stdout.strip()
+    assert name.startswith("parallelize-counter-")
+    assert wait_until_gone(f"/dev/shm/{name}", 30)

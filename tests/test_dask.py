@@ -1,0 +1,143 @@
+"""The behaviour suite and Dask specifics on a real ``distributed.LocalCluster`` of processes.
+
+Skipped without the dask extra (``pip install "parallelize[dask]"``); CI installs it and runs these.
+Deselect with ``-m "not dask"``. One cluster serves the whole module and is shut down at its end, so
+that it never runs beside the Ray session of ``test_ray.py`` on a small machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+import dask  # noqa: E402 - installed with distributed
+
+from parallelize import WorkerCrashedError, imap, pmap  # noqa: E402
+from parallelize._backends import dask as dask_backend  # noqa: E402
+from parallelize._backends.base import get_backend  # noqa: E402
+from test_threads import Behaviour, nap, square  # noqa: E402 - after the skip above
+
+pytestmark = [pytest.mark.dask, pytest.mark.timeout(60)]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """One LocalCluster of two single-threaded worker processes, set as the current client.
+
+    The scheduler does not retry a task whose worker died (allowed-failures 0 instead of 3), to
+    keep the crash test short: the backend's own isolation of the culprit is what it checks.
+    """
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    ) as local, distributed.Client(local) as client:
+        yield client
+        get_backend("dask").shutdown()  # clients it opened to this cluster close first
+
+
+def test_plain_script_exits_quietly_with_its_own_cluster(tmp_path: Path) -> None:
+    """No client anywhere: a LocalCluster starts, and interpreter exit closes it silently."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        from parallelize import pmap
+
+        if __name__ == "__main__":
+            assert pmap(abs, range(-50, 0), backend="dask") == list(range(50, 0, -1))
+    """))
+    began = time.monotonic()
+    result = subprocess.run([sys.executable, "-W", "error", str(script)], capture_output=True,
+                            text=True, timeout=50, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == result.stderr == ""
+    assert time.monotonic() - began < 30
+
+
+@pytest.mark.usefixtures("cluster")
+class TestDaskBehaviour(Behaviour):
+    options: ClassVar[dict[str, Any]] = {"backend": "dask"}
+
+
+def test_uses_the_current_client(cluster: Any) -> None:
+    assert get_backend("dask").client(None) is cluster  # type: ignore[attr-defined]
+
+
+def test_address_option_and_environment(cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An explicit address wins; then the current client; then PARALLELIZE_DASK_ADDRESS."""
+    address = cluster.scheduler.address
+    backend = get_backend("dask")
+    assert pmap(square, range(10), backend="dask", address=address) == [x * x for x in range(10)]
+    own = backend.client(address)  # type: ignore[attr-defined]
+    assert own is not cluster
+    assert own.scheduler.address == address
+    monkeypatch.setenv(dask_backend.ENV_ADDRESS, "tcp://192.0.2.1:8786")
+    assert backend.client(None) is cluster  # a current client comes before the variable
+
+
+def test_tiny_items_travel_in_chunks(cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    submitted: list[int] = []
+    original = dask_backend.Driver._submit
+
+    def counting(self: Any, chunk: Any) -> None:
+        submitted.append(len(chunk.items))
+        original(self, chunk)
+
+    monkeypatch.setattr(dask_backend.Driver, "_submit", counting)
+    assert pmap(square, range(20_000), backend="dask") == [x * x for x in range(20_000)]
+    assert sum(submitted) == 20_000
+    assert len(submitted) < 100
+
+
+def test_infinite_input_is_never_handed_over_whole(cluster: Any) -> None:
+    """client.map refuses iterators: chunks are read from the input as tasks finish."""
+    def endless() -> Iterator[int]:
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+    stream = imap(square, endless(), backend="dask")
+    assert [next(stream) for _ in range(1000)] == [x * x for x in range(1000)]
+    stream.close()
+
+
+def test_closing_cancels_outstanding_tasks(cluster: Any) -> None:
+    stream = imap(nap, [0.5] * 40, backend="dask")
+    next(stream)
+    stream.close()
+
+    def idle() -> bool:
+        return not any(cluster.processing().values())
+
+    deadline = time.monotonic() + 5
+    while not idle() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert idle()
+
+
+def _die(x: int) -> int:
+    if x == 3:
+        os._exit(1)
+    return x
+
+
+def test_a_worker_death_fails_only_its_item(cluster: Any) -> None:
+    """Only the item that kills its worker fails, even when Dask blames the tasks queued with it."""
+    out = pmap(_die, range(8), backend="dask", on_error="return")
+    assert out[:3] == [0, 1, 2] and out[4:] == [4, 5, 6, 7]
+    assert isinstance(out[3], WorkerCrashedError)
+    assert out[3].index == 3
+    cluster.wait_for_workers(2, timeout=30)

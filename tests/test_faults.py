@@ -1,0 +1,441 @@
+"""Faults never hang: crashes, timeouts, retries, error policies, Ctrl-C and worker lifecycle.
+
+Workers are killed with real signals; every test has a timeout, and the bounds on promptness are
+generous because a 2-core CI machine is noisy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from parallelize import WorkerCrashedError, imap, pmap
+
+from support import open_fds
+
+pytestmark = pytest.mark.timeout(90)
+
+PROMPT = 5.0  # seconds; a crash is reported within ~1 ms locally, this bound absorbs CI noise
+
+
+def kill_self_at(x: int, at: int = 7) -> int:
+    if x == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * 2
+
+
+def exit_at_5(x: int) -> int:
+    if x == 5:
+        os._exit(3)
+    return x
+
+
+def segfault_at_2(x: int) -> int:
+    if x == 2:
+        ctypes.string_at(0)
+    return x
+
+
+def sleep_at_3(x: int) -> int:
+    if x == 3:
+        time.sleep(60)
+    return x
+
+
+def report_pid_then_sleep(x: int, folder: str) -> int:
+    if x == 4:
+        Path(folder, "pid").write_text(str(os.getpid()))
+        time.sleep(60)
+    return x
+
+
+def flaky(x: int, folder: str, failures: int, crash: bool = False) -> int:
+    """Fails (or crashes) the first ``failures`` times it sees ``x == 1``."""
+    marker = Path(folder, f"attempts-{x}")
+    with marker.open("a") as f:
+        f.write(".")
+    if x == 1 and len(marker.read_text()) <= failures:
+        if crash:
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise OSError(f"transient failure of item {x}")
+    return x
+
+
+_initialized: list[Any] = []
+
+
+def remember(*args: Any) -> None:
+    _initialized.extend(args)
+
+
+def read_initialized(_: int) -> list[Any]:
+    return list(_initialized)
+
+
+def failing_initializer() -> None:
+    raise RuntimeError("no database")
+
+
+def my_pid(_: int) -> int:
+    return os.getpid()
+
+
+def children() -> set[int]:
+    return {child.pid for child in psutil.Process().children(recursive=True)}
+
+
+# -- worker death -----------------------------------------------------------------------------------
+
+
+def test_killed_worker_raises_promptly_and_names_the_item(start_method: str) -> None:
+    began = time.monotonic()
+    with pytest.raises(WorkerCrashedError) as caught:
+        pmap(kill_self_at, range(20), workers=2, start_method=start_method)
+    assert time.monotonic() - began < PROMPT
+    error = caught.value
+    assert isinstance(error, RuntimeError)
+    assert error.index == 7 and error.exitcode == -signal.SIGKILL
+    assert "SIGKILL" in str(error) and "index 7" in str(error)
+    assert pmap(kill_self_at, range(5), workers=2, start_method=start_method) == [0, 2, 4, 6, 8]
+
+
+def test_worker_killed_from_outside(start_method: str, tmp_path: Path) -> None:
+    def killer() -> None:
+        pid_file = tmp_path / "pid"
+        deadline = time.monotonic() + 60
+        while (not pid_file.exists() or not pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    task = functools.partial(report_pid_then_sleep, folder=str(tmp_path))
+    results = pmap(task, range(10), workers=2, start_method=start_method, on_error="return")
+    thread.join()
+    assert isinstance(results[4], WorkerCrashedError) and results[4].index == 4
+    assert [r for i, r in enumerate(results) if i != 4] == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+
+
+def test_exit_code_is_reported(start_method: str) -> None:
+    with pytest.raises(WorkerCrashedError, match="exited with code 3") as caught:
+        pmap(exit_at_5, range(10), workers=2, start_method=start_method)
+    assert caught.value.exitcode == 3 and caught.value.index == 5
+
+
+def test_segfault_in_native_code(start_method: str) -> None:
+    with pytest.raises(WorkerCrashedError, match="SIGSEGV") as caught:
+        pmap(segfault_at_2, range(6), workers=2, start_method=start_method, chunksize=3)
+    assert caught.value.index == 2
+
+
+def test_only_the_crashed_item_is_lost(start_method: str) -> None:
+    results = pmap(kill_self_at, range(40), workers=2, start_method=start_method,
+                   on_error="return", chunksize=8)
+    assert isinstance(results[7], WorkerCrashedError)
+    assert [r for i, r in enumerate(results) if i != 7] == [2 * i for i in range(40) if i != 7]
+
+
+# -- timeouts --------------------------------------------------------------------------------------
+
+
+def test_timeout_raises_builtin_timeout_error(start_method: str) -> None:
+    began = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"index 3 .* timeout of 0\.5 s"):
+        pmap(sleep_at_3, range(8), workers=2, timeout=0.5, start_method=start_method)
+    assert time.monotonic() - began < 0.5 + PROMPT
+    assert pmap(sleep_at_3, [1, 2], workers=2, start_method=start_method) == [1, 2]
+
+
+def test_timeout_returns_in_place_and_others_complete(start_method: str) -> None:
+    results = pmap(sleep_at_3, range(12), workers=2, timeout=0.5, start_method=start_method,
+                   on_error="return")
+    assert isinstance(results[3], TimeoutError)
+    assert [r for i, r in enumerate(results) if i != 3] == [i for i in range(12) if i != 3]
+
+
+def test_timeout_on_threads_abandons_the_item() -> None:
+    results = pmap(sleep_at_3, range(6), backend="thread", workers=2, timeout=0.3,
+                   on_error="return")
+    assert isinstance(results[3], TimeoutError) and results[5] == 5
+
+
+def test_timeout_with_many_short_items_still_works() -> None:
+    assert pmap(abs, range(-5000, 0), workers=2, timeout=5.0)[-1] == 1
+
+
+# -- retries ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["process", "thread", "serial"])
+def test_retries_rerun_a_failing_item(backend: str, tmp_path: Path) -> None:
+    task = functools.partial(flaky, folder=str(tmp_path), failures=2)
+    assert pmap(task, range(4), backend=backend, workers=2, retries=2) == [0, 1, 2, 3]
+    assert (tmp_path / "attempts-1").read_text() == "..."
+    assert (tmp_path / "attempts-0").read_text() == "."
+
+
+def test_too_few_retries_still_fail(tmp_path: Path) -> None:
+    with pytest.raises(OSError, match="transient"):
+        pmap(functools.partial(flaky, folder=str(tmp_path), failures=2), range(4), retries=1)
+
+
+def test_retries_rerun_a_crashed_item(start_method: str, tmp_path: Path) -> None:
+    task = functools.partial(flaky, folder=str(tmp_path), failures=1, crash=True)
+    assert pmap(task, range(6), workers=2, start_method=start_method, retries=1) == list(range(6))
+    assert (tmp_path / "attempts-1").read_text() == ".."
+
+
+# -- worker lifecycle --------------------------------------------------------------------------------
+
+
+def test_initializer_runs_once_per_worker(start_method: str) -> None:
+    seen = pmap(read_initialized, range(6), workers=2, start_method=start_method,
+                initializer=remember, initargs=("db", 1))
+    assert all(value == ["db", 1] for value in seen)
+
+
+def test_initializer_on_threads() -> None:
+    seen = pmap(read_initialized, range(3), backend="thread", initializer=lambda: None)
+    assert len(seen) == 3
+
+
+def test_failing_initializer_raises_in_the_caller(start_method: str) -> None:
+    with pytest.raises(RuntimeError, match="no database"):
+        pmap(my_pid, range(4), workers=2, start_method=start_method,
+             initializer=failing_initializer)
+    assert len(pmap(my_pid, range(4), workers=2, start_method=start_method)) == 4
+
+
+def test_max_tasks_per_worker_replaces_workers(start_method: str) -> None:
+    pids = pmap(my_pid, range(12), workers=2, start_method=start_method, max_tasks_per_worker=2)
+    assert max(pids.count(pid) for pid in pids) <= 2, pids
+    assert pmap(my_pid, range(2), workers=2, start_method=start_method, max_tasks_per_worker=2)
+
+
+# -- cancellation ------------------------------------------------------------------------------------
+
+
+def slow_item(x: int) -> int:
+    time.sleep(0.05 if x else 0)
+    return x
+
+
+def test_break_out_of_imap_frees_the_workers(start_method: str) -> None:
+    for value in imap(sleep_at_3, range(100), workers=2, chunksize=1, start_method=start_method):
+        if value == 2:
+            break
+    began = time.monotonic()
+    assert pmap(abs, [-1, -2], workers=2, start_method=start_method) == [1, 2]
+    assert time.monotonic() - began < PROMPT
+
+
+def test_exception_in_the_consumer_loop_cancels(start_method: str) -> None:
+    with pytest.raises(KeyError):
+        for _ in imap(slow_item, range(1000), workers=2, start_method=start_method):
+            raise KeyError("consumer")
+    assert pmap(abs, [-3], workers=2, start_method=start_method) == [3]
+
+
+def test_dropped_iterator_cancels(start_method: str) -> None:
+    stream = imap(slow_item, range(1000), workers=2, start_method=start_method)
+    next(stream)
+    del stream
+    assert pmap(abs, [-4], workers=2, start_method=start_method) == [4]
+
+
+def test_faults_leak_no_processes_or_descriptors(start_method: str) -> None:
+    pmap(abs, [1, 2], workers=2, start_method=start_method)  # warm the pool first
+    fds, procs = open_fds(), len(children())
+    for _ in range(3):
+        pmap(kill_self_at, range(10), workers=2, start_method=start_method, on_error="return")
+        pmap(sleep_at_3, range(5), workers=2, start_method=start_method, timeout=0.3,
+             on_error="return")
+        pmap(abs, [1], workers=2, start_method=start_method)
+    time.sleep(0.2)
+    # A pool refills lazily, so it may hold fewer workers (and their pipes) than before: never more.
+    assert open_fds() <= fds
+    assert len(children()) <= procs
+
+
+# -- whole interpreters ---------------------------------------------------------------------------------
+
+SCRIPT_HEADER = """
+import os, signal, sys, time
+from parallelize import pmap, imap, parallel
+"""
+
+
+def run_script(path: Path, body: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    path.write_text(SCRIPT_HEADER + textwrap.dedent(body))
+    return subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def pids_alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def wait_gone(pids: list[int], seconds: float = 10) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while (alive := pids_alive(pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
+
+
+def test_exit_with_a_warm_pool_is_quiet(start_method: str, script: Path) -> None:
+    body = f"""
+    def pid(_):
+        return os.getpid()
+
+    if __name__ == "__main__":
+        pids = set(pmap(pid, range(20), workers=2, start_method={start_method!r}, chunksize=1))
+        print(" ".join(map(str, pids)), file=sys.stderr)
+    """
+    done = run_script(script, body)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    pids = [int(p) for p in done.stderr.split()]
+    assert pids and not wait_gone(pids)
+
+
+def test_worker_output_reaches_the_terminal(start_method: str, script: Path) -> None:
+    body = f"""
+    def shout(x):
+        print(f"item {{x}} says hi")
+        print(f"item {{x}} warns", file=sys.stderr)
+        return x
+
+    if __name__ == "__main__":
+        pmap(shout, range(3), workers=2, start_method={start_method!r})
+    """
+    done = run_script(script, body)
+    assert done.returncode == 0
+    for x in range(3):
+        assert f"item {x} says hi" in done.stdout
+        assert f"item {x} warns" in done.stderr
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_decorated_function_in_a_script(method: str, script: Path) -> None:
+    body = f"""
+    @parallel(workers=2, start_method={method!r})
+    def cube(x, *, plus=0):
+        return x ** 3 + plus
+
+    if __name__ == "__main__":
+        print(cube(range(5), plus=1), list(cube.imap([2])))
+    """
+    done = run_script(script, body)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[1, 2, 9, 28, 65] [8]"
+    assert done.stderr == ""
+
+
+def test_ctrl_c_interrupts_promptly_and_leaves_nothing(start_method: str, tmp_path: Path) -> None:
+    body = f"""
+    def busy(x):
+        with open(os.path.join(sys.argv[1], f"pid-{{os.getpid()}}"), "w"):
+            pass
+        time.sleep(60)
+
+    if __name__ == "__main__":
+        print("ready", flush=True)
+        pmap(busy, range(10), workers=2, chunksize=1, start_method={start_method!r})
+    """
+    path = tmp_path / "interrupt.py"
+    path.write_text(SCRIPT_HEADER + textwrap.dedent(body))
+    proc = subprocess.Popen([sys.executable, str(path), str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        deadline = time.monotonic() + 30
+        while len(list(tmp_path.glob("pid-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = [int(p.name[4:]) for p in tmp_path.glob("pid-*")]
+        assert len(workers) == 2
+        began = time.monotonic()
+        proc.send_signal(signal.SIGINT)  # the parent alone, once
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - began < PROMPT
+    finally:
+        proc.kill()
+    assert "KeyboardInterrupt" in err
+    assert not wait_gone(workers)
+
+
+def test_workers_exit_when_the_parent_is_killed(start_method: str, tmp_path: Path) -> None:
+    body = f"""
+    def pid(x):
+        if x == 0:
+            time.sleep(0.2)
+        return os.getpid()
+
+    if __name__ == "__main__":
+        pids = set(pmap(pid, range(8), workers=2, chunksize=1, start_method={start_method!r}))
+        print(" ".join(map(str, pids)), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+    done = run_script(tmp_path / "orphan.py", body)
+    assert done.returncode == -signal.SIGKILL
+    pids = [int(p) for p in done.stdout.split()]
+    assert pids and not wait_gone(pids)
+
+
+# -- stress ----------------------------------------------------------------------------------------------
+
+
+def chaos(x: int, seed: int) -> Any:
+    fate = random.Random(seed * 100_003 + x).random()
+    if fate < 0.01:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fate < 0.02:
+        time.sleep(30)
+    if fate < 0.04:
+        raise ArithmeticError(x)
+    if fate < 0.05:
+        return threading.Lock()  # cannot be pickled
+    return x
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_many_maps_with_random_faults(start_method: str) -> None:
+    pmap(abs, [1, 2], workers=2, start_method=start_method)
+    fds, procs = open_fds(), len(children())
+    for seed in range(15):
+        results = pmap(functools.partial(chaos, seed=seed), range(200), workers=2,
+                       start_method=start_method, timeout=1.0, on_error="return")
+        assert len(results) == 200
+        for x, value in enumerate(results):
+            fate = random.Random(seed * 100_003 + x).random()
+            expected = (
+                WorkerCrashedError if fate < 0.01 else TimeoutError if fate < 0.02
+                else ArithmeticError if fate < 0.04 else TypeError if fate < 0.05 else None
+            )
+            if expected is None:
+                assert value == x
+            else:
+                assert isinstance(value, expected), (x, value)
+    time.sleep(0.2)
+    assert open_fds() <= fds
+    assert len(children()) <= procs

@@ -1,0 +1,98 @@
+"""The behaviour suite and Ray specifics on a real local Ray session.
+
+Skipped without the ray extra (``pip install "parallelize[ray]"``); CI installs it and runs these.
+Deselect with ``-m "not ray"``. One session serves the whole module and is shut down at its end, so
+that it never runs beside the LocalCluster of ``test_dask.py`` on a small machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from parallelize import WorkerCrashedError, imap, pmap  # noqa: E402
+from parallelize._backends import dask as shared  # noqa: E402 - the loop Ray shares with Dask
+from test_threads import Behaviour, nap, square  # noqa: E402 - after the skip above
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(60)]
+
+
+@pytest.fixture(scope="module")
+def session() -> Iterator[None]:
+    """One local Ray session of two CPUs, started here, so the backend uses the running one."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def test_plain_script_exits_quietly_with_its_own_session(tmp_path: Path) -> None:
+    """No session anywhere: a quiet local one starts, and interpreter exit shuts it down."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        from parallelize import pmap
+
+        assert pmap(abs, range(-50, 0), backend="ray") == list(range(50, 0, -1))
+    """))
+    began = time.monotonic()
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=50, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == result.stderr == ""
+    assert time.monotonic() - began < 30
+
+
+@pytest.mark.usefixtures("session")
+class TestRayBehaviour(Behaviour):
+    options: ClassVar[dict[str, Any]] = {"backend": "ray"}
+
+
+@pytest.mark.usefixtures("session")
+def test_tiny_items_travel_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    submitted: list[int] = []
+    original = shared.Driver._submit
+
+    def counting(self: Any, chunk: Any) -> None:
+        submitted.append(len(chunk.items))
+        original(self, chunk)
+
+    monkeypatch.setattr(shared.Driver, "_submit", counting)
+    assert pmap(square, range(20_000), backend="ray") == [x * x for x in range(20_000)]
+    assert sum(submitted) == 20_000
+    assert len(submitted) < 100
+
+
+@pytest.mark.usefixtures("session")
+def test_closing_drops_in_flight_tasks_without_cancelling_them() -> None:
+    """In-flight chunks finish on their own (no forced cancel); the session stays usable."""
+    stream = imap(nap, [0.3] * 40, backend="ray")
+    next(stream)
+    stream.close()
+    assert pmap(square, range(10), backend="ray") == [x * x for x in range(10)]
+
+
+def _die(x: int) -> int:
+    if x == 3:
+        os._exit(1)
+    return x
+
+
+@pytest.mark.usefixtures("session")
+def test_a_worker_death_fails_only_its_item() -> None:
+    """Ray retries the task (max_retries = retries); after that only the culprit item fails."""
+    out = pmap(_die, range(8), backend="ray", on_error="return", retries=1)
+    assert out[:3] == [0, 1, 2] and out[4:] == [4, 5, 6, 7]
+    assert isinstance(out[3], WorkerCrashedError)
+    assert out[3].index == 3

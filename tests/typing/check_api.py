@@ -1,0 +1,66 @@
+"""What a type checker sees of the public API: checked by ``mypy --strict`` and pyright.
+
+Never run, only type-checked (see ``tests/test_typing.py``). Each ``assert_type`` states what a
+user's editor should infer; each ``type: ignore[...]`` marks a mistake the checker must catch
+(with ``warn_unused_ignores``, a mistake that stops being caught fails the check).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import assert_type
+
+from parallelize import ParallelFunction, imap, parallel, pmap
+
+
+@parallel
+def shout(word: str) -> str:
+    return word.upper()
+
+
+@parallel(workers=2, progress="scaling")
+def scale(x: int, *, by: float = 2.0) -> float:
+    return x * by
+
+
+def length(word: str) -> int:
+    return len(word)
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+# The decorator: iterables in, a list of the function's return type out.
+assert_type(shout, ParallelFunction[str, [], str])
+assert_type(shout(["a", "b"]), list[str])
+assert_type(shout(w for w in "ab"), list[str])
+assert_type(shout.imap(["a", "b"]), Iterator[str])
+assert_type(shout.__wrapped__, Callable[[str], str])
+assert_type(shout.__wrapped__("a"), str)
+assert_type(shout.options(workers=4), ParallelFunction[str, [], str])
+assert_type(shout.options(backend="thread")(["a"]), list[str])
+
+# With options and keyword arguments bound per call.
+assert_type(scale([1, 2], by=3.0), list[float])
+assert_type(scale.imap(range(10)), Iterator[float])
+assert_type(scale.__wrapped__(1, by=0.5), float)
+
+# As a plain call, not a decorator.
+fast_length = parallel(length, workers=2)
+assert_type(fast_length, ParallelFunction[str, [], int])
+assert_type(fast_length(["ab"]), list[int])
+
+# pmap and imap: the list or iterator of the function's return type.
+assert_type(pmap(length, ["a", "bb"]), list[int])
+assert_type(pmap(add, [1, 2], [3, 4]), list[int])
+assert_type(pmap(str.upper, ["a"], backend="thread", progress=True), list[str])
+assert_type(imap(length, ["a", "bb"], ordered=False), Iterator[int])
+for n in imap(length, ["a"]):
+    assert_type(n, int)
+
+# Mistakes the checker must catch.
+shout([1, 2])  # type: ignore[list-item]
+shout(3)  # type: ignore[arg-type]
+shout.__wrapped__(1)  # type: ignore[arg-type]
+too_many: list[str] = scale([1])  # type: ignore[assignment]
