@@ -27,7 +27,7 @@ ALL = ("tiny", "cpu", "uneven", "bigarg", "bigret", "latency", "cold", "stream")
 
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
-    from parallelize._cpu import usable_cpus  # noqa: PLC0415 - after the tools, like every import of it
+    from parallelize._cpu import usable_cpus
 
     cpu = platform.processor() or "unknown"
     try:
@@ -44,8 +44,13 @@ def machine() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=RESULTS.parent.parent, check=False).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=RESULTS.parent.parent,
+            check=False,
+        ).stdout.strip()
     except OSError:
         commit = ""
     return {
@@ -62,18 +67,35 @@ def machine() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks",
-                                     description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="a tenth of the items and fewer repetitions: a smoke test in ~30 s")
-    parser.add_argument("--only", action="append", choices=ALL, metavar="WORKLOAD",
-                        help=f"run only this workload (repeatable): {', '.join(ALL)}")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="where to write the results (default benchmarks/results/latest.json,"
-                             " or quick.json with --quick)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=(__doc__ or "").split("\n")[0]
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tenth of the items and fewer repetitions: a smoke test in ~30 s",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=ALL,
+        metavar="WORKLOAD",
+        help=f"run only this workload (repeatable): {', '.join(ALL)}",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="where to write the results (default benchmarks/results/latest.json,"
+        " or quick.json with --quick)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="workers per pool (default 2)")
-    parser.add_argument("--stream-items", type=int, default=10_000_000,
-                        help="the long streaming run's item count (default 10,000,000)")
+    parser.add_argument(
+        "--stream-items",
+        type=int,
+        default=10_000_000,
+        help="the long streaming run's item count (default 10,000,000)",
+    )
     args = parser.parse_args(argv)
     chosen = args.only or list(ALL)
     path = args.json or RESULTS / ("quick.json" if args.quick else "latest.json")

@@ -29,10 +29,14 @@ def rows(data: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
             continue
         if name == "cold":
             method = "forkserver"
-            ratios = {t: results[f"{t} ({method})"]["ratio"] for t in TOOLS[:2]
-                      if f"{t} ({method})" in results}
+            ratios = {
+                t: results[f"{t} ({method})"]["ratio"]
+                for t in TOOLS[:2]
+                if f"{t} ({method})" in results
+            }
             ratios.update({t: results[t]["ratio"] for t in TOOLS[2:] if t in results})
-            out.append((f"cold start\n({method}; joblib loky, mpire fork)", ratios))
+            # Each against parallelize with the same start method (joblib's loky: forkserver).
+            out.append(("cold start\n(Pool, PPE: forkserver;\nmpire: fork; joblib: loky)", ratios))
             continue
         label = entry["title"].split(":")[0] if ":" in entry["title"] else entry["title"]
         out.append((label, {t: results[t]["ratio"] for t in TOOLS if t in results}))
@@ -40,10 +44,10 @@ def rows(data: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
 
 
 def draw(data: dict[str, Any], png: Path) -> None:
-    import matplotlib  # noqa: PLC0415 - only the chart needs it
+    import matplotlib  # only the chart needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415 - after choosing the Agg backend
+    import matplotlib.pyplot as plt  # after choosing the Agg backend
 
     groups = rows(data)
     height = 0.8 / len(TOOLS)
@@ -54,15 +58,19 @@ def draw(data: dict[str, Any], png: Path) -> None:
         ax.barh(ys, values, height=height, color=colour, label=tool)
         for y, value in zip(ys, values, strict=True):
             if not math.isnan(value):
-                ax.text(value * 1.05, y, f"{value:.2g}x", va="center", fontsize=7)
+                label = f"{value:.2f}x" if value < 10 else f"{value:.0f}x"
+                ax.text(value * 1.05, y, label, va="center", fontsize=7)
     ax.axvline(1, color="black", linewidth=1)
     ax.set_xscale("log")
     ax.set_yticks(range(len(groups)), [label for label, _ in groups])
     ax.invert_yaxis()
     ax.set_xlabel("times better parallelize does than the tool (right of 1: parallelize wins)")
     machine = data["machine"]
-    ax.set_title(f"parallelize vs anchors, {data['workers']} workers; {machine['cpu']}, "
-                 f"Python {machine['python']}, {machine['date'][:10]}", fontsize=9)
+    ax.set_title(
+        f"parallelize vs anchors, {data['workers']} workers; {machine['cpu']}, "
+        f"Python {machine['python']}, {machine['date'][:10]}",
+        fontsize=9,
+    )
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)

@@ -25,14 +25,18 @@ from .tools import START_METHOD_TOOLS, default_start_method
 ROOT = Path(__file__).resolve().parent.parent
 START_METHODS = ("fork", "spawn", "forkserver")
 # What each tool imports; its import time is reported apart from the cold start.
-LIBRARY = {"parallelize": "parallelize", "mp.Pool": "multiprocessing.pool",
-           "ProcessPoolExecutor": "concurrent.futures.process", "joblib": "joblib",
-           "mpire": "mpire"}
+LIBRARY = {
+    "parallelize": "parallelize",
+    "mp.Pool": "multiprocessing.pool",
+    "ProcessPoolExecutor": "concurrent.futures.process",
+    "joblib": "joblib",
+    "mpire": "mpire",
+}
 
 
 def cold(tool: str, method: str, workers: int) -> dict[str, float]:
     """Milliseconds to create a pool and run a 2-item map, in this fresh process."""
-    from . import tasks, tools  # noqa: PLC0415 - before the clock starts, not at import
+    from . import tasks, tools  # before the clock starts
 
     began = time.perf_counter()
     importlib.import_module(LIBRARY[tool])
@@ -47,7 +51,7 @@ def cold(tool: str, method: str, workers: int) -> dict[str, float]:
 
 def stream(count: int, workers: int, tool: str) -> dict[str, float]:
     """Peak RSS (MB) of this process and of its workers while streaming ``count`` items."""
-    from . import tasks  # noqa: PLC0415 - inside the probe process only
+    from . import tasks
 
     baseline = _peak_mb(os.getpid())
     items = iter(range(count))
@@ -55,7 +59,7 @@ def stream(count: int, workers: int, tool: str) -> dict[str, float]:
     if tool == "serial":
         results = map(tasks.square, items)
     else:
-        from parallelize import imap  # noqa: PLC0415 - the serial baseline does not load it
+        from parallelize import imap  # the serial baseline never loads it
 
         results = imap(tasks.square, items, workers=workers)
     seen = 0
@@ -63,9 +67,13 @@ def stream(count: int, workers: int, tool: str) -> dict[str, float]:
         seen += 1
     seconds = time.perf_counter() - began
     assert seen == count
-    return {"seconds": seconds, "items/s": count / seconds, "baseline_mb": baseline,
-            "peak_mb": _peak_mb(os.getpid()),
-            "worker_peak_mb": max(map(_peak_mb, _descendants()), default=0.0)}
+    return {
+        "seconds": seconds,
+        "items/s": count / seconds,
+        "baseline_mb": baseline,
+        "peak_mb": _peak_mb(os.getpid()),
+        "worker_peak_mb": max(map(_peak_mb, _descendants()), default=0.0),
+    }
 
 
 def _peak_mb(pid: int) -> float:
@@ -98,15 +106,23 @@ def _environment() -> dict[str, str]:
     stdlib and installed packages load precompiled bytecode: a cost no installed user pays.
     """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env.setdefault("PYTHONPYCACHEPREFIX",
-                   str(Path(tempfile.gettempdir()) / "parallelize-bench-pycache"))
+    env.setdefault(
+        "PYTHONPYCACHEPREFIX", str(Path(tempfile.gettempdir()) / "parallelize-bench-pycache")
+    )
     return env
 
 
 def _probe(args: list[str], timeout: float) -> dict[str, Any]:
     command = [sys.executable, "-m", "benchmarks.probes", *args]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          check=True, env=_environment())
+    done = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+        env=_environment(),
+    )
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -120,8 +136,7 @@ def run_cold(workers: int, reps: int, log: Callable[[str], None]) -> dict[str, A
         _probe(["cold", tool, method, str(workers)], timeout=120)
     for rep in range(reps):
         for tool, method in cases:  # round robin, like the in-process workloads
-            samples[tool, method].append(
-                _probe(["cold", tool, method, str(workers)], timeout=120))
+            samples[tool, method].append(_probe(["cold", tool, method, str(workers)], timeout=120))
         log(f"  cold rep {rep + 1}/{reps} done")
     results: dict[str, Any] = {}
     for (tool, method), runs in samples.items():
@@ -129,7 +144,8 @@ def run_cold(workers: int, reps: int, log: Callable[[str], None]) -> dict[str, A
         # Same start method as the tool (mpire forks); else parallelize's default.
         used = method if method != "default" else default_start_method(tool)
         reference = "parallelize ({})".format(
-            used if used in START_METHODS else default_start_method("parallelize"))
+            used if used in START_METHODS else default_start_method("parallelize")
+        )
         results[label] = {
             "value": statistics.median(r["ms"] for r in runs),
             "import_ms": statistics.median(r["import_ms"] for r in runs),
@@ -139,28 +155,41 @@ def run_cold(workers: int, reps: int, log: Callable[[str], None]) -> dict[str, A
         }
     for entry in results.values():
         entry["ratio"] = entry["value"] / results[entry["reference"]]["value"]
-    return {"title": "cold start: new pool + 2-item map, fresh process", "unit": "ms",
-            "higher_is_better": False, "results": results}
+    return {
+        "title": "cold start: new pool + 2-item map, fresh process",
+        "unit": "ms",
+        "higher_is_better": False,
+        "results": results,
+    }
 
 
-def run_stream(workers: int, counts: tuple[int, ...], log: Callable[[str], None]
-               ) -> dict[str, Any]:
+def run_stream(workers: int, counts: tuple[int, ...], log: Callable[[str], None]) -> dict[str, Any]:
     """Streaming ``imap`` over generators of each size; serial ``map`` as the baseline."""
     results: dict[str, Any] = {}
     for tool in ("parallelize", "serial"):
         for count in counts:
             # Budget: a generous 20 s per million items, for a loaded machine.
-            result = _probe(["stream", str(count), str(workers), tool],
-                            timeout=60 + 20 * count / 1e6)
+            result = _probe(
+                ["stream", str(count), str(workers), tool], timeout=60 + 20 * count / 1e6
+            )
             results[f"{tool} imap {count:,}" if tool != "serial" else f"serial map {count:,}"] = {
-                **result, "items": count, "value": result["peak_mb"]}
-            log(f"  stream {tool} {count:,}: {result['seconds']:.1f} s, "
-                f"peak {result['peak_mb']:.0f} MB, workers {result['worker_peak_mb']:.0f} MB")
+                **result,
+                "items": count,
+                "value": result["peak_mb"],
+            }
+            log(
+                f"  stream {tool} {count:,}: {result['seconds']:.1f} s, "
+                f"peak {result['peak_mb']:.0f} MB, workers {result['worker_peak_mb']:.0f} MB"
+            )
     small, large = (f"parallelize imap {c:,}" for c in (min(counts), max(counts)))
     growth = results[large]["peak_mb"] - results[small]["peak_mb"]
-    return {"title": "streaming: imap over a generator, peak RSS of the caller",
-            "unit": "MB", "higher_is_better": False, "results": results,
-            "growth_mb": growth}
+    return {
+        "title": "streaming: imap over a generator, peak RSS of the caller",
+        "unit": "MB",
+        "higher_is_better": False,
+        "results": results,
+        "growth_mb": growth,
+    }
 
 
 def main(argv: list[str]) -> None:

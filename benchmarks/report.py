@@ -41,8 +41,7 @@ def map_table(workloads: dict[str, Any]) -> str:
     if not present:
         return ""
     tools = [t for t in TOOLS if any(t in workloads[w]["results"] for w in present)]
-    lines = ["| workload | unit | " + " | ".join(tools) + " |",
-             "|---|---|" + "---|" * len(tools)]
+    lines = ["| workload | unit | " + " | ".join(tools) + " |", "|---|---|" + "---|" * len(tools)]
     for name in present:
         entry = workloads[name]
         cells = []
@@ -72,23 +71,32 @@ def cold_table(cold: dict[str, Any]) -> str:
         if tool != "parallelize":
             cell += f" ({_ratio(result['ratio'])})"
         rows.setdefault(tool, {})[method] = cell
-    lines = ["| cold start, ms | " + " | ".join(methods) + " | import, ms |",
-             "|---|" + "---|" * (len(methods) + 1)]
+    lines = [
+        "| cold start, ms | " + " | ".join(methods) + " | import, ms |",
+        "|---|" + "---|" * (len(methods) + 1),
+    ]
     imports: dict[str, float] = {}
     for label, result in cold["results"].items():
         imports[label.split(" (")[0]] = result["import_ms"]
     for tool, cells in rows.items():
-        lines.append(f"| {tool} | " + " | ".join(cells.get(m, "") for m in methods)
-                     + f" | {fmt(imports[tool], 'ms')} |")
+        lines.append(
+            f"| {tool} | "
+            + " | ".join(cells.get(m, "") for m in methods)
+            + f" | {fmt(imports[tool], 'ms')} |"
+        )
     return "\n".join(lines)
 
 
 def stream_table(stream: dict[str, Any]) -> str:
-    lines = ["| streaming | items/s | peak RSS of the caller, MB | peak RSS of a worker, MB |",
-             "|---|---|---|---|"]
+    lines = [
+        "| streaming | items/s | peak RSS of the caller, MB | peak RSS of a worker, MB |",
+        "|---|---|---|---|",
+    ]
     for label, result in stream["results"].items():
-        lines.append(f"| {label} | {fmt(result['items/s'], 'items/s')} | "
-                     f"{result['peak_mb']:.0f} | {result['worker_peak_mb']:.0f} |")
+        lines.append(
+            f"| {label} | {fmt(result['items/s'], 'items/s')} | "
+            f"{result['peak_mb']:.0f} | {result['worker_peak_mb']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -111,8 +119,11 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     if "tiny" in w:
         pool, jl, mp = ratio("tiny", "mp.Pool"), ratio("tiny", "joblib"), ratio("tiny", "mpire")
         add("tiny: items/s >= Pool.map", f"{pool:.2f}x Pool.map", pool >= 1)
-        add("tiny: >= 10x joblib and mpire", f"{jl:.1f}x joblib, {mp:.1f}x mpire",
-            jl >= 10 and mp >= 10)
+        add(
+            "tiny: >= 10x joblib and mpire",
+            f"{jl:.1f}x joblib, {mp:.1f}x mpire",
+            jl >= 10 and mp >= 10,
+        )
         slower = 1 - 1 / ratio("tiny", "parallelize+progress")
         add("tiny: progress=True costs <= 5%", f"{slower:+.1%} with progress", slower <= 0.05)
     for name in ("cpu", "uneven"):
@@ -120,9 +131,11 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             speedup = w[name]["results"]["parallelize"]["value"]
             floor = 1.9 if name == "cpu" else w[name]["ideal"] / 1.05
             anchor, best = best_anchor(name)
-            add(f"{name}: speed-up >= {floor:.2f} and >= best anchor",
+            add(
+                f"{name}: speed-up >= {floor:.2f} and >= best anchor",
                 f"{speedup:.2f} (best anchor {anchor} {best:.2f})",
-                speedup >= floor and speedup >= best)
+                speedup >= floor and speedup >= best,
+            )
     for name in ("bigarg", "bigret"):
         if name in w:
             jl = ratio(name, "joblib")
@@ -132,15 +145,24 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
         add("warm 2-item map: no slower than Pool.map", f"{pool:.2f}x Pool.map", pool >= 1)
     if "cold" in w:
         results = w["cold"]["results"]
-        pairs = [(m, results[f"mp.Pool ({m})"]["ratio"]) for m in ("fork", "spawn", "forkserver")
-                 if f"mp.Pool ({m})" in results]
-        add("cold start: no slower than Pool, same start method",
-            ", ".join(f"{m} {r:.2f}x" for m, r in pairs), all(r >= 1 for _, r in pairs))
+        pairs = [
+            (m, results[f"mp.Pool ({m})"]["ratio"])
+            for m in ("fork", "spawn", "forkserver")
+            if f"mp.Pool ({m})" in results
+        ]
+        add(
+            "cold start: no slower than Pool, same start method",
+            ", ".join(f"{m} {r:.2f}x" for m, r in pairs),
+            all(r >= 1 for _, r in pairs),
+        )
     if "stream" in w:
         growth = w["stream"]["growth_mb"]
         sizes = [r["items"] for k, r in w["stream"]["results"].items() if k.startswith("par")]
-        add(f"streaming: peak RSS at {max(sizes):,} items within 50 MB of {min(sizes):,}",
-            f"{growth:+.1f} MB", growth <= 50)
+        add(
+            f"streaming: peak RSS at {max(sizes):,} items within 50 MB of {min(sizes):,}",
+            f"{growth:+.1f} MB",
+            growth <= 50,
+        )
     return out
 
 

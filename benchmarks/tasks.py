@@ -32,6 +32,6 @@ def checksum(array: Any) -> float:
 
 def make_array(seed: int) -> Any:
     """A fresh 8 MB array built in the worker: its trip back to the caller is the cost."""
-    import numpy as np  # noqa: PLC0415 - workers that never build arrays never import it
+    import numpy as np  # workers that build no array never import it
 
     return np.full(ARRAY_LEN, float(seed))

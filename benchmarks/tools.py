@@ -18,8 +18,15 @@ from typing import Any
 Fn = Callable[[Any], Any]
 
 # Display order; "parallelize" is the reference every ratio is taken against.
-TOOLS = ("parallelize", "parallelize+progress", "serial", "mp.Pool", "ProcessPoolExecutor",
-         "joblib", "mpire")
+TOOLS = (
+    "parallelize",
+    "parallelize+progress",
+    "serial",
+    "mp.Pool",
+    "ProcessPoolExecutor",
+    "joblib",
+    "mpire",
+)
 # Tools that take a multiprocessing start method (the others have their own: loky, fork).
 START_METHOD_TOOLS = ("parallelize", "mp.Pool", "ProcessPoolExecutor")
 
@@ -47,7 +54,7 @@ class Parallelize(Tool):
     progress = False
 
     def map(self, fn: Fn, items: list[Any]) -> list[Any]:
-        from parallelize import pmap  # noqa: PLC0415 - imported when used, so a probe can time it
+        from parallelize import pmap  # imported when used: a probe times it
 
         options: dict[str, Any] = {"workers": self.workers, "progress": self.progress}
         if self.start_method is not None:
@@ -56,7 +63,7 @@ class Parallelize(Tool):
             return pmap(fn, items, **options)
 
     def close(self) -> None:
-        from parallelize._backends.base import loaded_backends  # noqa: PLC0415 - as above
+        from parallelize._backends.base import loaded_backends
 
         for backend in loaded_backends():  # so the next tool starts from a clean slate
             backend.shutdown()
@@ -115,12 +122,12 @@ class Joblib(Tool):
     """
 
     def map(self, fn: Fn, items: list[Any]) -> list[Any]:
-        from joblib import Parallel, delayed  # noqa: PLC0415 - imported when used, so a probe can time it
+        from joblib import Parallel, delayed  # imported when used: a probe times it
 
         return list(Parallel(n_jobs=self.workers)(delayed(fn)(item) for item in items))
 
     def close(self) -> None:
-        from joblib.externals.loky import get_reusable_executor  # noqa: PLC0415 - as above
+        from joblib.externals.loky import get_reusable_executor
 
         get_reusable_executor().shutdown(wait=True)
 
@@ -128,10 +135,9 @@ class Joblib(Tool):
 class Mpire(Tool):
     def __init__(self, workers: int, start_method: str | None):
         super().__init__(workers, start_method)
-        from mpire import WorkerPool  # noqa: PLC0415 - imported when used, so a probe can time it
+        from mpire import WorkerPool  # imported when used: a probe times it
 
-        self.pool = WorkerPool(n_jobs=workers, start_method=start_method or "fork",
-                               keep_alive=True)
+        self.pool = WorkerPool(n_jobs=workers, start_method=start_method or "fork", keep_alive=True)
 
     def map(self, fn: Fn, items: list[Any]) -> list[Any]:
         return self.pool.map(fn, items, progress_bar=False, concatenate_numpy_output=False)
@@ -151,8 +157,9 @@ _CLASSES: dict[str, type[Tool]] = {
 }
 
 
-def open_tool(name: str, warm: tuple[Fn, list[Any]], workers: int,
-              start_method: str | None = None) -> Tool:
+def open_tool(
+    name: str, warm: tuple[Fn, list[Any]], workers: int, start_method: str | None = None
+) -> Tool:
     """A warm pool of the named tool: its workers are started and have run ``fn`` over items."""
     tool = _CLASSES[name](workers, start_method)
     fn, items = warm
@@ -163,9 +170,7 @@ def open_tool(name: str, warm: tuple[Fn, list[Any]], workers: int,
 def default_start_method(name: str) -> str:
     """The start method a tool uses when none is given, for the record."""
     if name.startswith("parallelize"):
-        from parallelize._options import (  # noqa: PLC0415 - as above
-            default_start_method as parallelize_default,
-        )
+        from parallelize._options import default_start_method as parallelize_default
 
         return parallelize_default()
     return {"serial": "-", "joblib": "loky", "mpire": "fork"}.get(

@@ -74,31 +74,71 @@ def build(workers: int, quick: bool) -> dict[str, Workload]:
     uneven = [round(c * per_ms) for c in uneven_costs(1200 // scale)]
     arrays = 64 // scale
     workloads = [
-        Workload("tiny", f"tiny: x*x over {tiny_n:,} ints", tasks.square,
-                 lambda: list(range(tiny_n)), "items/s",
-                 ("parallelize", "parallelize+progress", "serial", *ANCHORS),
-                 reps=2 if quick else 5,
-                 # chunksize=1 runs at ~8k items/s: 20k items keep it to a few seconds.
-                 item_cap={"ProcessPoolExecutor": tiny_n // 10},
-                 expect=lambda items: [x * x for x in items]),
-        Workload("cpu", f"cpu: {len(cpu)} items of ~5 ms", tasks.spin, lambda: cpu, "speed-up",
-                 every, reps=2 if quick else 5),
-        Workload("uneven", f"uneven: {len(uneven)} items of 0.1-20 ms, skewed", tasks.spin,
-                 lambda: uneven, "speed-up", every, reps=2 if quick else 5),
-        Workload("bigarg", f"bigarg: {arrays} arrays of 8 MB to the workers", tasks.checksum,
-                 lambda: _arrays(arrays), "s/call", every, reps=2 if quick else 3),
-        Workload("bigret", f"bigret: {arrays} arrays of 8 MB back from the workers",
-                 tasks.make_array, lambda: list(range(arrays)), "s/call", every,
-                 reps=2 if quick else 3),
-        Workload("latency", "warm 2-item map", tasks.square, lambda: [1, 2], "ms/call",
-                 ("parallelize", *ANCHORS), reps=3, calls=10 if quick else 40,
-                 expect=lambda items: [x * x for x in items]),
+        Workload(
+            "tiny",
+            f"tiny: x*x over {tiny_n:,} ints",
+            tasks.square,
+            lambda: list(range(tiny_n)),
+            "items/s",
+            ("parallelize", "parallelize+progress", "serial", *ANCHORS),
+            reps=2 if quick else 5,
+            # chunksize=1 runs at ~8k items/s: 20k items keep it to a few seconds.
+            item_cap={"ProcessPoolExecutor": tiny_n // 10},
+            expect=lambda items: [x * x for x in items],
+        ),
+        Workload(
+            "cpu",
+            f"cpu: {len(cpu)} items of ~5 ms",
+            tasks.spin,
+            lambda: cpu,
+            "speed-up",
+            every,
+            reps=2 if quick else 5,
+        ),
+        Workload(
+            "uneven",
+            f"uneven: {len(uneven)} items of 0.1-20 ms, skewed",
+            tasks.spin,
+            lambda: uneven,
+            "speed-up",
+            every,
+            reps=2 if quick else 5,
+        ),
+        Workload(
+            "bigarg",
+            f"bigarg: {arrays} arrays of 8 MB to the workers",
+            tasks.checksum,
+            lambda: _arrays(arrays),
+            "s/call",
+            every,
+            reps=2 if quick else 3,
+        ),
+        Workload(
+            "bigret",
+            f"bigret: {arrays} arrays of 8 MB back from the workers",
+            tasks.make_array,
+            lambda: list(range(arrays)),
+            "s/call",
+            every,
+            reps=2 if quick else 3,
+        ),
+        Workload(
+            "latency",
+            "warm 2-item map",
+            tasks.square,
+            lambda: [1, 2],
+            "ms/call",
+            ("parallelize", *ANCHORS),
+            reps=3,
+            calls=10 if quick else 40,
+            expect=lambda items: [x * x for x in items],
+        ),
     ]
     return {w.name: w for w in workloads}
 
 
 def _arrays(count: int) -> list[Any]:
-    import numpy as np  # noqa: PLC0415 - only the big-array workloads need it
+    import numpy as np
 
     return [np.full(tasks.ARRAY_LEN, float(i)) for i in range(count)]
 
@@ -121,8 +161,10 @@ def run(workload: Workload, workers: int, log: Callable[[str], None]) -> dict[st
                 if rep == 0:
                     _check(workload, name, items, out)
                 del out
-            log(f"  {workload.name} rep {rep + 1}/{workload.reps}: " + ", ".join(
-                f"{name} {seconds[name][-1]:.3g}s" for name in opened))
+            log(
+                f"  {workload.name} rep {rep + 1}/{workload.reps}: "
+                + ", ".join(f"{name} {seconds[name][-1]:.3g}s" for name in opened)
+            )
     finally:
         for tool in opened.values():
             tool.close()
@@ -136,7 +178,8 @@ def _check(workload: Workload, tool: str, items: list[Any], out: list[Any]) -> N
     if workload.expect is not None and out != workload.expect(items):
         raise AssertionError(f"{tool} computed wrong results on {workload.name}")
     wrong = workload.name == "bigret" and any(
-        float(array[-1]) != i for array, i in zip(out, items, strict=True))
+        float(array[-1]) != i for array, i in zip(out, items, strict=True)
+    )
     if wrong:
         raise AssertionError(f"{tool} returned wrong arrays on bigret")
 
@@ -169,8 +212,12 @@ def summarise(
         }
         for name, v in value.items()
     }
-    summary = {"title": workload.title, "unit": workload.unit,
-               "higher_is_better": workload.higher_is_better, "results": results}
+    summary = {
+        "title": workload.title,
+        "unit": workload.unit,
+        "higher_is_better": workload.higher_is_better,
+        "results": results,
+    }
     if workload.unit == "speed-up":
         summary["ideal"] = workers  # total work / workers: the perfect schedule
     return summary

@@ -60,7 +60,7 @@ def nested(x: int) -> list[int]:
     return pmap(square, range(x))
 
 
-# -- results ---------------------------------------------------------------------------------
+# -- results --
 
 
 def test_results_in_input_order(engine: dict[str, Any]) -> None:
@@ -186,8 +186,7 @@ def test_unpicklable_exception_becomes_a_standin(start_method: str) -> None:
 def test_unpicklable_result_names_the_item(start_method: str) -> None:
     with pytest.raises(SerializationError, match="result of item 4"):
         pmap(returns_lock, range(8), workers=2, start_method=start_method)
-    results = pmap(returns_lock, range(6), workers=2, start_method=start_method,
-                   on_error="return")
+    results = pmap(returns_lock, range(6), workers=2, start_method=start_method, on_error="return")
     assert isinstance(results[4], SerializationError) and results[5] == 5
 
 
@@ -210,7 +209,7 @@ def test_pool_stays_usable_after_errors(start_method: str) -> None:
         assert pmap(square, range(10), workers=2, start_method=start_method)[-1] == 81
 
 
-# -- streaming ---------------------------------------------------------------------------------
+# -- streaming --
 
 
 def naturals() -> Any:
@@ -244,10 +243,12 @@ def test_imap_reads_input_lazily() -> None:
     stream.close()
 
 
-# -- progress ------------------------------------------------------------------------------------
+# -- progress --
 
 
-def test_progress_bar_counts_items(engine: dict[str, Any], capfd: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar_counts_items(
+    engine: dict[str, Any], capfd: pytest.CaptureFixture[str]
+) -> None:
     pmap(square, range(57), progress=True, **engine)
     err = capfd.readouterr().err
     assert "57/57" in err
@@ -266,7 +267,7 @@ def test_no_output_without_progress(capfd: pytest.CaptureFixture[str]) -> None:
     assert capfd.readouterr() == ("", "")
 
 
-# -- validation, before any worker starts ------------------------------------------------------------
+# -- validation, before any worker starts --
 
 
 @pytest.mark.parametrize(

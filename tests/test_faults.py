@@ -23,7 +23,6 @@ import psutil
 import pytest
 
 from parallelize import WorkerCrashedError, imap, pmap
-
 from support import open_fds
 
 pytestmark = pytest.mark.timeout(90)
@@ -97,7 +96,7 @@ def children() -> set[int]:
     return {child.pid for child in psutil.Process().children(recursive=True)}
 
 
-# -- worker death -----------------------------------------------------------------------------------
+# -- worker death --
 
 
 def test_killed_worker_raises_promptly_and_names_the_item(start_method: str) -> None:
@@ -142,13 +141,19 @@ def test_segfault_in_native_code(start_method: str) -> None:
 
 
 def test_only_the_crashed_item_is_lost(start_method: str) -> None:
-    results = pmap(kill_self_at, range(40), workers=2, start_method=start_method,
-                   on_error="return", chunksize=8)
+    results = pmap(
+        kill_self_at,
+        range(40),
+        workers=2,
+        start_method=start_method,
+        on_error="return",
+        chunksize=8,
+    )
     assert isinstance(results[7], WorkerCrashedError)
     assert [r for i, r in enumerate(results) if i != 7] == [2 * i for i in range(40) if i != 7]
 
 
-# -- timeouts --------------------------------------------------------------------------------------
+# -- timeouts --
 
 
 def test_timeout_raises_builtin_timeout_error(start_method: str) -> None:
@@ -160,15 +165,17 @@ def test_timeout_raises_builtin_timeout_error(start_method: str) -> None:
 
 
 def test_timeout_returns_in_place_and_others_complete(start_method: str) -> None:
-    results = pmap(sleep_at_3, range(12), workers=2, timeout=0.5, start_method=start_method,
-                   on_error="return")
+    results = pmap(
+        sleep_at_3, range(12), workers=2, timeout=0.5, start_method=start_method, on_error="return"
+    )
     assert isinstance(results[3], TimeoutError)
     assert [r for i, r in enumerate(results) if i != 3] == [i for i in range(12) if i != 3]
 
 
 def test_timeout_on_threads_abandons_the_item() -> None:
-    results = pmap(sleep_at_3, range(6), backend="thread", workers=2, timeout=0.3,
-                   on_error="return")
+    results = pmap(
+        sleep_at_3, range(6), backend="thread", workers=2, timeout=0.3, on_error="return"
+    )
     assert isinstance(results[3], TimeoutError) and results[5] == 5
 
 
@@ -176,7 +183,7 @@ def test_timeout_with_many_short_items_still_works() -> None:
     assert pmap(abs, range(-5000, 0), workers=2, timeout=5.0)[-1] == 1
 
 
-# -- retries ---------------------------------------------------------------------------------------
+# -- retries --
 
 
 @pytest.mark.parametrize("backend", ["process", "thread", "serial"])
@@ -198,12 +205,18 @@ def test_retries_rerun_a_crashed_item(start_method: str, tmp_path: Path) -> None
     assert (tmp_path / "attempts-1").read_text() == ".."
 
 
-# -- worker lifecycle --------------------------------------------------------------------------------
+# -- worker lifecycle --
 
 
 def test_initializer_runs_once_per_worker(start_method: str) -> None:
-    seen = pmap(read_initialized, range(6), workers=2, start_method=start_method,
-                initializer=remember, initargs=("db", 1))
+    seen = pmap(
+        read_initialized,
+        range(6),
+        workers=2,
+        start_method=start_method,
+        initializer=remember,
+        initargs=("db", 1),
+    )
     assert all(value == ["db", 1] for value in seen)
 
 
@@ -214,8 +227,9 @@ def test_initializer_on_threads() -> None:
 
 def test_failing_initializer_raises_in_the_caller(start_method: str) -> None:
     with pytest.raises(RuntimeError, match="no database"):
-        pmap(my_pid, range(4), workers=2, start_method=start_method,
-             initializer=failing_initializer)
+        pmap(
+            my_pid, range(4), workers=2, start_method=start_method, initializer=failing_initializer
+        )
     assert len(pmap(my_pid, range(4), workers=2, start_method=start_method)) == 4
 
 
@@ -225,7 +239,7 @@ def test_max_tasks_per_worker_replaces_workers(start_method: str) -> None:
     assert pmap(my_pid, range(2), workers=2, start_method=start_method, max_tasks_per_worker=2)
 
 
-# -- cancellation ------------------------------------------------------------------------------------
+# -- cancellation --
 
 
 def slow_item(x: int) -> int:
@@ -261,8 +275,14 @@ def test_faults_leak_no_processes_or_descriptors(start_method: str) -> None:
     fds, procs = open_fds(), len(children())
     for _ in range(3):
         pmap(kill_self_at, range(10), workers=2, start_method=start_method, on_error="return")
-        pmap(sleep_at_3, range(5), workers=2, start_method=start_method, timeout=0.3,
-             on_error="return")
+        pmap(
+            sleep_at_3,
+            range(5),
+            workers=2,
+            start_method=start_method,
+            timeout=0.3,
+            on_error="return",
+        )
         pmap(abs, [1], workers=2, start_method=start_method)
     time.sleep(0.2)
     # A pool refills lazily, so it may hold fewer workers (and their pipes) than before: never more.
@@ -270,7 +290,7 @@ def test_faults_leak_no_processes_or_descriptors(start_method: str) -> None:
     assert len(children()) <= procs
 
 
-# -- whole interpreters ---------------------------------------------------------------------------------
+# -- whole interpreters --
 
 SCRIPT_HEADER = """
 import os, signal, sys, time
@@ -278,10 +298,17 @@ from parallelize import pmap, imap, parallel
 """
 
 
-def run_script(path: Path, body: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_script(
+    path: Path, body: str, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     path.write_text(SCRIPT_HEADER + textwrap.dedent(body))
-    return subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def pids_alive(pids: list[int]) -> list[int]:
@@ -364,8 +391,12 @@ def test_ctrl_c_interrupts_promptly_and_leaves_nothing(start_method: str, tmp_pa
     """
     path = tmp_path / "interrupt.py"
     path.write_text(SCRIPT_HEADER + textwrap.dedent(body))
-    proc = subprocess.Popen([sys.executable, str(path), str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(path), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
         deadline = time.monotonic() + 30
@@ -401,7 +432,7 @@ def test_workers_exit_when_the_parent_is_killed(start_method: str, tmp_path: Pat
     assert pids and not wait_gone(pids)
 
 
-# -- stress ----------------------------------------------------------------------------------------------
+# -- stress --
 
 
 def chaos(x: int, seed: int) -> Any:
@@ -423,14 +454,27 @@ def test_many_maps_with_random_faults(start_method: str) -> None:
     pmap(abs, [1, 2], workers=2, start_method=start_method)
     fds, procs = open_fds(), len(children())
     for seed in range(15):
-        results = pmap(functools.partial(chaos, seed=seed), range(200), workers=2,
-                       start_method=start_method, timeout=1.0, on_error="return")
+        results = pmap(
+            functools.partial(chaos, seed=seed),
+            range(200),
+            workers=2,
+            start_method=start_method,
+            timeout=1.0,
+            on_error="return",
+        )
         assert len(results) == 200
         for x, value in enumerate(results):
             fate = random.Random(seed * 100_003 + x).random()
             expected = (
-                WorkerCrashedError if fate < 0.01 else TimeoutError if fate < 0.02
-                else ArithmeticError if fate < 0.04 else TypeError if fate < 0.05 else None
+                WorkerCrashedError
+                if fate < 0.01
+                else TimeoutError
+                if fate < 0.02
+                else ArithmeticError
+                if fate < 0.04
+                else TypeError
+                if fate < 0.05
+                else None
             )
             if expected is None:
                 assert value == x

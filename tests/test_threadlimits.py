@@ -83,8 +83,14 @@ _PROBE = textwrap.dedent(
 def _in_workers(method: str, workers: int, env: dict[str, str], numpy: bool = False) -> list:
     base = {k: v for k, v in os.environ.items() if k not in VARIABLES}
     code = _PROBE.format(names=VARIABLES, workers=workers, method=method, numpy=numpy)
-    done = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True,
-                          text=True, timeout=60, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

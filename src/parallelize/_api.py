@@ -96,8 +96,9 @@ def _emit(batch: Batch, raise_first: bool) -> Iterator[Any]:
             error = value.exception()
             if raise_first:
                 raise error
-            value = error
-        yield value
+            yield error
+        else:
+            yield value
 
 
 def run_list(job: Job) -> list[Any]:

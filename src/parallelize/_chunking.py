@@ -4,7 +4,8 @@ Items travel in chunks so that the fixed cost of a round trip to a worker (pickl
 a wake-up: tens of microseconds) is spread over many tiny items, while long or uneven items still
 travel a few at a time so that every worker stays busy until the end.
 
-The automatic size aims for a chunk that takes about ``TARGET_SECONDS`` in a worker, measured from
+The automatic size aims for a chunk that takes about ``target`` seconds in a worker (by default
+``TARGET_SECONDS``; remote engines, whose tasks cost milliseconds, aim higher), measured from
 the chunks that came back; it never gives one worker more than its share of what is left, so the
 tail of a map is balanced.
 """
@@ -64,11 +65,12 @@ class ChunkSizer:
     100
     """
 
-    __slots__ = ("_fixed", "_size", "_workers")
+    __slots__ = ("_fixed", "_size", "_target", "_workers")
 
-    def __init__(self, *, workers: int, fixed: int | None):
+    def __init__(self, *, workers: int, fixed: int | None, target: float = TARGET_SECONDS):
         self._workers = workers
         self._fixed = fixed
+        self._target = target  # seconds of work a chunk should hold
         self._size = 1
 
     def next_size(self, remaining: int | None) -> int:
@@ -84,5 +86,5 @@ class ChunkSizer:
         if self._fixed is not None or items <= 0:
             return
         per_item = max(seconds / items, 1e-9)
-        wanted = max(1, int(TARGET_SECONDS / per_item))
+        wanted = max(1, int(self._target / per_item))
         self._size = min(wanted, self._size * MAX_GROWTH, MAX_CHUNK)

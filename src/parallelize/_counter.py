@@ -31,14 +31,16 @@ Design (one small file per counter, see ``docs/shared-state.md``):
 
 The seam for other engines: a :class:`SharedCounter` is a thin face over a storage object with
 ``get``/``set``/``add`` and a recursive ``acquire``/``release`` (:class:`CounterStorage`).
-:class:`FileStorage` is the one for processes on this machine; a distributed backend can build a
-``SharedCounter`` over its own engine's shared state and swap it in when pickling counters for
-its workers.
+:class:`FileStorage` is the one for processes on this machine. A distributed backend pickles the
+user's function and items inside ``with crossing(engine):`` (a :class:`CounterEngine`); a counter
+pickled there first moves its value into a storage of that engine and points itself at it, so
+the caller's own counter and every task's copy reach the same integer, on any machine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import fcntl
 import mmap
@@ -50,10 +52,19 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from multiprocessing import resource_tracker, util
 from typing import Any, Final, Protocol, final
 
-__all__ = ["CounterLock", "CounterStorage", "FileStorage", "SharedCounter", "shared_counter"]
+__all__ = [
+    "CounterEngine",
+    "CounterLock",
+    "CounterStorage",
+    "FileStorage",
+    "SharedCounter",
+    "crossing",
+    "shared_counter",
+]
 
 # Memory-backed, and the directory whose entries shm_unlink() removes: that is what lets the
 # resource tracker's "shared_memory" cleanup delete a counter file whose creator was SIGKILLed.
@@ -108,6 +119,37 @@ class CounterStorage(CounterLock, Protocol):
     def get(self) -> int: ...
     def set(self, value: int) -> None: ...
     def add(self, delta: int) -> int: ...
+
+
+class CounterEngine(Protocol):
+    """An engine's shared state for counters that cross into its tasks (see :func:`crossing`)."""
+
+    def owns(self, storage: CounterStorage) -> bool:
+        """Whether ``storage`` already lives in this engine (no move needed)."""
+        ...
+
+    def create(self, value: int) -> CounterStorage:
+        """A new storage in this engine holding ``value``."""
+        ...
+
+
+_crossing: contextvars.ContextVar[CounterEngine | None] = contextvars.ContextVar(
+    "parallelize_counter_crossing", default=None
+)
+
+
+@contextlib.contextmanager
+def crossing(engine: CounterEngine) -> Iterator[None]:
+    """Within the block, a :class:`SharedCounter` being pickled first moves into ``engine``.
+
+    A backend wraps its own pickling of the function and items in it; pickling anywhere else is
+    unchanged. The move is one-way: the counter lives in the engine from then on.
+    """
+    token = _crossing.set(engine)
+    try:
+        yield
+    finally:
+        _crossing.reset(token)
 
 
 def _integer(value: object, what: str) -> int:
@@ -243,9 +285,7 @@ class _Handle:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
             view = self.view
-            if view[_TRACKED] and (
-                self.creator or (last and view[_TRACKER] == _tracker_id() != 0)
-            ):
+            if view[_TRACKED] and (self.creator or (last and view[_TRACKER] == _tracker_id() != 0)):
                 # The creator hands over to the liveness marks, or a creator that died without
                 # letting go is unregistered by the last holder sharing its tracker.
                 view[_TRACKED] = 0
@@ -564,13 +604,15 @@ class SharedCounter:
     and leave the value unchanged.
 
     ``SharedCounter(storage)`` wraps any :class:`CounterStorage`; that is the seam where other
-    engines plug in their own shared state.
+    engines plug in their own shared state. Pickled by a Dask or Ray map, the counter moves into
+    that engine (see :func:`crossing`), and this object then reads and updates it there.
     """
 
-    __slots__ = ("__weakref__", "_storage")
+    __slots__ = ("__weakref__", "_moving", "_storage")
 
     def __init__(self, storage: CounterStorage):
         self._storage = storage
+        self._moving = threading.Lock()  # one move at a time, when two maps pickle it at once
 
     @property
     def value(self) -> int:
@@ -594,7 +636,19 @@ class SharedCounter:
         return self._storage
 
     def __reduce__(self) -> tuple[Any, ...]:
+        engine = _crossing.get()
+        if engine is not None:
+            self._move_to(engine)
         return (SharedCounter, (self._storage,))
+
+    def _move_to(self, engine: CounterEngine) -> None:
+        """Carry the value into a new storage of ``engine`` (once) and use that from now on."""
+        with self._moving:
+            old = self._storage
+            if engine.owns(old):
+                return
+            with old:  # holding the old lock: no update through it is lost in the move
+                self._storage = engine.create(old.get())
 
     def __repr__(self) -> str:
         try:

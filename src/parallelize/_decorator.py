@@ -28,6 +28,7 @@ class ParallelFunction(Generic[T, P, R]):
     """
 
     __wrapped__: Callable[Concatenate[T, P], R]
+    __qualname__: str
 
     def __init__(self, fn: Callable[Concatenate[T, P], R], options: Options):
         if not callable(fn):
@@ -100,7 +101,9 @@ def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
 
 
 @overload
-def parallel(fn: Callable[Concatenate[T, P], R], /, **options: Any) -> ParallelFunction[T, P, R]: ...
+def parallel(
+    fn: Callable[Concatenate[T, P], R], /, **options: Any
+) -> ParallelFunction[T, P, R]: ...
 @overload
 def parallel(
     fn: None = None, /, **options: Any
@@ -124,6 +127,7 @@ def parallel(
     """
     parsed = Options.from_kwargs(options, "parallel")
     if fn is None:
+
         def decorate(fn: Callable[Concatenate[T, P], R]) -> ParallelFunction[T, P, R]:
             return ParallelFunction(fn, parsed)
 

@@ -67,7 +67,7 @@ class RemoteError(ParallelizeError):
         return (type(self), (self.type_name, self.message))
 
 
-class RemoteTraceback(Exception):  # noqa: N818 - the name says what it holds, like CPython's
+class RemoteTraceback(Exception):
     """The traceback of an exception raised in a worker, formatted there; shown as the cause."""
 
     def __init__(self, tb: str):

@@ -1,4 +1,5 @@
-"""The options every map takes, validated once, merged by precedence: explicit, environment, default.
+"""The options every map takes, validated once, merged by precedence: explicit, environment,
+default.
 
 An option left out is ``UNSET`` (distinct from None, which is a real value for ``chunksize`` and
 ``timeout``), so ``f.options(chunksize=None)`` can put automatic chunking back on top of a decorator
@@ -56,9 +57,7 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 
 def _validate(name: str, value: Any) -> None:
     """Raise TypeError or ValueError for a bad explicit option value."""
-    if name == "workers":
-        _check_positive_int(name, value, allow_none=True)
-    elif name in ("chunksize", "max_tasks_per_worker"):
+    if name == "workers" or name in ("chunksize", "max_tasks_per_worker"):
         _check_positive_int(name, value, allow_none=True)
     elif name == "ordered":
         if not isinstance(value, bool):
@@ -78,7 +77,9 @@ def _validate(name: str, value: Any) -> None:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError(f"timeout must be a number of seconds or None, got {value!r}")
             if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"timeout must be a positive, finite number of seconds, got {value!r}")
+                raise ValueError(
+                    f"timeout must be a positive, finite number of seconds, got {value!r}"
+                )
     elif name == "retries":
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"retries must be an int >= 0, got {value!r}")
@@ -103,19 +104,19 @@ class Options:
     Construction validates every given value, so bad options fail before any worker starts.
     """
 
-    workers: int | None | _Unset = UNSET
-    chunksize: int | None | _Unset = UNSET
+    workers: int | _Unset | None = UNSET
+    chunksize: int | _Unset | None = UNSET
     ordered: bool | _Unset = UNSET
     progress: Progress | _Unset = UNSET
     backend: Backend | _Unset = UNSET
-    start_method: StartMethod | None | _Unset = UNSET
-    timeout: float | None | _Unset = UNSET
+    start_method: StartMethod | _Unset | None = UNSET
+    timeout: float | _Unset | None = UNSET
     retries: int | _Unset = UNSET
     on_error: Literal["raise", "return"] | _Unset = UNSET
-    initializer: Callable[..., object] | None | _Unset = UNSET
+    initializer: Callable[..., object] | _Unset | None = UNSET
     initargs: tuple[Any, ...] | _Unset = UNSET
-    max_tasks_per_worker: int | None | _Unset = UNSET
-    address: str | None | _Unset = UNSET
+    max_tasks_per_worker: int | _Unset | None = UNSET
+    address: str | _Unset | None = UNSET
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -200,7 +201,9 @@ def _env_backend() -> Backend:
     if not raw:
         return "process"
     if raw not in BACKENDS:
-        raise ValueError(f"{ENV_BACKEND}={raw!r} is not a backend; choose one of {', '.join(BACKENDS)}")
+        raise ValueError(
+            f"{ENV_BACKEND}={raw!r} is not a backend; choose one of {', '.join(BACKENDS)}"
+        )
     return raw  # type: ignore[return-value]
 
 

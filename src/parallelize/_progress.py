@@ -38,7 +38,7 @@ NO_BAR: Bar = _NoBar()
 def _bar_class() -> type[Any]:
     from tqdm.auto import tqdm
 
-    class ParallelizeBar(tqdm):  # type: ignore[misc, type-arg]
+    class ParallelizeBar(tqdm):  # type: ignore[type-arg]
         monitor_interval = 0  # no monitor thread: see the module docstring
 
     return ParallelizeBar

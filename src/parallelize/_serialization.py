@@ -15,13 +15,12 @@
 from __future__ import annotations
 
 import builtins
-import functools
 import io
 import pickle
 import sys
 import traceback
 import types
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 
@@ -30,7 +29,7 @@ from ._errors import RemoteError, RemoteTraceback, SerializationError
 PROTOCOL = 5  # out-of-band buffers and the fastest framing; every supported Python has it
 
 
-class _FunctionPickler(cloudpickle.Pickler):
+class _FunctionPickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
     """cloudpickle, except that a function decorated with ``@parallel`` at module level travels as
     a reference to its decorator (whose ``__wrapped__`` it is), not by value.
 
@@ -58,19 +57,21 @@ def _decorator_of(fn: types.FunctionType) -> Any:
     return None
 
 
-def dumps_function(obj: Any, *_: Any) -> bytes:
-    """Pickle ``obj``, which holds the user's callables, for a worker.
+def dumps_function(obj: Any, fn: Any) -> bytes:
+    """Pickle ``obj``, which holds the user's callable ``fn``, for a worker.
 
     Importable functions travel by reference and run in their real module; lambdas, closures and
     functions of ``__main__`` travel by value. The caller's ``sys.path`` travels along and is
     added to the worker's before unpickling, so a worker started earlier finds modules that the
-    caller made importable since. Raises a SerializationError naming what could not be pickled.
+    caller made importable since. Raises a SerializationError naming ``fn`` when that fails.
     """
     buffer = io.BytesIO()
     try:
         _FunctionPickler(buffer, protocol=PROTOCOL).dump(obj)
     except Exception as exc:
-        raise SerializationError(f"cannot pickle {obj!r} to send it to the workers: {exc}") from exc
+        raise SerializationError(
+            f"cannot pickle the function {fn!r} to send it to the workers: {exc}"
+        ) from exc
     return pickle.dumps(_WithPath(list(sys.path), buffer.getvalue()), PROTOCOL)
 
 
@@ -101,7 +102,8 @@ def dumps(obj: Any) -> bytes:
     try:
         return pickle.dumps(obj, PROTOCOL)
     except Exception:
-        return cloudpickle.dumps(obj, PROTOCOL)
+        data: bytes = cloudpickle.dumps(obj, PROTOCOL)
+        return data
 
 
 def find_unpicklable(values: list[Any], first_index: int) -> tuple[int, Exception] | None:
@@ -146,7 +148,9 @@ class Failure:
             # An exception that crossed a pickle lost its traceback: show the worker's text instead.
             if self.tb is not None and self.error.__traceback__ is None:
                 self.error.__cause__ = RemoteTraceback(self.tb)
-            self.error.add_note(f"(raised by the item at index {self.index}, in a parallelize worker)")
+            self.error.add_note(
+                f"(raised by the item at index {self.index}, in a parallelize worker)"
+            )
         return self.error
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -174,29 +178,40 @@ def _portable(error: BaseException) -> BaseException:
 def _builtin_base(cls: type[BaseException]) -> type[BaseException] | None:
     for base in cls.__mro__:
         if (
-            getattr(builtins, base.__name__, None) is base
+            issubclass(base, BaseException)
+            and getattr(builtins, base.__name__, None) is base
             and base not in (BaseException, Exception)
         ):
-            return base
+            return cast(type[BaseException], base)
     return None
 
 
-@functools.cache
+_standin_classes: dict[type[BaseException], type[RemoteError]] = {}
+
+
 def _standin_class(base: type[BaseException] | None) -> type[RemoteError]:
     if base is None:
         return RemoteError
+    known = _standin_classes.get(base)
+    if known is not None:
+        return known
     namespace = {
         "__module__": RemoteError.__module__,
         "__reduce__": lambda self: (standin_by_name, (self.type_name, self.message, base.__name__)),
     }
     try:
-        return type(f"RemoteError_{base.__name__}", (RemoteError, base), namespace)
+        made: type[RemoteError] = type(
+            f"RemoteError_{base.__name__}", (RemoteError, base), namespace
+        )
     except TypeError:  # a builtin whose memory layout cannot be mixed in
-        return RemoteError
+        made = RemoteError
+    _standin_classes[base] = made
+    return made
 
 
 def standin(cls: type[BaseException], message: str) -> RemoteError:
-    """A RemoteError named after ``cls`` that is also its nearest builtin base (``except`` works)."""
+    """A RemoteError named after ``cls``, also an instance of its nearest builtin base class, so
+    that ``except ValueError`` still catches it."""
     return _standin_class(_builtin_base(cls))(f"{cls.__module__}.{cls.__qualname__}", message)
 
 

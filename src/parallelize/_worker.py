@@ -1,14 +1,17 @@
 """The loop a worker runs, in a process of the pool or in a thread of the thread backend.
 
-Messages in:  ``(LOAD, call_id, call)`` once per map and worker, ``(TASK, task_id, call_id, start,
+Messages in: ``(LOAD, call_id, call)`` once per map and worker, ``(TASK, task_id, call_id, start,
 items, retries)`` per chunk, ``None`` to stop. Messages out: ``(DONE, task_id, start, values,
-seconds, failed)`` or ``(CANCELLED, task_id)`` per chunk, and ``(INIT_FAILED, failure)`` when the initializer
-raised. In a process the messages are pickled over a pipe; a thread passes them as they are.
+seconds, failed)`` or ``(CANCELLED, task_id)`` per chunk, and ``(INIT_FAILED, failure)`` when
+the initializer raised. In a process the messages are pickled over a pipe; a thread passes them
+as they are.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import multiprocessing.util
 import os
 import pickle
 import queue
@@ -17,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from ._execute import SLOT_WIDTH, Call, Status, run_chunk
 from ._serialization import Failure, dumps, find_unpicklable, unpicklable_error
@@ -42,6 +45,12 @@ def in_worker() -> bool:
     return _in_worker
 
 
+def enter_worker() -> None:
+    """Mark this process as a worker (ours, or a Dask or Ray one): nested maps run serially."""
+    global _in_worker
+    _in_worker = True
+
+
 def serve(
     receive: Callable[[], Any],
     send: Callable[[Any], None],
@@ -60,17 +69,26 @@ def serve(
             if len(calls) > CALL_CACHE:
                 calls.popitem(last=False)
             continue
-        _, task_id, call_id, start, items, retries = message
-        outcome = run_chunk(calls[call_id], task_id, start, items, retries, status)
-        if outcome is None:
-            send((CANCELLED, task_id))
-            continue
-        values, seconds = outcome
-        failed = any(type(value) is Failure for value in values)
-        send((DONE, task_id, start, values, seconds, failed))
-        done += len(items)
+        done += _run_task(message, calls, send, status)
+        message = None  # nothing of the chunk stays alive while the worker waits
         if max_items is not None and done >= max_items:
             return
+
+
+def _run_task(
+    message: tuple[Any, ...], calls: dict[int, Call], send: Callable[[Any], None], status: Status
+) -> int:
+    """Run one chunk and reply; how many items it had. Its items and results die with this frame,
+    so an idle worker holds nothing of the last chunk."""
+    _, task_id, call_id, start, items, retries = message
+    outcome = run_chunk(calls[call_id], task_id, start, items, retries, status)
+    if outcome is None:
+        send((CANCELLED, task_id))
+        return 0
+    values, seconds = outcome
+    failed = any(type(value) is Failure for value in values)
+    send((DONE, task_id, start, values, seconds, failed))
+    return len(items)
 
 
 def run_initializer(initializer: Any, initargs: Sequence[Any]) -> Failure | None:
@@ -109,16 +127,14 @@ def process_main(
     inherited_fds: Sequence[int],
 ) -> None:
     """Entry point of a worker process."""
-    global _in_worker
-    _in_worker = True
+    enter_worker()
     # Ctrl-C goes to the whole foreground process group; the parent decides what to do about it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for fd in inherited_fds:  # under fork: the parent's ends of other workers' pipes
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
-    status = memoryview(status_array).cast("B").cast("q")[slot * SLOT_WIDTH : (slot + 1) * SLOT_WIDTH]
+    view = memoryview(status_array).cast("B").cast("q")
+    status = cast(Status, view[slot * SLOT_WIDTH : (slot + 1) * SLOT_WIDTH])
 
     if init_blob is not None:
         initializer, initargs = pickle.loads(init_blob)
@@ -143,7 +159,7 @@ def process_main(
 
 
 def _read(conn: Any, inbox: queue.SimpleQueue[bytes | None]) -> None:
-    """Read the pipe ahead of the main loop, so the dispatcher's writes never wait on a busy item."""
+    """Read the pipe ahead of the main loop: the dispatcher's writes never wait on a busy item."""
     try:
         while True:
             inbox.put(conn.recv_bytes())
@@ -153,6 +169,7 @@ def _read(conn: Any, inbox: queue.SimpleQueue[bytes | None]) -> None:
     # grace period, then the process ends so that it is not left orphaned.
     time.sleep(ORPHAN_GRACE)
     _flush()
+    multiprocessing.util._exit_function()  # type: ignore[attr-defined]  # release what we hold
     os._exit(0)
 
 

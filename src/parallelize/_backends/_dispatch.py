@@ -22,14 +22,14 @@ import abc
 import collections
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Any, Final, Generic, TypeVar
 
 from .._chunking import ChunkSizer, split
 from .._errors import WorkerCrashedError
 from .._execute import CANCEL, INDEX, START_NS, TASK, Call, Status
 from .._serialization import Failure, find_unpicklable, unpicklable_error
-from .._worker import CALL_CACHE, CANCELLED, DONE, INIT_FAILED, LOAD
+from .._worker import CALL_CACHE, CANCELLED, DONE, INIT_FAILED
 from .._worker import TASK as TASK_MESSAGE
 from .base import Batch, Job
 
@@ -44,6 +44,8 @@ CANCEL_GRACE: Final = 0.25
 MAX_UNSTARTED: Final = 3
 # Shortest wait when polling for timeouts, so a deadline just passed does not spin.
 MIN_POLL: Final = 0.001
+# Longest wait for a retiring worker's exit (which normally wakes the dispatcher by itself).
+RETIRE_POLL: Final = 0.1
 
 DEAD: Final = object()  # the event a WorkerSet reports for a worker that died
 
@@ -125,7 +127,9 @@ class Dispatcher(Generic[W]):
         options = job.options
         self._pool = pool
         self._job = job
-        self._call = Call(job.fn, job.star, options.on_error == "return", options.timeout is not None)
+        self._call = Call(
+            job.fn, job.star, options.on_error == "return", options.timeout is not None
+        )
         self._call_id, self._load = pool.load_message(self._call)
         self._new_id = next_task_id
         self._sizer = ChunkSizer(workers=pool.size, fixed=options.chunksize)
@@ -138,13 +142,15 @@ class Dispatcher(Generic[W]):
         self._exhausted = False
         self._ready: list[Batch] = []  # results and failures not yet yielded
 
-    # -- the loop ----------------------------------------------------------------------------
+    # -- the loop --
 
-    def run(self) -> Iterator[Batch]:
+    def run(self) -> Generator[Batch, None, None]:
         try:
             while True:
                 self._fill()
-                if self._tasks:
+                # With work left but no worker free to take it (retiring ones still exiting),
+                # wait for their exit like for any other event.
+                if self._tasks or (not self._ready and self._has_work()):
                     timeout = 0.0 if self._ready else self._poll_timeout()
                     for worker, event in self._pool.wait(timeout):
                         self._handle(worker, event)
@@ -177,7 +183,7 @@ class Dispatcher(Generic[W]):
             failure: Failure = event[1]
             raise failure.exception()
 
-    # -- handing out work ----------------------------------------------------------------------
+    # -- handing out work --
 
     def _fill(self) -> None:
         while (worker := self._pick_worker()) is not None:
@@ -236,9 +242,7 @@ class Dispatcher(Generic[W]):
         return task
 
     def _window_full(self) -> bool:
-        oldest = min(task.start for task in self._tasks.values())
-        if self._retry:
-            oldest = min(oldest, min(task.start for task in self._retry))
+        oldest = min(task.start for task in [*self._tasks.values(), *self._retry])
         limit = self._sizer.next_size(None) * self._pool.size * WINDOW
         return self._next_index - oldest >= limit
 
@@ -280,7 +284,7 @@ class Dispatcher(Generic[W]):
         self._retry.extendleft(part for part in reversed(parts) if part.items)
         self._ready.append(Batch(index, [failure], True))
 
-    # -- faults ---------------------------------------------------------------------------------
+    # -- faults --
 
     def _lost(self, worker: W, timed_out: int | None) -> None:
         """Account for a worker that died (or was stopped because item ``timed_out`` overran)."""
@@ -331,6 +335,8 @@ class Dispatcher(Generic[W]):
         )
 
     def _poll_timeout(self) -> float | None:
+        if not self._tasks:
+            return RETIRE_POLL
         if self._timeout_ns is None:
             return None
         now = time.monotonic_ns()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, Final
 
 from .._options import Resolved
@@ -48,7 +48,7 @@ class Backend(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def run(self, job: Job) -> Iterator[Batch]:
+    def run(self, job: Job) -> Generator[Batch, None, None]:
         """Yield the job's results as they complete; closing the iterator cancels the rest."""
 
     def shutdown(self) -> None:  # noqa: B027 - most backends hold nothing between maps

@@ -10,6 +10,7 @@ same time (another thread, or two interleaved ``imap`` loops) gets a private poo
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -18,7 +19,7 @@ import os
 import pickle
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any, Final, NamedTuple
 
 from .._execute import SLOT_WIDTH, Call
@@ -57,7 +58,7 @@ class ProcessPool(WorkerSet[_Worker]):
         self.key = key
         self.size = key.workers
         self.workers = []
-        self._context = multiprocessing.get_context(key.start_method)
+        self._context: Any = multiprocessing.get_context(key.start_method)
         # Twice the size: a retiring worker and its replacement may both hold a slot for a moment.
         slots = 2 * key.workers
         self._status_array = self._context.RawArray("q", slots * SLOT_WIDTH)
@@ -82,8 +83,14 @@ class ProcessPool(WorkerSet[_Worker]):
             inherited = [w.conn.fileno() for w in self.workers] + [parent_conn.fileno()]
         process = self._context.Process(
             target=process_main,
-            args=(child_conn, self._status_array, slot, self.key.init_blob, self.key.max_items,
-                  inherited),
+            args=(
+                child_conn,
+                self._status_array,
+                slot,
+                self.key.init_blob,
+                self.key.max_items,
+                inherited,
+            ),
             name=f"parallelize-worker-{slot}",
         )
         try:
@@ -105,7 +112,7 @@ class ProcessPool(WorkerSet[_Worker]):
         return dumps(message)
 
     def load_message(self, call: Call) -> tuple[int, bytes]:
-        blob = dumps_function(call)
+        blob = dumps_function(call, call.fn)
         call_id = self._call_ids.get(blob)
         if call_id is None:
             if len(self._call_ids) >= CALL_IDS_KEPT:
@@ -121,14 +128,16 @@ class ProcessPool(WorkerSet[_Worker]):
         for worker in self.workers:
             watched[worker.conn] = worker
             watched[worker.process.sentinel] = worker
-        ready = multiprocessing.connection.wait(list(watched), timeout)
+        if not watched:
+            return []
+        ready: list[Any] = multiprocessing.connection.wait(list(watched), timeout)
         events: list[tuple[_Worker, Any]] = []
         dead: list[_Worker] = []
         for obj in ready:
             worker = watched[obj]
-            if obj is worker.conn:
+            if obj is worker.conn:  # else it is the process sentinel
                 try:
-                    events.append((worker, pickle.loads(worker.conn.recv_bytes())))
+                    events.append((worker, pickle.loads(obj.recv_bytes())))
                 except (EOFError, OSError):
                     dead.append(worker)
             elif worker not in dead:
@@ -139,10 +148,8 @@ class ProcessPool(WorkerSet[_Worker]):
         return events
 
     def kill(self, worker: _Worker) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, TypeError):
             os.kill(worker.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, TypeError):
-            pass
 
     def reap(self, worker: _Worker) -> int | None:
         worker.process.join()
@@ -201,13 +208,14 @@ class ProcessBackend(Backend):
         self._pool: ProcessPool | None = None
         self._busy = False
 
-    def run(self, job: Job) -> Iterator[Batch]:
+    def run(self, job: Job) -> Generator[Batch, None, None]:
         options = job.options
         init_blob = None
         if options.initializer is not None:
-            init_blob = dumps_function((options.initializer, options.initargs))
-        key = _PoolKey(options.start_method, options.workers, init_blob,
-                       options.max_tasks_per_worker)
+            init_blob = dumps_function((options.initializer, options.initargs), options.initializer)
+        key = _PoolKey(
+            options.start_method, options.workers, init_blob, options.max_tasks_per_worker
+        )
         pool, shared = self._checkout(key)
         try:
             yield from Dispatcher(pool, job, pool.new_task_id).run()

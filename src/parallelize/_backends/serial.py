@@ -6,7 +6,7 @@ not enforced here; ``retries`` and ``on_error`` work as everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 
 from .._execute import Call, run_chunk
 from .._serialization import Failure
@@ -18,7 +18,7 @@ class SerialBackend(Backend):
 
     name = "serial"
 
-    def run(self, job: Job) -> Iterator[Batch]:
+    def run(self, job: Job) -> Generator[Batch, None, None]:
         call = Call(job.fn, job.star, job.options.on_error == "return", timed=False)
         status = [0, 0, 0, -1]
         for index, item in enumerate(job.items):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from .._execute import CANCEL, SLOT_WIDTH, Call
@@ -45,8 +45,12 @@ class ThreadPool(WorkerSet[_Thread]):
 
     def spawn(self) -> _Thread:
         worker = _Thread()
-        threading.Thread(target=self._main, args=(worker,), daemon=True,
-                         name=f"parallelize-thread-{len(self.workers)}").start()
+        threading.Thread(
+            target=self._main,
+            args=(worker,),
+            daemon=True,
+            name=f"parallelize-thread-{len(self.workers)}",
+        ).start()
         self.workers.append(worker)
         return worker
 
@@ -105,7 +109,7 @@ class ThreadBackend(Backend):
 
     name = "thread"
 
-    def run(self, job: Job) -> Iterator[Batch]:
+    def run(self, job: Job) -> Generator[Batch, None, None]:
         pool = ThreadPool(job)
         try:
             yield from Dispatcher(pool, job, pool.new_task_id).run()
