@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from parallelize import imap, parallel, pmap
+from parallelize import SharedCounter, imap, parallel, pmap, shared_counter
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -65,6 +65,35 @@ def make_flaky(fails: int) -> Callable[[int], int]:
 @parallel
 def weighted(item: float, *, weight: float = 1.0, offset: float = 0.0) -> float:
     return item * weight + offset
+
+
+def bump(counter: SharedCounter, times: int) -> int:
+    for _ in range(times):
+        counter.increment()
+    return times
+
+
+def bump_locked(counter: SharedCounter, times: int) -> None:
+    for _ in range(times):
+        with counter.get_lock():  # the seed idiom from the multiprocessing docs
+            counter.value += 1
+
+
+@parallel
+def tally(times: int, *, by: SharedCounter) -> None:
+    for _ in range(times):
+        by.increment()
+
+
+def try_lock(counter: SharedCounter) -> tuple[bool, bool]:
+    """Whether the counter's lock could be had at once, and within 0.2 s (released again)."""
+    lock = counter.get_lock()
+    results = []
+    for got in (lock.acquire(block=False), lock.acquire(timeout=0.2)):
+        if got:
+            lock.release()
+        results.append(got)
+    return results[0], results[1]
 
 
 class Counted:
@@ -170,6 +199,62 @@ class Behaviour:
         with pytest.raises(ValueError):
             pmap(fail_on_three, range(8), **self.options)
         assert pmap(square, range(10), **self.options) == [x * x for x in range(10)]
+
+
+class CounterBehaviour:
+    """``shared_counter`` in the tasks of a backend: exact totals, however the counter travels.
+
+    On the engines the counter moves into the engine's own shared state when a map first pickles
+    it; ``storage`` names the storage it must then be in (None: it stays where it is).
+    """
+
+    options: ClassVar[dict[str, Any]] = {}
+    storage: ClassVar[str | None] = None
+    TASKS = 6  # more tasks than workers, one chunk each, so increments interleave
+    TIMES = 40
+
+    def test_exact_totals_as_argument_keyword_and_closure(self) -> None:
+        counter = shared_counter(0)
+        tasks, times = [self.TIMES] * self.TASKS, self.TIMES * self.TASKS
+        assert pmap(bump, [counter] * self.TASKS, tasks, chunksize=1, **self.options) == tasks
+        assert counter.value == times
+        if self.storage is not None:
+            assert type(counter._storage).__name__ == self.storage  # type: ignore[attr-defined]
+        moved = counter._storage  # type: ignore[attr-defined]
+        tally.options(chunksize=1, **self.options)(tasks, by=counter)  # a keyword argument
+        assert counter.value == 2 * times
+        pmap(lambda n: bump(counter, n), tasks, chunksize=1, **self.options)  # a closure
+        assert counter.value == 3 * times
+        assert counter._storage is moved  # type: ignore[attr-defined] # it moves only once
+        assert counter.increment() == 3 * times + 1  # the caller's counter is the tasks' one
+
+    def test_seed_idiom_under_get_lock(self) -> None:
+        counter = shared_counter(5)
+        pmap(bump_locked, [counter] * self.TASKS, [self.TIMES] * self.TASKS, chunksize=1,
+             **self.options)
+        assert counter.value == 5 + self.TASKS * self.TIMES
+        with counter.get_lock():
+            counter.value += 1
+            with counter.get_lock():  # recursive
+                counter.value += 1
+        assert counter.value == 7 + self.TASKS * self.TIMES
+
+    def test_lock_errors_and_range_after_the_move(self) -> None:
+        counter = shared_counter(0)
+        pmap(bump, [counter], [1], **self.options)
+        with counter.get_lock():
+            assert pmap(try_lock, [counter], **self.options) == [(False, False)]
+        assert pmap(try_lock, [counter], **self.options) == [(True, True)]
+        with pytest.raises(RuntimeError):
+            counter.get_lock().release()
+        counter.value = 2**63 - 1
+        with pytest.raises(OverflowError):
+            counter.increment()
+        assert counter.value == 2**63 - 1
+
+
+class TestThreadCounter(CounterBehaviour):
+    options: ClassVar[dict[str, Any]] = {"backend": "thread", "workers": 4}
 
 
 class TestThreadBehaviour(Behaviour):

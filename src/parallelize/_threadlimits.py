@@ -69,9 +69,7 @@ def limit_native_threads(n: int) -> None:
     if "numpy" not in sys.modules:
         return  # nothing loaded yet: the variables are enough
     try:
-        from threadpoolctl import (  # type: ignore[import-untyped]
-            threadpool_limits,
-        )
+        from threadpoolctl import threadpool_limits
     except ImportError:
         return
     for api in ("openmp", "blas"):

@@ -6,62 +6,31 @@ scheduler named by ``PARALLELIZE_DASK_ADDRESS``; else a ``LocalCluster`` of work
 to the usable CPUs, started on first use and closed at interpreter exit. Clients we open are never
 made the default, so the user's own Dask code is left alone.
 
-This module also holds what the Dask and Ray backends share, none of which imports an engine:
-
-* :func:`run_remote`, the task body: it runs :func:`~parallelize._execute.run_chunk` on a chunk
-  and enforces ``timeout`` per item with a watchdog, since a task cannot be interrupted from
-  outside;
-* :class:`Driver`, the caller's loop: it reads the input lazily, sizes chunks, keeps a bounded
-  number of tasks in flight and turns results into batches; an :class:`EngineRun` is all it needs
-  of an engine.
+The task body and the caller's loop are shared with the Ray backend (:mod:`._remote`). A
+``shared_counter`` that a map pickles moves into a Dask actor on a worker
+(:mod:`._counter_engines`), so tasks on any machine reach it.
 
 ``distributed`` itself is imported only when a :class:`DaskBackend` is created.
 """
 
 from __future__ import annotations
 
-import abc
 import atexit
-import collections
 import itertools
 import logging
 import os
-import pickle
-import queue
 import threading
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any, Final
 
-from .._chunking import TARGET_SECONDS, ChunkSizer, split
 from .._cpu import usable_cpus
-from .._errors import WorkerCrashedError
-from .._execute import Call, run_chunk
-from .._serialization import (
-    Failure,
-    dumps,
-    dumps_function,
-    find_unpicklable,
-    unpicklable_error,
-)
+from ._counter_engines import DaskCounters
+from ._remote import Driver, EngineRun, Outcome, encode_call, run_remote, task_name
 from .base import Backend, Batch, Job, missing_engine
 
 ENV_ADDRESS: Final = "PARALLELIZE_DASK_ADDRESS"
 
-# Tasks in flight per engine worker slot: one running and one waiting, so no slot idles while a
-# result travels home and the next chunk travels out.
-DEPTH: Final = 2
-# Ordered streaming: how many chunks per slot may run ahead of the oldest unfinished one, which
-# bounds the results buffered for reordering behind one slow item (as in the local dispatcher).
-WINDOW: Final = 4
-# A task costs about 1-3 ms of scheduling on an engine (against ~50 us on the local pipes), so
-# chunks aim at 100 ms of work to keep that overhead near 1-3%; ChunkSizer aims at TARGET_SECONDS.
-ENGINE_TARGET_SECONDS: Final = 0.1
-# A worker keeps the functions of this many maps unpickled, like the local workers' CALL_CACHE.
-CALLS_KEPT: Final = 16
-# Status slot of a chunk run on an engine: task 1, no item yet, never cancelled (CANCEL 0 < 1).
-_TASK_ID: Final = 1
 # A function pickled to at most this many bytes travels inside each task; a larger one (a closure
 # over big data) is scattered to every worker once per map instead.
 INLINE_CALL: Final = 64 * 1024
@@ -70,322 +39,6 @@ INLINE_CALL: Final = 64 * 1024
 MAX_LOST: Final = 3
 # At exit, how long the LocalCluster we started gets to close before we stop waiting for it.
 CLOSE_TIMEOUT: Final = 10.0
-
-
-# -- the task body, run on an engine's worker ---------------------------------------------------
-
-
-class Outcome:
-    """A chunk's values and compute time, as a task returns them.
-
-    It pickles itself with the fast pickler, and a value that cannot be pickled becomes that item's
-    ``SerializationError`` instead of failing the whole task.
-    """
-
-    __slots__ = ("failed", "seconds", "start", "values")
-
-    def __init__(self, start: int, values: list[Any], seconds: float, failed: bool):
-        self.start = start
-        self.values = values
-        self.seconds = seconds
-        self.failed = failed
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        try:
-            blob = dumps((self.start, self.values, self.seconds, self.failed))
-        except Exception:
-            values = list(self.values)
-            while (found := find_unpicklable(values, self.start)) is not None:
-                index, exc = found
-                offset = index - self.start
-                values[offset] = Failure.capture(
-                    unpicklable_error("result", index, values[offset], exc), index
-                )
-            blob = dumps((self.start, values, self.seconds, True))
-        return (_load_outcome, (blob,))
-
-
-def _load_outcome(blob: bytes) -> Outcome:
-    return Outcome(*pickle.loads(blob))
-
-
-_calls: collections.OrderedDict[bytes, Call] = collections.OrderedDict()
-_calls_lock = threading.Lock()
-
-
-def _load_call(blob: bytes) -> Call:
-    """The map's Call, unpickled once per worker process (bytes cache their own hash)."""
-    with _calls_lock:
-        cached = _calls.get(blob)
-        if cached is not None:
-            _calls.move_to_end(blob)
-            return cached
-    call: Call = pickle.loads(blob)
-    with _calls_lock:
-        _calls[blob] = call
-        if len(_calls) > CALLS_KEPT:
-            _calls.popitem(last=False)
-    return call
-
-
-def run_remote(
-    blob: bytes, start: int, payload: bytes, retries: int, timeout: float | None
-) -> Outcome:
-    """Run one chunk (items pickled in ``payload``, input indices from ``start``) in a task."""
-    call = _load_call(blob)
-    items: list[Any] = pickle.loads(payload)
-    if timeout is None:
-        outcome = run_chunk(call, _TASK_ID, start, items, retries, [_TASK_ID, -1, -1, 0])
-        assert outcome is not None  # nothing cancels a chunk on an engine
-        values, seconds = outcome
-    else:
-        values, seconds = _run_timed(call, start, items, retries, timeout)
-    return Outcome(start, values, seconds, any(type(value) is Failure for value in values))
-
-
-class _ItemRunner:
-    """A thread that runs items one at a time, so that the task can stop waiting for one."""
-
-    def __init__(self, call: Call, retries: int):
-        self.inbox: queue.SimpleQueue[tuple[int, Any] | None] = queue.SimpleQueue()
-        self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        threading.Thread(
-            target=self._main, args=(call, retries), daemon=True, name="parallelize-item"
-        ).start()
-
-    def _main(self, call: Call, retries: int) -> None:
-        status = [_TASK_ID, -1, -1, 0]
-        while (message := self.inbox.get()) is not None:
-            index, item = message
-            outcome = run_chunk(call, _TASK_ID, index, [item], retries, status)
-            assert outcome is not None
-            self.outbox.put(outcome[0][0])
-
-    def abandon(self) -> None:
-        """Let the thread end once its current item returns; its result is dropped."""
-        self.inbox.put(None)
-
-
-def _run_timed(
-    call: Call, start: int, items: list[Any], retries: int, timeout: float
-) -> tuple[list[Any], float]:
-    """run_chunk's job, with an item past ``timeout`` failing as a TimeoutError.
-
-    A thread cannot be killed: the overrunning item's thread is abandoned, to end on its own when
-    the item returns, and a new thread goes on with the rest. A timed-out item is run again up to
-    ``retries`` times, like one that raised.
-    """
-    values: list[Any] = []
-    began = time.perf_counter()
-    runner = _ItemRunner(call, retries)
-    try:
-        for offset, item in enumerate(items):
-            index = start + offset
-            attempts = retries + 1
-            while True:
-                runner.inbox.put((index, item))
-                try:
-                    value = runner.outbox.get(timeout=timeout)
-                    break
-                except queue.Empty:
-                    runner.abandon()
-                    runner = _ItemRunner(call, retries)
-                    attempts -= 1
-                    if attempts == 0:
-                        error = TimeoutError(
-                            f"the item at index {index} ran longer than the timeout of {timeout} "
-                            "s; its thread on the worker was abandoned and ends when the item "
-                            "returns"
-                        )
-                        value = Failure(error, index)
-                        break
-            values.append(value)
-            if type(value) is Failure and not call.keep_going:
-                break
-    finally:
-        runner.abandon()
-    return values, time.perf_counter() - began
-
-
-# -- the caller's loop ----------------------------------------------------------------------------
-
-
-class EngineRun(abc.ABC):
-    """One map on an engine, as the :class:`Driver` drives it. Keys identify submitted tasks."""
-
-    slots: int  # tasks the engine can run at once
-    name: str  # the engine's name, for messages
-
-    @abc.abstractmethod
-    def submit(self, start: int, payload: bytes) -> Any:
-        """Start a task running ``run_remote`` on the chunk; its key."""
-
-    @abc.abstractmethod
-    def wait(self) -> list[tuple[Any, Outcome | BaseException]]:
-        """Block until some tasks finish; each one's key and outcome, or the error that ended it."""
-
-    @abc.abstractmethod
-    def crashed(self, error: BaseException) -> bool:
-        """Whether ``error`` says the worker running the task died (after the engine's retries)."""
-
-    @abc.abstractmethod
-    def cancel(self, keys: list[Any]) -> None:
-        """Stop caring about these tasks; cancel them when the engine can do that safely."""
-
-
-class _Chunk:
-    __slots__ = ("items", "start", "suspect")
-
-    def __init__(self, start: int, items: list[Any], *, suspect: bool = False):
-        self.start = start
-        self.items = items
-        self.suspect = suspect  # its worker died once: it runs again alone, to be sure it was it
-
-
-class _EngineSizer(ChunkSizer):
-    """ChunkSizer aiming at ENGINE_TARGET_SECONDS per chunk instead of its own TARGET_SECONDS."""
-
-    __slots__ = ()
-
-    def record(self, *, items: int, seconds: float) -> None:
-        super().record(items=items, seconds=seconds * TARGET_SECONDS / ENGINE_TARGET_SECONDS)
-
-
-class Driver:
-    """Runs one job on an engine; iterate :meth:`run` for the batches in completion order."""
-
-    def __init__(self, engine: EngineRun, job: Job):
-        self._engine = engine
-        self._job = job
-        workers = max(1, engine.slots)
-        self._slots = workers * DEPTH
-        self._workers = workers
-        self._sizer = _EngineSizer(workers=workers, fixed=job.options.chunksize)
-        self._bounded = job.options.ordered and job.stream
-        self._inflight: dict[Any, _Chunk] = {}
-        self._retry: collections.deque[_Chunk] = collections.deque()
-        self._ready: list[Batch] = []
-        self._next_index = 0
-        self._exhausted = False
-        self._alone = False  # a suspect chunk is running: nothing else is submitted meanwhile
-
-    def run(self) -> Iterator[Batch]:
-        try:
-            while True:
-                self._fill()
-                if not self._inflight and not self._ready:
-                    return
-                if self._inflight and not self._ready:
-                    for key, result in self._engine.wait():
-                        self._handle(key, result)
-                ready, self._ready = self._ready, []
-                yield from ready
-        except BaseException:
-            self._engine.cancel(list(self._inflight))
-            self._inflight.clear()
-            raise
-
-    def _fill(self) -> None:
-        while len(self._inflight) < self._slots and not self._alone:
-            if self._retry and self._retry[0].suspect:
-                if not self._inflight:
-                    self._alone = True
-                    self._submit(self._retry.popleft())
-                return
-            chunk = self._next_chunk()
-            if chunk is None:
-                return
-            self._submit(chunk)
-
-    def _next_chunk(self) -> _Chunk | None:
-        if self._retry:
-            return self._retry.popleft()
-        if self._exhausted:
-            return None
-        if self._bounded and self._inflight and self._window_full():
-            return None
-        total = self._job.total
-        size = self._sizer.next_size(None if total is None else total - self._next_index)
-        items = split(self._job.items, size)
-        self._exhausted = len(items) < size
-        if not items:
-            return None
-        chunk = _Chunk(self._next_index, items)
-        self._next_index += len(items)
-        return chunk
-
-    def _window_full(self) -> bool:
-        oldest = min(chunk.start for chunk in self._inflight.values())
-        if self._retry:
-            oldest = min(oldest, *(chunk.start for chunk in self._retry))
-        limit = self._sizer.next_size(None) * self._workers * WINDOW
-        return self._next_index - oldest >= limit
-
-    def _submit(self, chunk: _Chunk) -> None:
-        try:
-            payload = dumps(chunk.items)
-        except Exception as exc:
-            self._split_unpicklable(chunk, exc)
-            return
-        self._inflight[self._engine.submit(chunk.start, payload)] = chunk
-
-    def _split_unpicklable(self, chunk: _Chunk, error: Exception) -> None:
-        """An argument could not be pickled: that item fails, the others go on."""
-        found = find_unpicklable(chunk.items, chunk.start)
-        if found is None:  # the items pickle one by one: let the real error surface
-            raise error
-        index, exc = found
-        offset = index - chunk.start
-        failure = Failure(unpicklable_error("argument", index, chunk.items[offset], exc), index)
-        parts = [
-            _Chunk(chunk.start, chunk.items[:offset]),
-            _Chunk(index + 1, chunk.items[offset + 1 :]),
-        ]
-        self._retry.extendleft(part for part in reversed(parts) if part.items)
-        self._ready.append(Batch(index, [failure], True))
-
-    def _handle(self, key: Any, result: Outcome | BaseException) -> None:
-        chunk = self._inflight.pop(key)
-        self._alone = False
-        if isinstance(result, Outcome):
-            self._sizer.record(items=len(result.values), seconds=result.seconds)
-            self._ready.append(Batch(chunk.start, result.values, result.failed))
-            return
-        if not self._engine.crashed(result):
-            raise result
-        # The engine does not say which item killed its worker, and may blame every task that
-        # was on it: run the items one by one, and a single item that crashed once more alone,
-        # so that only the item that kills its worker fails.
-        if len(chunk.items) > 1:
-            singles = [_Chunk(chunk.start + i, [item]) for i, item in enumerate(chunk.items)]
-            self._retry.extendleft(reversed(singles))
-            return
-        if not chunk.suspect:
-            self._retry.appendleft(_Chunk(chunk.start, chunk.items, suspect=True))
-            return
-        error = WorkerCrashedError(
-            f"a {self._engine.name} worker died while running the item at index {chunk.start} "
-            f"(after the engine's own retries): {result}",
-            index=chunk.start,
-        )
-        error.__cause__ = result
-        self._ready.append(Batch(chunk.start, [Failure(error, chunk.start)], True))
-
-
-def encode_call(job: Job) -> bytes:
-    """The job's Call, pickled with the user's function by value; SerializationError if it can't."""
-    options = job.options
-    call = Call(job.fn, job.star, options.on_error == "return", timed=False)
-    return dumps_function(call, job.fn)
-
-
-def task_name(job: Job) -> str:
-    """A name for the map's tasks in the engine's dashboard."""
-    name = getattr(job.fn, "__name__", None) or type(job.fn).__name__
-    return f"parallelize-{name}"
-
-
-# -- Dask ----------------------------------------------------------------------------------------
 
 
 class _DaskTask:
@@ -403,7 +56,10 @@ class _DaskTask:
 class _DaskRun(EngineRun):
     name = "Dask"
 
-    def __init__(self, distributed: Any, client: Any, job: Job, blob: bytes):
+    def __init__(
+        self, distributed: Any, client: Any, job: Job, blob: bytes, counters: DaskCounters
+    ):
+        self.counters = counters
         self._client = client
         self._distributed = distributed
         self._job = job
@@ -484,7 +140,7 @@ class DaskBackend(Backend):
 
     def __init__(self) -> None:
         try:
-            import distributed  # noqa: PLC0415 - the engine is imported only when it is used
+            import distributed  # the engine is imported only when it is used
         except ImportError as exc:
             raise missing_engine("dask", "distributed", exc) from None
         self._distributed: Any = distributed
@@ -493,10 +149,13 @@ class DaskBackend(Backend):
         self._cluster: Any = None  # the LocalCluster we started, if any
         self._exit_hook = False
 
-    def run(self, job: Job) -> Iterator[Batch]:
-        blob = encode_call(job)
-        client = self.client(job.options.address)
-        yield from Driver(_DaskRun(self._distributed, client, job, blob), job).run()
+    def run(self, job: Job) -> Generator[Batch, None, None]:
+        address = job.options.address
+        # The cluster starts before pickling only when a shared_counter needs an actor on it.
+        counters = DaskCounters(lambda: self.client(address))
+        blob = encode_call(job, counters)
+        client = self.client(address)
+        yield from Driver(_DaskRun(self._distributed, client, job, blob, counters), job).run()
 
     def client(self, address: str | None) -> Any:
         """The client a map with this ``address`` option runs on (see the module docstring)."""

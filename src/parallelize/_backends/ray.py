@@ -5,8 +5,9 @@ It uses the running Ray session when there is one (``ray.is_initialized()``); ot
 sized to the usable CPUs, which it shuts down at interpreter exit. Ray allows one session per
 process, so a running session wins over an ``address`` option.
 
-The task body and the caller's loop are shared with the Dask backend (:mod:`.dask`). Ray-specific
-choices:
+The task body and the caller's loop are shared with the Dask backend (:mod:`._remote`). A
+``shared_counter`` that a map pickles moves into a Ray actor (:mod:`._counter_engines`).
+Ray-specific choices:
 
 * a worker that dies is retried by Ray itself (``max_retries`` = the ``retries`` option);
 * closing a map does not cancel its in-flight tasks: ``ray.cancel(force=True)`` can abort the
@@ -23,19 +24,21 @@ import atexit
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from .._cpu import usable_cpus
+from ._counter_engines import RayCounters
+from ._remote import Driver, EngineRun, Outcome, encode_call, run_remote, task_name
 from .base import Backend, Batch, Job, missing_engine
-from .dask import Driver, EngineRun, Outcome, encode_call, run_remote, task_name
 
 
 # Ray's objects are Any here: its API is typed only in part.
 class _RayRun(EngineRun):
     name = "Ray"
 
-    def __init__(self, ray_module: Any, remote: Any, job: Job, blob: bytes):
+    def __init__(self, ray_module: Any, remote: Any, job: Job, blob: bytes, counters: RayCounters):
+        self.counters = counters
         self._ray = ray_module
         options = job.options
         self.slots = int(ray_module.cluster_resources().get("CPU", 1))
@@ -90,7 +93,7 @@ class RayBackend(Backend):
 
     def __init__(self) -> None:
         try:
-            import ray  # noqa: PLC0415 - the engine is imported only when it is used
+            import ray  # the engine is imported only when it is used
         except ImportError as exc:
             raise missing_engine("ray", "ray", exc) from None
         self._ray: Any = ray
@@ -98,12 +101,15 @@ class RayBackend(Backend):
         self._remote: Any = None
         self._started = False  # we called ray.init, so we shut it down
 
-    def run(self, job: Job) -> Iterator[Batch]:
-        blob = encode_call(job)
-        self._ensure_session(job.options.address)
+    def run(self, job: Job) -> Generator[Batch, None, None]:
+        address = job.options.address
+        # The session starts before pickling only when a shared_counter needs an actor in it.
+        counters = RayCounters(self._ray, lambda: self._ensure_session(address))
+        blob = encode_call(job, counters)
+        self._ensure_session(address)
         if self._remote is None:
             self._remote = self._ray.remote(num_cpus=1)(run_remote)
-        yield from Driver(_RayRun(self._ray, self._remote, job, blob), job).run()
+        yield from Driver(_RayRun(self._ray, self._remote, job, blob, counters), job).run()
 
     def _ensure_session(self, address: str | None) -> None:
         with self._lock:
