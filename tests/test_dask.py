@@ -23,10 +23,18 @@ distributed = pytest.importorskip("distributed")
 
 import dask  # noqa: E402 - installed with distributed
 
-from parallelize import WorkerCrashedError, imap, pmap  # noqa: E402
+from parallelize import WorkerCrashedError, imap, pmap, shared_counter  # noqa: E402
+from parallelize._backends import _remote  # noqa: E402
 from parallelize._backends import dask as dask_backend  # noqa: E402
 from parallelize._backends.base import get_backend  # noqa: E402
-from test_threads import Behaviour, nap, square  # noqa: E402 - after the skip above
+from parallelize._worker import in_worker  # noqa: E402
+from test_threads import (  # noqa: E402 - after the skip above
+    Behaviour,
+    CounterBehaviour,
+    bump,
+    nap,
+    square,
+)
 
 pytestmark = [pytest.mark.dask, pytest.mark.timeout(60)]
 
@@ -71,6 +79,31 @@ class TestDaskBehaviour(Behaviour):
     options: ClassVar[dict[str, Any]] = {"backend": "dask"}
 
 
+@pytest.mark.usefixtures("cluster")
+class TestDaskCounter(CounterBehaviour):
+    options: ClassVar[dict[str, Any]] = {"backend": "dask"}
+    storage: ClassVar[str | None] = "DaskStorage"
+
+
+def test_a_counter_that_crossed_leaves_dev_shm(cluster: Any) -> None:
+    """Once in a Dask actor, the counter no longer needs this machine's file."""
+    counter = shared_counter(0)
+    path = os.path.join("/dev/shm", counter._storage.name)  # type: ignore[attr-defined]
+    pmap(bump, [counter] * 4, [10] * 4, backend="dask")
+    assert counter.value == 40
+    assert not os.path.exists(path)
+
+
+def _nested(n: int) -> tuple[list[int], bool]:
+    return pmap(square, range(n)), in_worker()
+
+
+def test_nested_map_runs_serially_in_the_task(cluster: Any) -> None:
+    """A Dask worker is a daemonic process: a nested map must not try to start a pool in it."""
+    assert pmap(_nested, [3, 4], backend="dask") == [([0, 1, 4], True), ([0, 1, 4, 9], True)]
+    assert not in_worker()
+
+
 def test_uses_the_current_client(cluster: Any) -> None:
     assert get_backend("dask").client(None) is cluster  # type: ignore[attr-defined]
 
@@ -89,13 +122,13 @@ def test_address_option_and_environment(cluster: Any, monkeypatch: pytest.Monkey
 
 def test_tiny_items_travel_in_chunks(cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     submitted: list[int] = []
-    original = dask_backend.Driver._submit
+    original = _remote.Driver._submit
 
     def counting(self: Any, chunk: Any) -> None:
         submitted.append(len(chunk.items))
         original(self, chunk)
 
-    monkeypatch.setattr(dask_backend.Driver, "_submit", counting)
+    monkeypatch.setattr(_remote.Driver, "_submit", counting)
     assert pmap(square, range(20_000), backend="dask") == [x * x for x in range(20_000)]
     assert sum(submitted) == 20_000
     assert len(submitted) < 100

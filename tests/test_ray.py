@@ -22,8 +22,14 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from parallelize import WorkerCrashedError, imap, pmap  # noqa: E402
-from parallelize._backends import dask as shared  # noqa: E402 - the loop Ray shares with Dask
-from test_threads import Behaviour, nap, square  # noqa: E402 - after the skip above
+from parallelize._backends import _remote  # noqa: E402 - the loop Ray shares with Dask
+from parallelize._worker import in_worker  # noqa: E402
+from test_threads import (  # noqa: E402 - after the skip above
+    Behaviour,
+    CounterBehaviour,
+    nap,
+    square,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(60)]
 
@@ -60,15 +66,30 @@ class TestRayBehaviour(Behaviour):
 
 
 @pytest.mark.usefixtures("session")
+class TestRayCounter(CounterBehaviour):
+    options: ClassVar[dict[str, Any]] = {"backend": "ray"}
+    storage: ClassVar[str | None] = "RayStorage"
+
+
+def _nested(n: int) -> tuple[list[int], bool]:
+    return pmap(square, range(n)), in_worker()
+
+
+@pytest.mark.usefixtures("session")
+def test_nested_map_runs_serially_in_the_task() -> None:
+    assert pmap(_nested, [3, 4], backend="ray") == [([0, 1, 4], True), ([0, 1, 4, 9], True)]
+
+
+@pytest.mark.usefixtures("session")
 def test_tiny_items_travel_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     submitted: list[int] = []
-    original = shared.Driver._submit
+    original = _remote.Driver._submit
 
     def counting(self: Any, chunk: Any) -> None:
         submitted.append(len(chunk.items))
         original(self, chunk)
 
-    monkeypatch.setattr(shared.Driver, "_submit", counting)
+    monkeypatch.setattr(_remote.Driver, "_submit", counting)
     assert pmap(square, range(20_000), backend="ray") == [x * x for x in range(20_000)]
     assert sum(submitted) == 20_000
     assert len(submitted) < 100

@@ -15,10 +15,12 @@ from ._errors import (
     SerializationError,
     WorkerCrashedError,
 )
+from ._options import MapOptions
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MapOptions",
     "ParallelFunction",
     "ParallelizeError",
     "RemoteError",

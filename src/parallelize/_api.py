@@ -9,24 +9,48 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import closing
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack, overload
 
 from ._backends.base import Batch, Job, get_backend
-from ._options import Options
+from ._options import MapOptions, Options
 from ._progress import open_bar
 from ._serialization import Failure
 from ._worker import in_worker
 
 R = TypeVar("R")
+T1 = TypeVar("T1")
+T2 = TypeVar("T2")
 
 
+@overload
+def pmap(
+    fn: Callable[[T1], R], items: Iterable[T1], /, **options: Unpack[MapOptions]
+) -> list[R]: ...
+@overload
+def pmap(
+    fn: Callable[[T1, T2], R],
+    items1: Iterable[T1],
+    items2: Iterable[T2],
+    /,
+    **options: Unpack[MapOptions],
+) -> list[R]: ...
+@overload
+def pmap(
+    fn: Callable[..., R],
+    items1: Iterable[Any],
+    items2: Iterable[Any],
+    items3: Iterable[Any],
+    /,
+    *more: Iterable[Any],
+    **options: Unpack[MapOptions],
+) -> list[R]: ...
 def pmap(fn: Callable[..., R], /, *iterables: Iterable[Any], **options: Any) -> list[R]:
     """Apply ``fn`` to every item in parallel; the list of results, like ``list(map(fn, ...))``.
 
     Several iterables are zipped like the builtin ``map`` (stopping at the shortest). Options:
     ``workers``, ``chunksize``, ``ordered``, ``progress``, ``backend``, ``start_method``,
     ``timeout``, ``retries``, ``on_error``, ``initializer``, ``initargs``,
-    ``max_tasks_per_worker``, ``address`` (see :doc:`api`).
+    ``max_tasks_per_worker``, ``address``.
 
     An exception raised by ``fn`` is re-raised here with its own type, the worker's traceback as
     ``__cause__`` and a note naming the item's index, and the rest of the map is cancelled; with
@@ -38,8 +62,30 @@ def pmap(fn: Callable[..., R], /, *iterables: Iterable[Any], **options: Any) -> 
     return run_list(prepare(fn, iterables, Options.from_kwargs(options, "pmap"), stream=False))
 
 
+@overload
+def imap(
+    fn: Callable[[T1], R], items: Iterable[T1], /, **options: Unpack[MapOptions]
+) -> Iterator[R]: ...
+@overload
+def imap(
+    fn: Callable[[T1, T2], R],
+    items1: Iterable[T1],
+    items2: Iterable[T2],
+    /,
+    **options: Unpack[MapOptions],
+) -> Iterator[R]: ...
+@overload
+def imap(
+    fn: Callable[..., R],
+    items1: Iterable[Any],
+    items2: Iterable[Any],
+    items3: Iterable[Any],
+    /,
+    *more: Iterable[Any],
+    **options: Unpack[MapOptions],
+) -> Iterator[R]: ...
 def imap(fn: Callable[..., R], /, *iterables: Iterable[Any], **options: Any) -> Iterator[R]:
-    """Like :func:`pmap`, but a lazy iterator: results come as they are ready.
+    """Like ``pmap``, but a lazy iterator: results come as they are ready.
 
     The input is read lazily with a bounded window in flight, so an endless generator works and
     memory stays flat. Breaking out of the loop, closing the iterator or dropping it cancels the

@@ -10,10 +10,10 @@ import functools
 import inspect
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, Unpack, overload
 
 from ._api import prepare, run_list, run_stream
-from ._options import OPTION_NAMES, Options
+from ._options import OPTION_NAMES, MapOptions, Options
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -47,7 +47,7 @@ class ParallelFunction(Generic[T, P, R]):
         fn = self._bind(1 + len(iterables), kwargs)
         return run_stream(prepare(fn, (items, *iterables), self._options, stream=True))
 
-    def options(self, **options: Any) -> ParallelFunction[T, P, R]:
+    def options(self, **options: Unpack[MapOptions]) -> ParallelFunction[T, P, R]:
         """A new parallel function with these options overriding the current ones."""
         override = Options.from_kwargs(options, f"{self._name}.options")
         return ParallelFunction(self.__wrapped__, self._options.merged(override))
@@ -106,7 +106,7 @@ def parallel(
 ) -> ParallelFunction[T, P, R]: ...
 @overload
 def parallel(
-    fn: None = None, /, **options: Any
+    fn: None = None, /, **options: Unpack[MapOptions]
 ) -> Callable[[Callable[Concatenate[T, P], R]], ParallelFunction[T, P, R]]: ...
 def parallel(
     fn: Callable[Concatenate[T, P], R] | None = None, /, **options: Any

@@ -14,7 +14,7 @@ import math
 import multiprocessing
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypedDict
 
 from ._cpu import usable_cpus
 
@@ -35,6 +35,26 @@ ON_ERROR: Final = ("raise", "return")
 Backend = Literal["process", "thread", "serial", "dask", "ray"]
 StartMethod = Literal["fork", "spawn", "forkserver"]
 Progress = bool | str | Mapping[str, Any]
+
+
+class MapOptions(TypedDict, total=False):
+    """The keyword options of ``pmap``, ``imap``, ``@parallel`` and ``.options()``, for type checkers:
+    a misspelt option or a value of the wrong type is caught before the code runs."""
+
+    workers: int | None
+    chunksize: int | None
+    ordered: bool
+    progress: Progress
+    backend: Backend
+    start_method: StartMethod | None
+    timeout: float | None
+    retries: int
+    on_error: Literal["raise", "return"]
+    initializer: Callable[..., object] | None
+    initargs: tuple[Any, ...]
+    max_tasks_per_worker: int | None
+    address: str | None
+
 
 ENV_WORKERS: Final = "PARALLELIZE_WORKERS"
 ENV_BACKEND: Final = "PARALLELIZE_BACKEND"

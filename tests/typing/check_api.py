@@ -64,3 +64,12 @@ shout([1, 2])  # type: ignore[list-item]
 shout(3)  # type: ignore[arg-type]
 shout.__wrapped__(1)  # type: ignore[arg-type]
 too_many: list[str] = scale([1])  # type: ignore[assignment]
+
+# pmap/imap are shaped like the builtin map: a lambda's parameter types are inferred from the items.
+assert_type(pmap(lambda w: w.upper(), ["a"]), list[str])
+assert_type(imap(lambda x, y: x * y, [1], [2.5]), Iterator[float])
+
+# Options are checked: a misspelt option or a wrong value is an error before the code runs.
+pmap(length, ["a"], workerz=2)  # type: ignore[call-overload]
+pmap(length, ["a"], backend="gpu")  # type: ignore[call-overload]
+shout.options(ordered="yes")  # type: ignore[arg-type]
