@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 
 from ._execute import SLOT_WIDTH, Call, Status, run_chunk
+from ._threadlimits import limit_native_threads
 from ._serialization import Failure, dumps, find_unpicklable, unpicklable_error
 
 LOAD: Final = 0
@@ -125,9 +126,11 @@ def process_main(
     init_blob: bytes | None,
     max_items: int | None,
     inherited_fds: Sequence[int],
+    native_threads: int,
 ) -> None:
     """Entry point of a worker process."""
     enter_worker()
+    limit_native_threads(native_threads)
     # Ctrl-C goes to the whole foreground process group; the parent decides what to do about it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for fd in inherited_fds:  # under fork: the parent's ends of other workers' pipes

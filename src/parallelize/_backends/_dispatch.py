@@ -316,7 +316,17 @@ class Dispatcher(Generic[W]):
             requeue.append(running)
         else:
             indices = range(running.start, running.start + len(running.items))
-            error = self._fault(None, exitcode, False)
+            if started:
+                error = self._fault(None, exitcode, False)
+            else:
+                error = WorkerCrashedError(
+                    f"worker processes {describe_exit(exitcode)} {MAX_UNSTARTED + 1} times before "
+                    "running any item of this chunk. In a script, start the map under "
+                    "'if __name__ == \"__main__\":' (spawn and forkserver workers import the main "
+                    "module); the workers' stderr shows the cause.",
+                    index=None,
+                    exitcode=exitcode,
+                )
             self._ready.append(Batch(running.start, [Failure(error, i) for i in indices], True))
         requeue.extend(waiting)
         self._retry.extendleft(reversed(requeue))

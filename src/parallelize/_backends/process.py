@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
+import mmap
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.util  # imported before our atexit hook, so that ours runs first
@@ -24,6 +25,7 @@ from typing import Any, Final, NamedTuple
 
 from .._execute import SLOT_WIDTH, Call
 from .._serialization import dumps, dumps_function
+from .._threadlimits import thread_share
 from .._worker import LOAD, process_main
 from ._dispatch import DEAD, Dispatcher, WorkerHandle, WorkerSet
 from .base import Backend, Batch, Job, loaded_backends
@@ -61,7 +63,16 @@ class ProcessPool(WorkerSet[_Worker]):
         self._context: Any = multiprocessing.get_context(key.start_method)
         # Twice the size: a retiring worker and its replacement may both hold a slot for a moment.
         slots = 2 * key.workers
-        self._status_array = self._context.RawArray("q", slots * SLOT_WIDTH)
+        size = slots * SLOT_WIDTH
+        if key.start_method == "fork":
+            # Inherited by forked children as it is: an anonymous shared mapping costs nothing to
+            # make, where a RawArray (file-backed, so it can be sent to spawned children) costs ms.
+            self._status_array: Any = mmap.mmap(-1, size * 8)
+        else:
+            self._status_array = self._context.RawArray("q", size)
+            # The fork server imports the worker module once; each worker then starts warm.
+            if key.start_method == "forkserver":
+                self._context.set_forkserver_preload(["__main__", "parallelize._worker"])
         view = memoryview(self._status_array).cast("B").cast("q")
         self._views = [view[i * SLOT_WIDTH : (i + 1) * SLOT_WIDTH] for i in range(slots)]
         self._free_slots = list(range(slots - 1, -1, -1))
@@ -90,6 +101,7 @@ class ProcessPool(WorkerSet[_Worker]):
                 self.key.init_blob,
                 self.key.max_items,
                 inherited,
+                thread_share(self.key.workers),
             ),
             name=f"parallelize-worker-{slot}",
         )
