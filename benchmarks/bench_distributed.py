@@ -74,7 +74,7 @@ def bench_process(loads: dict[str, list[int]], repeat: int) -> dict[str, float]:
 
 
 def bench_dask(loads: dict[str, list[int]], repeat: int) -> dict[str, dict[str, float]]:
-    import distributed  # noqa: PLC0415 - optional: skipped when the extra is missing
+    import distributed
 
     workers = usable_cpus()
     out: dict[str, dict[str, float]] = {}
@@ -90,7 +90,7 @@ def bench_dask(loads: dict[str, list[int]], repeat: int) -> dict[str, dict[str, 
 
 
 def bench_ray(loads: dict[str, list[int]], repeat: int) -> dict[str, dict[str, float]]:
-    import ray  # noqa: PLC0415 - optional: skipped when the extra is missing
+    import ray
 
     ray.init(num_cpus=usable_cpus(), include_dashboard=False, logging_level=logging.ERROR)
     try:

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help="a quick run on a local cluster")
     args = parser.parse_args(argv)
     try:
-        from distributed import Client, LocalCluster  # noqa: PLC0415 - optional dependency
+        from distributed import Client, LocalCluster
     except ImportError:
         print('skipped: this example needs dask: pip install "parallelize[dask]"')
         return 0

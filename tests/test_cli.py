@@ -95,7 +95,7 @@ def test_usage_errors_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
-    from parallelize import __version__  # noqa: PLC0415 - the version under test
+    from parallelize import __version__
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"parallelize {__version__}"
@@ -111,7 +111,7 @@ def test_defaults_are_sensible() -> None:
 @pytest.mark.timeout(CLI_TIMEOUT + 30)
 def test_console_script_entry_point() -> None:
     """``parallelize`` (the console script) is the same as ``python -m parallelize``."""
-    from importlib.metadata import entry_points  # noqa: PLC0415
+    from importlib.metadata import entry_points
 
     (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "parallelize"]
     assert script.value == "parallelize.__main__:main"

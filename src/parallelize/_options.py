@@ -38,8 +38,11 @@ Progress = bool | str | Mapping[str, Any]
 
 
 class MapOptions(TypedDict, total=False):
-    """The keyword options of ``pmap``, ``imap``, ``@parallel`` and ``.options()``, for type checkers:
-    a misspelt option or a value of the wrong type is caught before the code runs."""
+    """The keyword options of ``pmap``, ``imap``, ``@parallel`` and ``.options()``.
+
+    For type checkers: a misspelt option or a value of the wrong type is caught before the code
+    runs. At run time the same checks raise TypeError or ValueError.
+    """
 
     workers: int | None
     chunksize: int | None

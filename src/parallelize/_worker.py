@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 
 from ._execute import SLOT_WIDTH, Call, Status, run_chunk
-from ._threadlimits import limit_native_threads
 from ._serialization import Failure, dumps, find_unpicklable, unpicklable_error
+from ._threadlimits import limit_native_threads
 
 LOAD: Final = 0
 TASK: Final = 1
