@@ -35,9 +35,12 @@ def tagged(item: int) -> tuple[int, int]:
 
 
 class NeedsTwoArgs(Exception):
+    """Cannot be rebuilt from its args, and holds something that cannot be pickled at all."""
+
     def __init__(self, a: int, b: int):
         super().__init__(f"{a}/{b}")
         self.a = a
+        self.lock = threading.Lock()
 
 
 def raise_value_error(x: int) -> int:

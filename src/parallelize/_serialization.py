@@ -128,12 +128,15 @@ def unpicklable_error(what: str, index: int, value: Any, exc: Exception) -> Seri
 class Failure:
     """One item's error, with the input index and the traceback text from where it was raised."""
 
-    __slots__ = ("_ready", "error", "index", "tb")
+    __slots__ = ("_ready", "error", "index", "remote", "tb")
 
-    def __init__(self, error: BaseException, index: int, tb: str | None = None):
+    def __init__(
+        self, error: BaseException, index: int, tb: str | None = None, *, remote: bool = False
+    ):
         self.error = error
         self.index = index
         self.tb = tb
+        self.remote = remote  # it crossed from another process
         self._ready = False
 
     @classmethod
@@ -145,8 +148,9 @@ class Failure:
         """The exception to raise or return in the caller, with its note and remote traceback."""
         if not self._ready:
             self._ready = True
-            # An exception that crossed a pickle lost its traceback: show the worker's text instead.
-            if self.tb is not None and self.error.__traceback__ is None:
+            # An exception that crossed from a worker lost its frames (or, with tblib, has copies
+            # that an editor cannot open): the worker's formatted text is the cause.
+            if self.tb is not None and self.remote:
                 self.error.__cause__ = RemoteTraceback(self.tb)
             self.error.add_note(
                 f"(raised by the item at index {self.index}, in a parallelize worker)"
@@ -161,7 +165,7 @@ class Failure:
 
 
 def _rebuild_failure(error: BaseException, index: int, tb: str | None) -> Failure:
-    return Failure(error, index, tb)
+    return Failure(error, index, tb, remote=True)
 
 
 def _portable(error: BaseException) -> BaseException:

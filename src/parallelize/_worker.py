@@ -1,10 +1,10 @@
 """The loop a worker runs, in a process of the pool or in a thread of the thread backend.
 
-Messages in: ``(LOAD, call_id, call)`` once per map and worker, ``(TASK, task_id, call_id, start,
-items, retries)`` per chunk, ``None`` to stop. Messages out: ``(DONE, task_id, start, values,
-seconds, failed)`` or ``(CANCELLED, task_id)`` per chunk, and ``(INIT_FAILED, failure)`` when
-the initializer raised. In a process the messages are pickled over a pipe; a thread passes them
-as they are.
+Messages in: ``(LOAD, call_id, call)`` once per map and worker, ``(TASK, task_id, call_id,
+start, items, retries)`` per chunk, ``None`` to stop. Messages out: ``(DONE, task_id,
+start, values, seconds, failed)`` or ``(CANCELLED, task_id)`` per chunk, and ``(INIT_FAILED,
+failure)`` when the initializer raised. In a process the messages are pickled over a pipe; a
+thread passes them as they are.
 """
 
 from __future__ import annotations
@@ -86,8 +86,7 @@ def _run_task(
     if outcome is None:
         send((CANCELLED, task_id))
         return 0
-    values, seconds = outcome
-    failed = any(type(value) is Failure for value in values)
+    values, seconds, failed = outcome
     send((DONE, task_id, start, values, seconds, failed))
     return len(items)
 

@@ -248,7 +248,14 @@ class Dispatcher(Generic[W]):
 
     def _send(self, worker: W, task: _Task) -> None:
         task.id = self._new_id()
-        message = (TASK_MESSAGE, task.id, self._call_id, task.start, task.items, task.retries)
+        message = (
+            TASK_MESSAGE,
+            task.id,
+            self._call_id,
+            task.start,
+            task.items,
+            task.retries,
+        )
         try:
             payload = self._pool.encode(message)
         except Exception as exc:

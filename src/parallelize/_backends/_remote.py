@@ -120,7 +120,7 @@ def run_remote(
     if timeout is None:
         outcome = run_chunk(call, _TASK_ID, start, items, retries, [_TASK_ID, -1, -1, 0])
         assert outcome is not None  # nothing cancels a chunk on an engine
-        values, seconds = outcome
+        values, seconds, _ = outcome
     else:
         values, seconds = _run_timed(call, start, items, retries, timeout)
     return Outcome(start, values, seconds, any(type(value) is Failure for value in values))

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Generator
 
 from .._execute import Call, run_chunk
-from .._serialization import Failure
 from .base import Backend, Batch, Job
 
 
@@ -24,5 +23,4 @@ class SerialBackend(Backend):
         for index, item in enumerate(job.items):
             outcome = run_chunk(call, index, index, [item], job.options.retries, status)
             assert outcome is not None  # nothing cancels a serial chunk
-            values = outcome[0]
-            yield Batch(index, values, failed=isinstance(values[0], Failure))
+            yield Batch(index, outcome[0], failed=outcome[2])
