@@ -79,18 +79,24 @@ class ParallelFunction(Generic[T, P, R]):
         return f"<parallel {self.__wrapped__!r}{' (' + given + ')' if given else ''}>"
 
     def __reduce__(self) -> str | tuple[Any, ...]:
-        # A module-level decorated function pickles by name, like a plain function; any other
-        # (a local one, or one made by .options()) carries its function and options.
-        if _lookup(getattr(self, "__module__", None), getattr(self, "__qualname__", "")) is self:
+        # A decorated function of an importable module pickles by name, like a plain function;
+        # any other (in __main__ or a notebook, local, or made by .options()) carries its
+        # function and options, and cloudpickle ships that function by value.
+        if by_reference(self):
             return str(self.__qualname__)
         return (ParallelFunction, (self.__wrapped__, self._options))
 
 
-def _lookup(module_name: str | None, qualname: str) -> object:
-    found: object = sys.modules.get(module_name or "")
-    for part in qualname.split("."):
+def by_reference(obj: Any) -> bool:
+    """Whether ``obj`` can travel as ``module.qualname``: the name finds it, and the module is one
+    a worker imports by name (not ``__main__``, whose worker copy is another script run)."""
+    module_name = getattr(obj, "__module__", None)
+    if module_name in (None, "__main__", "__mp_main__"):
+        return False
+    found: object = sys.modules.get(module_name)
+    for part in getattr(obj, "__qualname__", "<>").split("."):
         found = getattr(found, part, None)
-    return found
+    return found is obj
 
 
 def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:

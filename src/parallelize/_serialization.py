@@ -47,12 +47,12 @@ class _FunctionPickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickl
 
 
 def _decorator_of(fn: types.FunctionType) -> Any:
-    from ._decorator import ParallelFunction
+    from ._decorator import ParallelFunction, by_reference
 
     found: Any = sys.modules.get(fn.__module__)
     for part in fn.__qualname__.split("."):
         found = getattr(found, part, None)
-    if isinstance(found, ParallelFunction) and found.__wrapped__ is fn:
+    if isinstance(found, ParallelFunction) and found.__wrapped__ is fn and by_reference(found):
         return found
     return None
 

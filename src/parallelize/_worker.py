@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 
+from ._errors import SerializationError
 from ._execute import SLOT_WIDTH, Call, Status, run_chunk
 from ._serialization import Failure, dumps, find_unpicklable, unpicklable_error
 from ._threadlimits import limit_native_threads
@@ -150,7 +151,15 @@ def process_main(
 
     def receive() -> Any:
         raw = inbox.get()
-        return None if raw is None else pickle.loads(raw)
+        if raw is None:
+            return None
+        try:
+            return pickle.loads(raw)
+        except Exception as exc:  # report it, rather than die with it on stderr alone
+            error = SerializationError(f"a worker could not unpickle what it was sent: {exc!r}")
+            error.__cause__ = exc
+            conn.send_bytes(dumps((INIT_FAILED, Failure.capture(error, -1))))
+            return None
 
     def send(message: tuple[Any, ...]) -> None:
         conn.send_bytes(_encode_result(message))
