@@ -152,9 +152,8 @@ class Failure:
             # that an editor cannot open): the worker's formatted text is the cause.
             if self.tb is not None and self.remote:
                 self.error.__cause__ = RemoteTraceback(self.tb)
-            self.error.add_note(
-                f"(raised by the item at index {self.index}, in a parallelize worker)"
-            )
+            where = f"by the item at index {self.index}" if self.index >= 0 else "at worker start"
+            self.error.add_note(f"(raised {where}, in a parallelize worker)")
         return self.error
 
     def __reduce__(self) -> tuple[Any, ...]:
