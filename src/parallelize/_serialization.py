@@ -116,6 +116,19 @@ def find_unpicklable(values: list[Any], first_index: int) -> tuple[int, Exceptio
     return None
 
 
+def unpicklable_argument(items: list[Any], start: int, error: Exception) -> tuple[int, Failure]:
+    """A chunk did not pickle: the offset of its first unpicklable item, and that item's failure.
+
+    Re-raises ``error`` when every item pickles on its own (then the chunk as a whole is at fault).
+    """
+    found = find_unpicklable(items, start)
+    if found is None:
+        raise error
+    index, exc = found
+    offset = index - start
+    return offset, Failure(unpicklable_error("argument", index, items[offset], exc), index)
+
+
 def unpicklable_error(what: str, index: int, value: Any, exc: Exception) -> SerializationError:
     """A SerializationError naming the item, its type and the reason."""
     error = SerializationError(

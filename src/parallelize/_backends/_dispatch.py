@@ -28,7 +28,7 @@ from typing import Any, Final, Generic, TypeVar
 from .._chunking import ChunkSizer, split
 from .._errors import WorkerCrashedError
 from .._execute import CANCEL, INDEX, START_NS, TASK, Call, Status
-from .._serialization import Failure, find_unpicklable, unpicklable_error
+from .._serialization import Failure, unpicklable_argument
 from .._worker import CALL_CACHE, CANCELLED, DONE, INIT_FAILED
 from .._worker import TASK as TASK_MESSAGE
 from .base import Batch, Job
@@ -278,18 +278,13 @@ class Dispatcher(Generic[W]):
 
     def _split_unpicklable(self, task: _Task, error: Exception) -> None:
         """An argument could not be pickled: that item fails, the others go on."""
-        found = find_unpicklable(task.items, task.start)
-        if found is None:  # the items pickle one by one: let the real error surface
-            raise error
-        index, exc = found
-        offset = index - task.start
-        failure = Failure(unpicklable_error("argument", index, task.items[offset], exc), index)
+        offset, failure = unpicklable_argument(task.items, task.start, error)
         parts = [
             _Task(task.start, task.items[:offset], task.retries),
-            _Task(index + 1, task.items[offset + 1 :], task.retries),
+            _Task(failure.index + 1, task.items[offset + 1 :], task.retries),
         ]
         self._retry.extendleft(part for part in reversed(parts) if part.items)
-        self._ready.append(Batch(index, [failure], True))
+        self._ready.append(Batch(failure.index, [failure], True))
 
     # -- faults --
 

@@ -30,6 +30,7 @@ from .._serialization import (
     dumps,
     dumps_function,
     find_unpicklable,
+    unpicklable_argument,
     unpicklable_error,
 )
 from .._worker import enter_worker
@@ -309,18 +310,13 @@ class Driver:
 
     def _split_unpicklable(self, chunk: _Chunk, error: Exception) -> None:
         """An argument could not be pickled: that item fails, the others go on."""
-        found = find_unpicklable(chunk.items, chunk.start)
-        if found is None:  # the items pickle one by one: let the real error surface
-            raise error
-        index, exc = found
-        offset = index - chunk.start
-        failure = Failure(unpicklable_error("argument", index, chunk.items[offset], exc), index)
+        offset, failure = unpicklable_argument(chunk.items, chunk.start, error)
         parts = [
             _Chunk(chunk.start, chunk.items[:offset]),
-            _Chunk(index + 1, chunk.items[offset + 1 :]),
+            _Chunk(failure.index + 1, chunk.items[offset + 1 :]),
         ]
         self._retry.extendleft(part for part in reversed(parts) if part.items)
-        self._ready.append(Batch(index, [failure], True))
+        self._ready.append(Batch(failure.index, [failure], True))
 
     def _handle(self, key: Any, result: Outcome | BaseException) -> None:
         chunk = self._inflight.pop(key)
