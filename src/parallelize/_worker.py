@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 
+from . import _sharedmem as sharedmem
 from ._errors import SerializationError
 from ._execute import SLOT_WIDTH, Call, Status, run_chunk
 from ._serialization import Failure, dumps, find_unpicklable, unpicklable_error
@@ -102,9 +103,14 @@ def run_initializer(initializer: Any, initargs: Sequence[Any]) -> Failure | None
 
 
 def _encode_result(message: tuple[Any, ...]) -> bytes:
-    """Pickle a worker's reply; an unpicklable result becomes that item's SerializationError."""
+    """Pickle a worker's reply (large buffers through shared memory); an unpicklable result
+    becomes that item's SerializationError."""
     try:
-        return dumps(message)
+        return sharedmem.dumps_reply(message)
+    except Exception:
+        pass
+    try:
+        return dumps(message)  # cloudpickle takes what the standard pickler refused
     except Exception:
         if message[0] != DONE:
             raise
@@ -154,7 +160,7 @@ def process_main(
         if raw is None:
             return None
         try:
-            return pickle.loads(raw)
+            return sharedmem.load(raw)
         except Exception as exc:  # report it, rather than die with it on stderr alone
             error = SerializationError(f"a worker could not unpickle what it was sent: {exc!r}")
             error.__cause__ = exc

@@ -82,8 +82,14 @@ class WorkerSet(abc.ABC, Generic[W]):
         return True
 
     @abc.abstractmethod
-    def encode(self, message: tuple[Any, ...]) -> Any:
-        """A message ready to send; raises if it cannot be serialised."""
+    def encode(self, message: tuple[Any, ...]) -> tuple[Any, object]:
+        """A message ready to send, and what to :meth:`release` once its chunk is done (or None).
+
+        Raises if the message cannot be serialised.
+        """
+
+    def release(self, lease: object) -> None:
+        """Free what :meth:`encode` held for a chunk that is done, cancelled or lost."""
 
     @abc.abstractmethod
     def load_message(self, call: Call) -> tuple[int, Any]:
@@ -107,10 +113,11 @@ class WorkerSet(abc.ABC, Generic[W]):
 
 
 class _Task:
-    __slots__ = ("id", "items", "retries", "start", "unstarted")
+    __slots__ = ("id", "items", "lease", "retries", "start", "unstarted")
 
     def __init__(self, start: int, items: list[Any], retries: int, unstarted: int = 0):
         self.id = 0  # assigned when sent
+        self.lease: object = None  # what the pool holds for it while in flight (shared memory)
         self.start = start
         self.items = items
         self.retries = retries
@@ -172,16 +179,24 @@ class Dispatcher(Generic[W]):
         if kind == DONE:
             _, task_id, start, values, seconds, failed = event
             worker.queue.remove(task_id)
-            self._tasks.pop(task_id)
+            self._forget(task_id)
             self._sizer.record(items=len(values), seconds=seconds)
             self._ready.append(Batch(start, values, failed))
         elif kind == CANCELLED:
             worker.queue.remove(event[1])
-            self._tasks.pop(event[1])
+            self._forget(event[1])
         elif kind == INIT_FAILED:
             self._pool.broken = True
             failure: Failure = event[1]
             raise failure.exception()
+
+    def _forget(self, task_id: int) -> _Task:
+        """A chunk is no longer in flight: drop it and what the pool held for it."""
+        task = self._tasks.pop(task_id)
+        if task.lease is not None:
+            self._pool.release(task.lease)
+            task.lease = None
+        return task
 
     # -- handing out work --
 
@@ -257,7 +272,7 @@ class Dispatcher(Generic[W]):
             task.retries,
         )
         try:
-            payload = self._pool.encode(message)
+            payload, task.lease = self._pool.encode(message)
         except Exception as exc:
             self._split_unpicklable(task, exc)
             return
@@ -292,7 +307,7 @@ class Dispatcher(Generic[W]):
         """Account for a worker that died (or was stopped because item ``timed_out`` overran)."""
         status = worker.status
         exitcode = self._pool.reap(worker)
-        tasks = [self._tasks.pop(task_id) for task_id in worker.queue]
+        tasks = [self._forget(task_id) for task_id in worker.queue]
         worker.queue.clear()
         if not tasks:
             return
@@ -397,7 +412,8 @@ class Dispatcher(Generic[W]):
                 self._pool.kill(worker)
                 self._pool.reap(worker)
                 worker.queue.clear()
-        self._tasks.clear()
+        for task_id in list(self._tasks):
+            self._forget(task_id)
 
 
 def describe_exit(exitcode: int | None) -> str:

@@ -21,8 +21,10 @@ import pickle
 import signal
 import threading
 from collections.abc import Generator, Iterator
+from multiprocessing.shared_memory import SharedMemory
 from typing import Any, Final, NamedTuple
 
+from .. import _sharedmem as sharedmem
 from .._execute import SLOT_WIDTH, Call
 from .._serialization import dumps, dumps_function
 from .._threadlimits import thread_share
@@ -77,6 +79,7 @@ class ProcessPool(WorkerSet[_Worker]):
         self._views = [view[i * SLOT_WIDTH : (i + 1) * SLOT_WIDTH] for i in range(slots)]
         self._free_slots = list(range(slots - 1, -1, -1))
         self._call_ids: dict[bytes, int] = {}
+        self._arena = sharedmem.Arena()
         self._ids = itertools.count(1)
 
     def new_task_id(self) -> int:
@@ -120,8 +123,19 @@ class ProcessPool(WorkerSet[_Worker]):
     def can_spawn(self) -> bool:
         return bool(self._free_slots)
 
-    def encode(self, message: tuple[Any, ...]) -> bytes:
-        return dumps(message)
+    def encode(self, message: tuple[Any, ...]) -> tuple[bytes, object]:
+        try:
+            return sharedmem.dumps(message, self._arena.lease)
+        except Exception:  # what the standard pickler refuses, cloudpickle may take, in-band
+            return dumps(message), None
+
+    def release(self, lease: object) -> None:
+        assert isinstance(lease, SharedMemory)
+        self._arena.release(lease)
+
+    def trim(self) -> None:
+        """Between maps: keep only a bounded amount of shared memory for the next one."""
+        self._arena.trim()
 
     def load_message(self, call: Call) -> tuple[int, bytes]:
         blob = dumps_function(call, call.fn)
@@ -149,7 +163,7 @@ class ProcessPool(WorkerSet[_Worker]):
             worker = watched[obj]
             if obj is worker.conn:  # else it is the process sentinel
                 try:
-                    events.append((worker, pickle.loads(obj.recv_bytes())))
+                    events.append((worker, sharedmem.load(obj.recv_bytes())))
                 except (EOFError, OSError):
                     dead.append(worker)
             elif worker not in dead:
@@ -183,6 +197,7 @@ class ProcessPool(WorkerSet[_Worker]):
                 self.kill(worker)
                 worker.process.join()
         self.workers.clear()
+        self._arena.close()
 
 
 def _load_payload(call_id: int, blob: bytes) -> bytes:
@@ -205,7 +220,7 @@ def _drain(conn: Any) -> Iterator[Any]:
     """Messages a dead worker sent before it died."""
     try:
         while conn.poll():
-            yield pickle.loads(conn.recv_bytes())
+            yield sharedmem.load(conn.recv_bytes())
     except (EOFError, OSError):
         return
 
@@ -256,6 +271,8 @@ class ProcessBackend(Backend):
             return
         if pool.broken:
             pool.close()
+        else:
+            pool.trim()
         with self._lock:
             if pool.broken and self._pool is pool:
                 self._pool = None

@@ -66,8 +66,8 @@ class ThreadPool(WorkerSet[_Thread]):
 
         serve(worker.inbox.get, send, worker.status, None)
 
-    def encode(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
-        return message
+    def encode(self, message: tuple[Any, ...]) -> tuple[tuple[Any, ...], None]:
+        return message, None
 
     def load_message(self, call: Call) -> tuple[int, tuple[Any, ...]]:
         call_id = self.new_task_id()
