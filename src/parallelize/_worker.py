@@ -171,7 +171,10 @@ def process_main(
         conn.send_bytes(_encode_result(message))
         _flush()
 
-    serve(receive, send, status, max_items)
+    # The caller closed the pipe (it is shutting down, or gone) while this worker was busy:
+    # nobody wants the reply, and a traceback about it would only alarm the user.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        serve(receive, send, status, max_items)
     _flush()
 
 
