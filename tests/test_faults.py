@@ -483,3 +483,59 @@ def test_many_maps_with_random_faults(start_method: str) -> None:
     time.sleep(0.2)
     assert open_fds() <= fds
     assert len(children()) <= procs
+
+
+# -- regressions -----------------------------------------------------------------------------------
+
+
+def short_sleep(x: int) -> int:
+    time.sleep(0.02)
+    return x
+
+
+def fail_first(x: int) -> int:
+    if x == 0:
+        raise ValueError("first")
+    return x
+
+
+def test_slow_consumer_does_not_make_finished_items_time_out(start_method: str) -> None:
+    stream = imap(
+        short_sleep,
+        range(8),
+        workers=2,
+        chunksize=1,
+        timeout=0.3,
+        start_method=start_method,
+        on_error="return",
+    )
+    results = []
+    for value in stream:
+        results.append(value)
+        time.sleep(0.4)  # longer than the timeout: both queued chunks finish meanwhile
+    assert results == list(range(8))
+
+
+def test_retiring_workers_recover_after_a_cancelled_map(start_method: str) -> None:
+    options: dict[str, Any] = {
+        "workers": 1,
+        "chunksize": 1,
+        "max_tasks_per_worker": 2,
+        "start_method": start_method,
+    }
+    for _ in range(4):
+        with pytest.raises(ValueError, match="first"):
+            pmap(fail_first, range(4), **options)
+    assert pmap(abs, [-1, -2, -3], **options) == [1, 2, 3]
+
+
+def test_exit_with_suspended_concurrent_maps(script: Path) -> None:
+    body = """
+    if __name__ == "__main__":
+        a = imap(abs, range(-100, 0), workers=2, chunksize=1)
+        b = imap(abs, range(-100, 0), workers=2, chunksize=1)
+        print(next(a), next(b))
+    """
+    done = run_script(script, body, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["100", "100"]

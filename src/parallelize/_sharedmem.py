@@ -1,7 +1,7 @@
 """Large buffers cross between the caller and process workers through shared memory, not the pipe.
 
-Pickle protocol 5 hands every large contiguous buffer (a NumPy array's data, a big ``bytes`` or
-``bytearray``) to a callback instead of copying it into the pickle. Buffers of at least
+Pickle protocol 5 hands every large contiguous buffer (a NumPy array's data, a ``bytearray``, a
+``pickle.PickleBuffer``) to a callback instead of copying it into the pickle. Buffers of at least
 ``THRESHOLD`` bytes are copied once into a shared-memory segment, and the message carries only the
 segment's name and where each buffer lies; the receiver maps the segment and unpickles with those
 views as the buffers, so the arrays it gets are backed by the shared memory, with no second copy.
@@ -124,7 +124,22 @@ def fresh_segment(nbytes: int) -> SharedMemory | None:
     """A new segment for a worker's reply, or None when the caller could not clean it up."""
     if not _tracker_shared():
         return None
-    return SharedMemory(create=True, size=max(nbytes, 1))
+    return _reserved(max(nbytes, 1))
+
+
+def _reserved(size: int) -> SharedMemory | None:
+    """A new segment whose memory is reserved now, or None when /dev/shm has no room.
+
+    Without the reservation a full /dev/shm (64 MB in a default Docker container) would kill the
+    writer with SIGBUS; with it, the message simply goes through the pipe.
+    """
+    segment = SharedMemory(create=True, size=size)
+    try:
+        os.posix_fallocate(segment._fd, 0, segment.size)  # type: ignore[attr-defined]
+    except OSError:
+        _destroy(segment)
+        return None
+    return segment
 
 
 def dumps_reply(message: Any) -> bytes:
@@ -156,7 +171,10 @@ class Arena:
             segment = min(fitting, key=lambda s: s.size)
             self._free.remove(segment)
         else:
-            segment = SharedMemory(create=True, size=1 << max(nbytes - 1, 1).bit_length())
+            made = _reserved(1 << max(nbytes - 1, 1).bit_length())
+            if made is None:
+                return None
+            segment = made
         self._leased.add(segment)
         return segment
 

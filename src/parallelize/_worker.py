@@ -87,7 +87,7 @@ def _run_task(
     outcome = run_chunk(calls[call_id], task_id, start, items, retries, status)
     if outcome is None:
         send((CANCELLED, task_id))
-        return 0
+        return len(items)  # the dispatcher charged them to this worker's budget too
     values, seconds, failed = outcome
     send((DONE, task_id, start, values, seconds, failed))
     return len(items)

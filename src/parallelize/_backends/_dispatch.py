@@ -328,35 +328,37 @@ class Dispatcher(Generic[W]):
                 self._ready.append(Batch(index, [Failure(error, index)], True))
             if after:
                 requeue.append(_Task(index + 1, after, running.retries))
-        elif not started and running.unstarted < MAX_UNSTARTED:
+        elif running.unstarted < MAX_UNSTARTED:
+            # It died before running an item of this chunk (or before saying which): again.
             running.unstarted += 1
             requeue.append(running)
         else:
-            indices = range(running.start, running.start + len(running.items))
-            if started:
-                error = self._fault(None, exitcode, False)
-            else:
-                error = WorkerCrashedError(
-                    f"worker processes {describe_exit(exitcode)} {MAX_UNSTARTED + 1} times before "
-                    "running any item of this chunk. In a script, start the map under "
-                    "'if __name__ == \"__main__\":' (spawn and forkserver workers import the main "
-                    "module); the workers' stderr shows the cause.",
-                    index=None,
-                    exitcode=exitcode,
-                )
-            self._ready.append(Batch(running.start, [Failure(error, i) for i in indices], True))
+            failures = [
+                Failure(self._never_ran(exitcode), i)
+                for i in range(running.start, running.start + len(running.items))
+            ]
+            self._ready.append(Batch(running.start, failures, True))
         requeue.extend(waiting)
         self._retry.extendleft(reversed(requeue))
 
-    def _fault(self, index: int | None, exitcode: int | None, timed_out: bool) -> BaseException:
+    def _never_ran(self, exitcode: int | None) -> WorkerCrashedError:
+        return WorkerCrashedError(
+            f"worker processes {describe_exit(exitcode)} {MAX_UNSTARTED + 1} times before "
+            "running any item of this chunk. In a script, start the map under "
+            "'if __name__ == \"__main__\":' (spawn and forkserver workers import the main "
+            "module); the workers' stderr shows the cause.",
+            index=None,
+            exitcode=exitcode,
+        )
+
+    def _fault(self, index: int, exitcode: int | None, timed_out: bool) -> BaseException:
         if timed_out:
             return TimeoutError(
                 f"the item at index {index} ran longer than the timeout of "
                 f"{self._job.options.timeout} s; its worker was stopped and replaced"
             )
-        where = "an unknown item" if index is None else f"the item at index {index}"
         return WorkerCrashedError(
-            f"a worker process {describe_exit(exitcode)} while running {where}",
+            f"a worker process {describe_exit(exitcode)} while running the item at index {index}",
             index=index,
             exitcode=exitcode,
         )
@@ -395,25 +397,31 @@ class Dispatcher(Generic[W]):
         busy = [w for w in self._pool.workers if w.queue]
         if not busy:
             return
-        if not now:
-            last = max(self._tasks, default=0)
+        try:
+            if not now:
+                self._let_finish(busy)
+        finally:  # even if a second Ctrl-C cuts the grace short
             for worker in busy:
-                worker.status[CANCEL] = last
-            deadline = time.monotonic() + CANCEL_GRACE
-            while (remaining := deadline - time.monotonic()) > 0 and any(w.queue for w in busy):
-                for worker, event in self._pool.wait(remaining):
-                    if event is DEAD:
-                        self._pool.reap(worker)
-                        worker.queue.clear()
-                    elif event[0] in (DONE, CANCELLED):
-                        worker.queue.remove(event[1])
+                if worker.queue and worker in self._pool.workers:
+                    self._pool.kill(worker)
+                    self._pool.reap(worker)
+                    worker.queue.clear()
+            for task_id in list(self._tasks):
+                self._forget(task_id)
+
+    def _let_finish(self, busy: list[W]) -> None:
+        """Tell busy workers to skip their queued chunks; wait a moment for the running ones."""
+        last = max(self._tasks, default=0)
         for worker in busy:
-            if worker.queue and worker in self._pool.workers:
-                self._pool.kill(worker)
-                self._pool.reap(worker)
-                worker.queue.clear()
-        for task_id in list(self._tasks):
-            self._forget(task_id)
+            worker.status[CANCEL] = last
+        deadline = time.monotonic() + CANCEL_GRACE
+        while (remaining := deadline - time.monotonic()) > 0 and any(w.queue for w in busy):
+            for worker, event in self._pool.wait(remaining):
+                if event is DEAD:
+                    self._pool.reap(worker)
+                    worker.queue.clear()
+                elif event[0] in (DONE, CANCELLED):
+                    worker.queue.remove(event[1])
 
 
 def describe_exit(exitcode: int | None) -> str:

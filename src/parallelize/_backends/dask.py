@@ -82,8 +82,15 @@ class _DaskRun(EngineRun):
     def _launch(self, task: _DaskTask) -> None:
         options = self._job.options
         task.future = self._client.submit(
-            run_remote, self._call, task.start, task.payload, options.retries, options.timeout,
-            key=f"{self._prefix}-{uuid.uuid4().hex}", pure=False, retries=options.retries,
+            run_remote,
+            self._call,
+            task.start,
+            task.payload,
+            options.retries,
+            options.timeout,
+            key=f"{self._prefix}-{uuid.uuid4().hex}",
+            pure=False,
+            retries=options.retries,
         )
         self._tasks[task.future.key] = task
         self._completed.add(task.future)

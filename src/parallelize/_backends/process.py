@@ -20,6 +20,7 @@ import os
 import pickle
 import signal
 import threading
+import weakref
 from collections.abc import Generator, Iterator
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any, Final, NamedTuple
@@ -59,6 +60,7 @@ class ProcessPool(WorkerSet[_Worker]):
     """Worker processes of one configuration."""
 
     def __init__(self, key: _PoolKey):
+        _all_pools.add(self)
         self.key = key
         self.size = key.workers
         self.workers = []
@@ -164,6 +166,10 @@ class ProcessPool(WorkerSet[_Worker]):
             if obj is worker.conn:  # else it is the process sentinel
                 try:
                     events.append((worker, sharedmem.load(obj.recv_bytes())))
+                    # Every reply already sent, before the dispatcher reads the status slot: a
+                    # finished chunk must not look like one still running (and timing out).
+                    while obj.poll():
+                        events.append((worker, sharedmem.load(obj.recv_bytes())))
                 except (EOFError, OSError):
                     dead.append(worker)
             elif worker not in dead:
@@ -178,6 +184,8 @@ class ProcessPool(WorkerSet[_Worker]):
             os.kill(worker.process.pid, signal.SIGKILL)
 
     def reap(self, worker: _Worker) -> int | None:
+        if worker.process.exitcode is None:  # declared dead for a bad message: make it so
+            self.kill(worker)
         worker.process.join()
         worker.conn.close()
         if worker in self.workers:
@@ -266,6 +274,8 @@ class ProcessBackend(Backend):
         return pool, True
 
     def _checkin(self, pool: ProcessPool, shared: bool) -> None:
+        if any(w.queue for w in pool.workers):  # a cancel was interrupted: its state is stale
+            pool.broken = True
         if not shared:
             pool.close()
             return
@@ -285,9 +295,16 @@ class ProcessBackend(Backend):
             pool.close()
 
 
+# Every pool, the private ones of concurrent maps included: one still held by a suspended imap at
+# exit must be closed too, or multiprocessing's exit hook waits for its workers forever.
+_all_pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
+
+
 def _shutdown_all() -> None:
     for backend in loaded_backends():
         backend.shutdown()
+    for pool in list(_all_pools):
+        pool.close()
 
 
 # Registered after multiprocessing.util's own exit hook, so it runs before it (atexit is LIFO):
