@@ -5,17 +5,20 @@
 ['A', 'B']
 """
 
-from ._api import imap, pmap
-from ._counter import SharedCounter, shared_counter
-from ._decorator import ParallelFunction, parallel
-from ._errors import (
-    ParallelizeError,
-    RemoteError,
-    RemoteTraceback,
-    SerializationError,
-    WorkerCrashedError,
-)
-from ._options import MapOptions
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._api import imap, pmap
+    from ._counter import SharedCounter, shared_counter
+    from ._decorator import ParallelFunction, parallel
+    from ._errors import (
+        ParallelizeError,
+        RemoteError,
+        RemoteTraceback,
+        SerializationError,
+        WorkerCrashedError,
+    )
+    from ._options import MapOptions
 
 __version__ = "0.1.0"
 
@@ -33,3 +36,35 @@ __all__ = [
     "pmap",
     "shared_counter",
 ]
+
+# Each public name and the module that defines it, imported on first use (PEP 562): a worker
+# process imports ``parallelize._worker``, which needs none of the caller's side.
+_SOURCES = {
+    "MapOptions": "._options",
+    "ParallelFunction": "._decorator",
+    "ParallelizeError": "._errors",
+    "RemoteError": "._errors",
+    "RemoteTraceback": "._errors",
+    "SerializationError": "._errors",
+    "SharedCounter": "._counter",
+    "WorkerCrashedError": "._errors",
+    "imap": "._api",
+    "parallel": "._decorator",
+    "pmap": "._api",
+    "shared_counter": "._counter",
+}
+
+
+def __getattr__(name: str) -> Any:
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(source, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({name for name in globals() if name.startswith("_")} | set(__all__))

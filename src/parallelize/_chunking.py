@@ -26,6 +26,9 @@ MAX_GROWTH = 16
 MAX_CHUNK = 65536
 # Each worker should get at least this many chunks of what is left, for load balance at the end.
 SHARES_PER_WORKER = 2
+# The tail is not split into chunks shorter than this fraction of the target: a round trip costs
+# more than the imbalance such a chunk could leave (1 ms of work against ~50-100 us per chunk).
+MIN_SHARE = 0.1
 
 
 def split(items: Iterator[Any], size: int) -> list[Any]:
@@ -61,17 +64,21 @@ class ChunkSizer:
     >>> s.record(items=16, seconds=0.16)  # 10 ms per item: one item per chunk
     >>> s.next_size(remaining=None)
     1
+    >>> s.record(items=16, seconds=16e-6)  # 1 us per item again: at most 16x more
+    >>> s.next_size(remaining=40)         # 40 us of work left: not split to balance it
+    16
     >>> ChunkSizer(workers=2, fixed=100).next_size(remaining=10)
     100
     """
 
-    __slots__ = ("_fixed", "_size", "_target", "_workers")
+    __slots__ = ("_fixed", "_floor", "_size", "_target", "_workers")
 
     def __init__(self, *, workers: int, fixed: int | None, target: float = TARGET_SECONDS):
         self._workers = workers
         self._fixed = fixed
         self._target = target  # seconds of work a chunk should hold
         self._size = 1
+        self._floor = 1  # the smallest chunk worth a round trip, from the last measurement
 
     def next_size(self, remaining: int | None) -> int:
         """Items for the next chunk; ``remaining`` is how many are left when that is known."""
@@ -79,7 +86,7 @@ class ChunkSizer:
             return self._fixed
         if remaining is None:
             return self._size
-        return min(self._size, balanced_size(remaining, self._workers))
+        return min(self._size, max(balanced_size(remaining, self._workers), self._floor))
 
     def record(self, *, items: int, seconds: float) -> None:
         """Learn from a chunk of ``items`` that took ``seconds`` in a worker."""
@@ -88,3 +95,4 @@ class ChunkSizer:
         per_item = max(seconds / items, 1e-9)
         wanted = max(1, int(self._target / per_item))
         self._size = min(wanted, self._size * MAX_GROWTH, MAX_CHUNK)
+        self._floor = max(1, int(self._target * MIN_SHARE / per_item))

@@ -7,10 +7,10 @@ was running and since when, and can ask it to skip chunks of a cancelled map.
 
 from __future__ import annotations
 
-import dataclasses
+import itertools
 import time
 from collections.abc import Callable, MutableSequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._serialization import Failure
 
@@ -24,9 +24,11 @@ SLOT_WIDTH = 4
 Status = MutableSequence[int]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Call:
-    """What a worker needs to know about a map, sent once per map."""
+class Call(NamedTuple):
+    """What a worker needs to know about a map, sent once per map.
+
+    A NamedTuple, not a dataclass: a worker then never imports ``dataclasses`` (and ``inspect``).
+    """
 
     fn: Callable[..., Any]
     star: bool  # the items are argument tuples (several iterables)
@@ -57,18 +59,21 @@ def run_chunk(
     done = 0
     if not call.timed:
         fn, append = call.fn, values.append
+        index = start
         try:
+            # zip with a counter: ~10 ns an item cheaper than enumerate plus an addition.
             if call.star:
-                for done, item in enumerate(items):
-                    status[INDEX] = start + done
+                for index, item in zip(itertools.count(start), items):
+                    status[INDEX] = index
                     append(fn(*item))
             else:
-                for done, item in enumerate(items):
-                    status[INDEX] = start + done
+                for index, item in zip(itertools.count(start), items):
+                    status[INDEX] = index
                     append(fn(item))
             return values, time.perf_counter() - began, False
         except BaseException as exc:  # the worker must outlive anything the user raises
-            if _failed(call, items[done], start + done, retries, exc, status, values):
+            done = index - start
+            if _failed(call, items[done], index, retries, exc, status, values):
                 return values, time.perf_counter() - began, True
             done += 1
     if not _run_tracked(call, task_id, start, items, done, retries, status, values):

@@ -15,35 +15,42 @@
 from __future__ import annotations
 
 import builtins
+import functools
 import io
 import pickle
 import sys
-import traceback
 import types
 from typing import Any, cast
-
-import cloudpickle
 
 from ._errors import RemoteError, RemoteTraceback, SerializationError
 
 PROTOCOL = 5  # out-of-band buffers and the fastest framing; every supported Python has it
 
 
-class _FunctionPickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
-    """cloudpickle, except that a function decorated with ``@parallel`` at module level travels as
-    a reference to its decorator (whose ``__wrapped__`` it is), not by value.
+@functools.cache
+def _function_pickler() -> type[Any]:
+    """The pickler class for functions, made on first use: cloudpickle takes ~6 ms to import, and
+    a worker needs it only to load a function that travelled by value."""
+    import cloudpickle
 
-    cloudpickle would ship such a function by value, since its module attribute is the wrapper;
-    but a function shipped by value gets a private copy of its module's globals, so it would not see
-    what an ``initializer`` set there. By reference, it runs in its real module.
-    """
+    class FunctionPickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
+        """cloudpickle, except that a function decorated with ``@parallel`` at module level
+        travels as a reference to its decorator (whose ``__wrapped__`` it is), not by value.
 
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is types.FunctionType:
-            wrapper = _decorator_of(obj)
-            if wrapper is not None:
-                return getattr, (wrapper, "__wrapped__")
-        return super().reducer_override(obj)
+        cloudpickle would ship such a function by value, since its module attribute is the
+        wrapper; but a function shipped by value gets a private copy of its module's globals, so
+        it would not see what an ``initializer`` set there. By reference, it runs in its real
+        module.
+        """
+
+        def reducer_override(self, obj: Any) -> Any:
+            if type(obj) is types.FunctionType:
+                wrapper = _decorator_of(obj)
+                if wrapper is not None:
+                    return getattr, (wrapper, "__wrapped__")
+            return super().reducer_override(obj)
+
+    return FunctionPickler
 
 
 def _decorator_of(fn: types.FunctionType) -> Any:
@@ -67,7 +74,7 @@ def dumps_function(obj: Any, fn: Any) -> bytes:
     """
     buffer = io.BytesIO()
     try:
-        _FunctionPickler(buffer, protocol=PROTOCOL).dump(obj)
+        _function_pickler()(buffer, protocol=PROTOCOL).dump(obj)
     except Exception as exc:
         raise SerializationError(
             f"cannot pickle the function {fn!r} to send it to the workers: {exc}"
@@ -102,6 +109,8 @@ def dumps(obj: Any) -> bytes:
     try:
         return pickle.dumps(obj, PROTOCOL)
     except Exception:
+        import cloudpickle
+
         data: bytes = cloudpickle.dumps(obj, PROTOCOL)
         return data
 
@@ -155,6 +164,8 @@ class Failure:
     @classmethod
     def capture(cls, error: BaseException, index: int) -> Failure:
         """Record ``error`` as raised now, formatting its traceback for a trip home."""
+        import traceback  # only when something failed
+
         return cls(error, index, "".join(traceback.format_exception(error)))
 
     def exception(self) -> BaseException:
