@@ -72,14 +72,22 @@ def dumps_function(obj: Any, fn: Any) -> bytes:
     added to the worker's before unpickling, so a worker started earlier finds modules that the
     caller made importable since. Raises a SerializationError naming ``fn`` when that fails.
     """
-    buffer = io.BytesIO()
     try:
-        _function_pickler()(buffer, protocol=PROTOCOL).dump(obj)
-    except Exception as exc:
-        raise SerializationError(
-            f"cannot pickle the function {fn!r} to send it to the workers: {exc}"
-        ) from exc
-    return pickle.dumps(_WithPath(list(sys.path), buffer.getvalue()), PROTOCOL)
+        # The standard pickler when it can: everything by reference, and no cloudpickle to import
+        # on either side. Not for anything of __main__, which a worker cannot import by name.
+        blob = pickle.dumps(obj, PROTOCOL)
+        if b"__main__" in blob or b"__mp_main__" in blob:
+            raise pickle.PicklingError("__main__ travels by value")
+    except Exception:
+        buffer = io.BytesIO()
+        try:
+            _function_pickler()(buffer, protocol=PROTOCOL).dump(obj)
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot pickle the function {fn!r} to send it to the workers: {exc}"
+            ) from exc
+        blob = buffer.getvalue()
+    return pickle.dumps(_WithPath(list(sys.path), blob), PROTOCOL)
 
 
 class _WithPath:
