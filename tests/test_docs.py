@@ -88,10 +88,12 @@ def test_page_examples_run(page: Path, tmp_path: Path) -> None:
             pytest.importorskip(module, reason=f"{page.name} needs the {backend} extra")
     script = tmp_path / f"{page.stem.replace('-', '_')}_examples.py"
     script.write_text(source, encoding="utf-8")
-    env = {**os.environ, "PYTHONWARNINGS": "error", "PYTHONUNBUFFERED": "1"}
+    # Warnings are errors in the page's interpreter (and its pool's workers, which inherit -W),
+    # but not through PYTHONWARNINGS, which Ray's own helper processes would inherit and die of.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("PARALLELIZE_BACKEND", None)  # the page chooses its backends
     result = subprocess.run(
-        [sys.executable, str(script)],
+        [sys.executable, "-W", "error", str(script)],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -17,10 +17,10 @@ NEEDS = {"dask_cluster.py": "distributed", "numpy_job.py": "numpy"}
 
 
 def run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONWARNINGS": "error", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # -W error, not inherited by engine helpers
     env.pop("PARALLELIZE_BACKEND", None)
     return subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *args],
+        [sys.executable, "-W", "error", str(EXAMPLES / name), *args],
         cwd=EXAMPLES.parent,
         env=env,
         capture_output=True,
