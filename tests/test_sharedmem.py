@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,67 @@ def test_nothing_outlives_the_interpreter(start_method: str, tmp_path: Path) -> 
     assert "resource_tracker" not in done.stderr and "leaked" not in done.stderr
     assert done.stderr == ""
     assert set(os.listdir("/dev/shm")) - before == set()
+
+
+def _ours() -> set[str]:
+    """Segments of this test process and its workers."""
+    return {name for name in os.listdir("/dev/shm") if name.startswith(("pzA", "pzR"))}
+
+
+def test_returned_arrays_survive_later_maps(start_method: str) -> None:
+    # A worker reuses a reply segment only once the caller has let go of every array in it.
+    first = pmap(make, range(8), workers=2, start_method=start_method)
+    for _ in range(3):
+        again = pmap(make, range(100, 108), workers=2, start_method=start_method)
+        assert [float(a[-1]) for a in again] == [float(i) for i in range(100, 108)]
+    assert [float(a[0]) for a in first] == [float(i) for i in range(8)]
+    assert all((a == a[0]).all() for a in first)
+
+
+def test_reply_segments_are_reused_not_piled_up() -> None:
+    pmap(make, range(8), workers=2)  # warm: the pool has made its segments
+    before = _ours()
+    for _ in range(5):
+        assert len(pmap(make, range(8), workers=2)) == 8
+    # Each map's results are dropped before the next, so their segments are written again.
+    assert len(_ours() - before) <= 4
+
+
+def test_idle_pool_frees_its_shared_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    import parallelize._backends.process as process
+    import parallelize._sharedmem as sharedmem
+
+    monkeypatch.setattr(sharedmem, "IDLE_SECONDS", 0.5)
+    process._shutdown_all()  # workers read the idle period when they start
+    arrays = [np.ones(MB // 4) * i for i in range(4)]
+    for _ in range(2):  # the second map gives the first one's reply segments back
+        made = pmap(make, range(4), workers=2)
+        assert pmap(total, arrays, workers=2) == [a.sum() for a in arrays]
+        del made
+    assert _ours(), "the pool kept nothing for reuse"
+    deadline = time.monotonic() + 10
+    while _ours() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _ours() == set()
+    assert pmap(total, arrays, workers=2) == [a.sum() for a in arrays]  # and it still works
+    process._shutdown_all()
+
+
+def make_or_die(i: int) -> object:
+    if i == 6:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return make(i)
+
+
+def test_a_killed_workers_segments_are_unlinked(start_method: str) -> None:
+    import parallelize._backends.process as process
+
+    from parallelize import WorkerCrashedError
+
+    kept = pmap(make, range(4), workers=2, start_method=start_method)
+    with pytest.raises(WorkerCrashedError):
+        pmap(make_or_die, range(8), workers=2, start_method=start_method, chunksize=1)
+    assert [float(a[0]) for a in kept] == [0.0, 1.0, 2.0, 3.0]  # still mapped, still valid
+    process._shutdown_all()
+    assert _ours() == set()
+    assert [float(a[-1]) for a in kept] == [0.0, 1.0, 2.0, 3.0]

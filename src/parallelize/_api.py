@@ -6,7 +6,6 @@ bar and ``on_error`` are done here once, for every backend.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import closing
 from typing import Any, TypeVar, Unpack, overload
@@ -120,7 +119,7 @@ def prepare(
         total = min(len(iterable) for iterable in iterables)  # type: ignore[arg-type]
     resolved = options.resolve()
     if in_worker() and resolved.backend == "process":
-        resolved = dataclasses.replace(resolved, backend="serial")
+        resolved = resolved._replace(backend="serial")
     get_backend(resolved.backend)  # a missing engine fails now, not at the first result
     star = len(iterators) > 1
     items: Iterator[Any] = zip(*iterators, strict=False) if star else iterators[0]

@@ -8,13 +8,12 @@ that fixed it.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import math
 import multiprocessing
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Literal, TypedDict
+from typing import Any, Final, Literal, NamedTuple, TypedDict
 
 from ._cpu import usable_cpus
 
@@ -58,6 +57,9 @@ class MapOptions(TypedDict, total=False):
     max_tasks_per_worker: int | None
     address: str | None
 
+
+# In the order the docs list them.
+OPTION_NAMES: Final = tuple(MapOptions.__annotations__)
 
 ENV_WORKERS: Final = "PARALLELIZE_WORKERS"
 ENV_BACKEND: Final = "PARALLELIZE_BACKEND"
@@ -120,34 +122,61 @@ def _validate(name: str, value: Any) -> None:
         raise TypeError(f"address must be a string or None, got {value!r}")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class Options:
     """The options of one map as given: each field is a value or ``UNSET``.
 
     Construction validates every given value, so bad options fail before any worker starts.
+    Immutable. A plain class rather than a dataclass: ``dataclasses`` imports ``inspect``, several
+    milliseconds of every cold start.
     """
 
-    workers: int | _Unset | None = UNSET
-    chunksize: int | _Unset | None = UNSET
-    ordered: bool | _Unset = UNSET
-    progress: Progress | _Unset = UNSET
-    backend: Backend | _Unset = UNSET
-    start_method: StartMethod | _Unset | None = UNSET
-    timeout: float | _Unset | None = UNSET
-    retries: int | _Unset = UNSET
-    on_error: Literal["raise", "return"] | _Unset = UNSET
-    initializer: Callable[..., object] | _Unset | None = UNSET
-    initargs: tuple[Any, ...] | _Unset = UNSET
-    max_tasks_per_worker: int | _Unset | None = UNSET
-    address: str | _Unset | None = UNSET
+    __slots__ = (
+        "address",
+        "backend",
+        "chunksize",
+        "initargs",
+        "initializer",
+        "max_tasks_per_worker",
+        "on_error",
+        "ordered",
+        "progress",
+        "retries",
+        "start_method",
+        "timeout",
+        "workers",
+    )
+    workers: int | _Unset | None
+    chunksize: int | _Unset | None
+    ordered: bool | _Unset
+    progress: Progress | _Unset
+    backend: Backend | _Unset
+    start_method: StartMethod | _Unset | None
+    timeout: float | _Unset | None
+    retries: int | _Unset
+    on_error: Literal["raise", "return"] | _Unset
+    initializer: Callable[..., object] | _Unset | None
+    initargs: tuple[Any, ...] | _Unset
+    max_tasks_per_worker: int | _Unset | None
+    address: str | _Unset | None
 
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
+    def __init__(self, **given: Any) -> None:
+        """Validate and keep ``given``; every other field is ``UNSET``. Unknown names: TypeError."""
+        unknown = sorted(set(given) - set(self.__slots__))
+        if unknown:
+            raise TypeError(f"unknown option(s) {', '.join(unknown)}")
+        for name in OPTION_NAMES:
+            value = given.get(name, UNSET)
             if value is not UNSET:
-                _validate(field.name, value)
-        if isinstance(self.initargs, list):
-            object.__setattr__(self, "initargs", tuple(self.initargs))
+                _validate(name, value)
+                if name == "initargs":
+                    value = tuple(value)
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Options are immutable; use merged() to change {name!r}")
+
+    def __repr__(self) -> str:
+        return f"Options({', '.join(f'{k}={v!r}' for k, v in self.given().items())})"
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any], where: str) -> Options:
@@ -162,20 +191,12 @@ class Options:
 
     def merged(self, override: Options) -> Options:
         """These options with every field that ``override`` sets replaced."""
-        changes = {
-            f.name: getattr(override, f.name)
-            for f in dataclasses.fields(override)
-            if getattr(override, f.name) is not UNSET
-        }
-        return dataclasses.replace(self, **changes)
+        return Options(**{**self.given(), **override.given()})
 
     def given(self) -> dict[str, Any]:
         """The fields that were set, for reprs and for rebuilding."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if getattr(self, f.name) is not UNSET
-        }
+        values = ((name, getattr(self, name)) for name in OPTION_NAMES)
+        return {name: value for name, value in values if value is not UNSET}
 
     def resolve(self) -> Resolved:
         """Fill every unset field from the environment, then from the defaults."""
@@ -197,9 +218,6 @@ class Options:
             max_tasks_per_worker=_value(self.max_tasks_per_worker, None),
             address=_value(self.address, None),
         )
-
-
-OPTION_NAMES: Final = tuple(f.name for f in dataclasses.fields(Options))
 
 
 def _value(value: Any, default: Any) -> Any:
@@ -240,8 +258,7 @@ def default_start_method() -> StartMethod:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Resolved:
+class Resolved(NamedTuple):
     """Every option with its final value, as the backends see them."""
 
     workers: int

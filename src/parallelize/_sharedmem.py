@@ -2,20 +2,26 @@
 
 Pickle protocol 5 hands every large contiguous buffer (a NumPy array's data, a ``bytearray``, a
 ``pickle.PickleBuffer``) to a callback instead of copying it into the pickle. Buffers of at least
-``THRESHOLD`` bytes are copied once into a shared-memory segment, and the message carries only the
-segment's name and where each buffer lies; the receiver maps the segment and unpickles with those
-views as the buffers, so the arrays it gets are backed by the shared memory, with no second copy.
+``THRESHOLD`` bytes are copied once into a shared-memory segment (a file in ``/dev/shm``), and the
+message carries only the segment's name and where each buffer lies; the receiver maps the segment
+and unpickles with those views as the buffers, so the arrays it gets are backed by the shared
+memory, with no second copy.
 
-* **Caller to worker** (arguments): segments come from an :class:`Arena` that the pool keeps and
-  reuses from map to map, since writing to pages already touched is several times faster than to
-  fresh ones. A segment is leased while its chunk is in flight. The arena keeps at most
-  ``KEEP_BYTES`` between maps and unlinks everything when the pool closes; the resource tracker,
-  with which the caller registers every segment, unlinks them if the caller is killed. An array
-  a worker receives is valid while its item runs (copy it to keep it).
-* **Worker to caller** (results): a worker writes a fresh segment per reply, the caller maps it
-  and unlinks it at once. Arrays returned to the caller live as long as the caller holds them;
-  the memory is freed with the last one. Workers use this only when they share the caller's
-  resource tracker (so that it can clean up after a caller that dies first).
+Writing into pages already touched is several times faster than into fresh ones, so segments are
+reused in both directions:
+
+* **Caller to worker** (arguments): segments come from an :class:`Arena` that the pool keeps
+  mapped from map to map. A segment is leased while its chunk is in flight. An array a worker
+  receives is valid while its item runs (copy it to keep it).
+* **Worker to caller** (results): each worker keeps its own :class:`ReplySegments`. A reply's
+  segment is *lent* to the caller; the arrays the caller gets live as long as it holds them, and
+  when the last one is gone the caller gives the segment back (with the worker's next chunk) for
+  the worker to write its next large result into. The caller unlinks what a worker left behind
+  when it reaps that worker.
+
+Memory kept for reuse is bounded by ``KEEP_BYTES`` per pool (shared among its workers), and freed
+when the pool has been idle for ``IDLE_SECONDS``, when it closes, and at exit. Every segment is
+registered with the multiprocessing resource tracker, which unlinks it if the caller is killed.
 """
 
 from __future__ import annotations
@@ -25,70 +31,146 @@ import mmap
 import os
 import pickle
 import sys
-from collections.abc import Callable
-from multiprocessing import resource_tracker
-from multiprocessing.shared_memory import SharedMemory
+import weakref
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 # Below 1 MiB, copying through the pipe costs less than creating, mapping and finding a segment.
 THRESHOLD: Final = 1 << 20
 # Cache-line alignment for every buffer within a segment (SIMD loads on the receiving side).
 ALIGN: Final = 64
-# Bytes of idle segments an arena keeps between maps: enough for a map of 512 MB of arrays, and
-# never more than an eighth of the machine's memory.
+# Bytes of idle segments a pool keeps for reuse: enough for a map of 512 MB of arrays, and never
+# more than an eighth of the machine's memory.
 KEEP_BYTES: Final = min(1 << 30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8)
+# After this long without work, a pool's idle segments are freed.
+IDLE_SECONDS: Final = 10.0
 _SHM_DIR: Final = "/dev/shm"
 AVAILABLE: Final = sys.platform == "linux" and os.path.isdir(_SHM_DIR)
+# Map every page at once: one call instead of a page fault per 4 KiB on first access.
+_POPULATE: Final = getattr(mmap, "MAP_POPULATE", 0)
+# Names of arguments' segments, and of one worker's replies (the pid lets the caller find them).
+_ARGS_PREFIX: Final = "pzA"
+_REPLY_PREFIX: Final = "pzR"
+
+
+class Segment:
+    """A named file in ``/dev/shm``, mapped into this process while ``mapping`` is set."""
+
+    __slots__ = ("mapping", "name", "size")
+
+    def __init__(self, name: str, size: int, mapping: mmap.mmap | None):
+        self.name = name  # without a leading slash
+        self.size = size
+        self.mapping = mapping
+
+    @classmethod
+    def create(cls, size: int, prefix: str) -> Segment | None:
+        """A new segment whose memory is reserved now, or None when ``/dev/shm`` has no room.
+
+        Without the reservation a full ``/dev/shm`` (64 MB in a default Docker container) would
+        kill the writer with SIGBUS; with it, the message simply goes through the pipe.
+        """
+        name = f"{prefix}{os.getpid()}_{os.urandom(6).hex()}"
+        path = os.path.join(_SHM_DIR, name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _tracker().register("/" + name, "shared_memory")
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError:
+                _unlink(name)
+                return None
+            mapping = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        return cls(name, size, mapping)
+
+    @classmethod
+    def attach(cls, name: str) -> Segment:
+        """Map an existing segment, every page at once."""
+        fd = os.open(os.path.join(_SHM_DIR, name), os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
+        finally:
+            os.close(fd)
+        return cls(name, size, mapping)
+
+    def close(self) -> None:
+        """Unmap it here; views still exported keep the mapping until they go."""
+        mapping, self.mapping = self.mapping, None
+        if mapping is not None:
+            with contextlib.suppress(BufferError):
+                mapping.close()
+
+    def destroy(self) -> None:
+        """Unmap and unlink: the memory is freed once no process maps it."""
+        self.close()
+        _unlink(self.name)
+
+
+def _tracker() -> Any:
+    from multiprocessing import resource_tracker  # only once a large buffer shows up
+
+    return resource_tracker
+
+
+def _unlink(name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(_SHM_DIR, name))
+        _tracker().unregister("/" + name, "shared_memory")
+
+
+def _tracker_shared() -> bool:
+    """Whether this process talks to its parent's resource tracker (not one of its own)."""
+    resource_tracker = sys.modules.get("multiprocessing.resource_tracker")
+    if resource_tracker is None:
+        return False
+    return getattr(resource_tracker._resource_tracker, "_fd", None) is not None
 
 
 class Envelope:
     """A message whose large buffers wait in a shared-memory segment."""
 
-    __slots__ = ("blob", "name", "spans", "unlink")
+    __slots__ = ("blob", "lent", "name", "spans")
 
-    def __init__(self, blob: bytes, name: str, spans: list[tuple[int, int]], unlink: bool):
+    def __init__(self, blob: bytes, name: str, spans: list[tuple[int, int]], lent: bool):
         self.blob = blob
-        self.name = name  # the segment's name, without the leading slash
+        self.name = name
         self.spans = spans  # (offset, length) of each out-of-band buffer, in pickle order
-        self.unlink = unlink  # the receiver owns the segment: unlink it once mapped
+        self.lent = lent  # a worker's reply: the receiver gives the segment back when done
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Envelope, (self.blob, self.name, self.spans, self.unlink))
+        return (Envelope, (self.blob, self.name, self.spans, self.lent))
 
-    def open(self) -> Any:
-        """The message, its buffers backed by the shared segment."""
-        path = os.path.join(_SHM_DIR, self.name)
-        fd = os.open(path, os.O_RDWR)
-        try:
-            size = os.fstat(fd).st_size
-            mapping = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
-        if self.unlink:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            resource_tracker.unregister("/" + self.name, "shared_memory")
+    def open(self, give_back: Callable[[str], None] | None) -> Any:
+        """The message, its buffers backed by the shared segment.
+
+        For a lent segment, ``give_back(name)`` is called once nothing maps it here any more.
+        """
+        segment = Segment.attach(self.name)
+        mapping = segment.mapping
+        assert mapping is not None
+        if self.lent and give_back is not None:
+            weakref.finalize(mapping, give_back, self.name)
         view = memoryview(mapping)
         return pickle.loads(self.blob, buffers=[view[o : o + n] for o, n in self.spans])
 
 
-def load(raw: bytes) -> Any:
+def load(raw: bytes, give_back: Callable[[str], None] | None = None) -> Any:
     """Unpickle a message that may be an :class:`Envelope`."""
     message = pickle.loads(raw)
-    return message.open() if type(message) is Envelope else message
+    return message.open(give_back) if type(message) is Envelope else message
 
 
-Allocate = Callable[[int], SharedMemory | None]
+Allocate = Callable[[int], Segment | None]
 
 
-def dumps(
-    message: Any, allocate: Allocate | None, *, unlink: bool = False
-) -> tuple[bytes, SharedMemory | None]:
+def dumps(message: Any, allocate: Allocate | None, *, lent: bool = False) -> tuple[bytes, Any]:
     """Pickle ``message``, its large buffers into a segment from ``allocate`` when there are any.
 
-    Returns the bytes to send and the segment used (None when everything went in-band, also when
-    ``allocate`` declined). With ``unlink``, the receiver unlinks the segment once it has mapped
-    it. Raises what pickling raises.
+    Returns the bytes to send and the :class:`Segment` used (None when everything went in-band,
+    also when ``allocate`` declined). Raises what pickling raises.
     """
     if allocate is None or not AVAILABLE:
         return pickle.dumps(message, 5), None
@@ -112,93 +194,152 @@ def dumps(
     segment = allocate(total)
     if segment is None:  # no room: send it all through the pipe after all
         return pickle.dumps(message, 5), None
-    target = segment.buf
+    target = segment.mapping
     assert target is not None
     for raw, (offset, length) in zip(large, spans, strict=True):
         target[offset : offset + length] = raw
-    envelope = Envelope(blob, segment.name.lstrip("/"), spans, unlink)
-    return pickle.dumps(envelope, 5), segment
+    return pickle.dumps(Envelope(blob, segment.name, spans, lent), 5), segment
 
 
-def fresh_segment(nbytes: int) -> SharedMemory | None:
-    """A new segment for a worker's reply, or None when the caller could not clean it up."""
-    if not _tracker_shared():
-        return None
-    return _reserved(max(nbytes, 1))
-
-
-def _reserved(size: int) -> SharedMemory | None:
-    """A new segment whose memory is reserved now, or None when /dev/shm has no room.
-
-    Without the reservation a full /dev/shm (64 MB in a default Docker container) would kill the
-    writer with SIGBUS; with it, the message simply goes through the pipe.
-    """
-    segment = SharedMemory(create=True, size=size)
-    try:
-        os.posix_fallocate(segment._fd, 0, segment.size)  # type: ignore[attr-defined]
-    except OSError:
-        _destroy(segment)
-        return None
-    return segment
-
-
-def dumps_reply(message: Any) -> bytes:
-    """Pickle a worker's reply, its large buffers into a fresh segment that the caller unlinks."""
-    data, segment = dumps(message, fresh_segment, unlink=True)
-    if segment is not None:
-        segment.close()  # the file stays for the caller, who unlinks it
-    return data
-
-
-def _tracker_shared() -> bool:
-    """Whether this process talks to its parent's resource tracker (not one of its own)."""
-    tracker_fd = getattr(resource_tracker._resource_tracker, "_fd", None)
-    return tracker_fd is not None
+def _fits(size: int, nbytes: int) -> bool:
+    return nbytes <= size <= 4 * nbytes
 
 
 class Arena:
-    """Segments for arguments, reused from chunk to chunk and from map to map (module docstring)."""
+    """The caller's segments for arguments, kept mapped and reused (module docstring)."""
 
     def __init__(self, keep: int = KEEP_BYTES):
         self._keep = keep
-        self._free: list[SharedMemory] = []
-        self._leased: set[SharedMemory] = set()
+        self._free: list[Segment] = []
+        self._leased: set[Segment] = set()
 
-    def lease(self, nbytes: int) -> SharedMemory | None:
+    def lease(self, nbytes: int) -> Segment | None:
         """A segment of at least ``nbytes``, held until :meth:`release`."""
-        fitting = [s for s in self._free if nbytes <= s.size <= 4 * nbytes]
+        fitting = [s for s in self._free if _fits(s.size, nbytes)]
         if fitting:
             segment = min(fitting, key=lambda s: s.size)
             self._free.remove(segment)
         else:
-            made = _reserved(1 << max(nbytes - 1, 1).bit_length())
+            made = Segment.create(1 << max(nbytes - 1, 1).bit_length(), _ARGS_PREFIX)
             if made is None:
                 return None
             segment = made
         self._leased.add(segment)
         return segment
 
-    def release(self, segment: SharedMemory) -> None:
+    def release(self, segment: Segment) -> None:
         """Give a segment back once the chunk it carried is done."""
         if segment in self._leased:
             self._leased.remove(segment)
             self._free.append(segment)
 
-    def trim(self) -> None:
-        """Unlink idle segments beyond what the arena keeps between maps (oldest first)."""
-        while self._free and sum(s.size for s in self._free) > self._keep:
-            _destroy(self._free.pop(0))
+    def holds_memory(self) -> bool:
+        return bool(self._free)
+
+    def trim(self, keep: int | None = None) -> None:
+        """Unlink idle segments beyond ``keep`` bytes (the arena's bound), oldest first."""
+        limit = self._keep if keep is None else keep
+        while self._free and sum(s.size for s in self._free) > limit:
+            self._free.pop(0).destroy()
 
     def close(self) -> None:
         """Unlink every segment, leased or not."""
         for segment in [*self._free, *self._leased]:
-            _destroy(segment)
+            segment.destroy()
         self._free.clear()
         self._leased.clear()
 
 
-def _destroy(segment: SharedMemory) -> None:
-    with contextlib.suppress(BufferError):  # a view still exported: the mapping dies with it
-        segment.close()
-    with contextlib.suppress(FileNotFoundError):
-        segment.unlink()
+class ReplySegments:
+    """One worker's segments for large results: lent to the caller, given back, written again."""
+
+    def __init__(self) -> None:
+        self.keep = KEEP_BYTES  # the worker's share of its pool's bound, set at start
+        self._free: dict[str, int] = {}  # name -> size, unmapped here, not held by the caller
+        self._lent: dict[str, int] = {}
+
+    def lease(self, nbytes: int) -> Segment | None:
+        """A segment for a reply of ``nbytes``, mapped for writing; it counts as lent from now."""
+        if not _tracker_shared():  # a caller that dies first could not clean it up
+            return None
+        fitting = [name for name, size in self._free.items() if _fits(size, nbytes)]
+        segment: Segment | None = None
+        if fitting:
+            name = min(fitting, key=self._free.__getitem__)
+            del self._free[name]
+            try:
+                segment = Segment.attach(name)
+            except FileNotFoundError:  # the caller gave up on it
+                segment = None
+        if segment is None:
+            segment = Segment.create(max(nbytes, 1), _REPLY_PREFIX)
+            if segment is None:
+                return None
+        self._lent[segment.name] = segment.size
+        return segment
+
+    def given_back(self, names: Iterable[str]) -> None:
+        """The caller is done with these: keep them for reuse, up to ``keep`` bytes."""
+        for name in names:
+            size = self._lent.pop(name, None)
+            if size is not None:
+                self._free[name] = size
+        while self._free and sum(self._free.values()) > self.keep:
+            oldest = next(iter(self._free))
+            del self._free[oldest]
+            _unlink(oldest)
+
+    def idle(self) -> bool:
+        """Whether some segment waits for reuse (and should be freed if no work comes)."""
+        return bool(self._free)
+
+    def release(self) -> None:
+        """Unlink every segment not lent to the caller."""
+        for name in self._free:
+            _unlink(name)
+        self._free.clear()
+
+
+def reply_leftovers(pid: int) -> list[str]:
+    """The segments a worker process left behind (lent ones included), to unlink once it is gone."""
+    prefix = f"{_REPLY_PREFIX}{pid}_"
+    try:
+        return [name for name in os.listdir(_SHM_DIR) if name.startswith(prefix)]
+    except OSError:
+        return []
+
+
+def unlink(names: Iterable[str]) -> None:
+    """Unlink segments by name (those already gone are skipped)."""
+    for name in names:
+        _unlink(name)
+
+
+_replies = ReplySegments()
+
+
+def dumps_reply(message: Any) -> bytes:
+    """Pickle a worker's reply, its large buffers into a segment lent to the caller."""
+    data, segment = dumps(message, _replies.lease, lent=True)
+    if segment is not None:
+        segment.close()  # the caller maps it; this worker maps it again only to reuse it
+    return data
+
+
+def keep_replies(nbytes: int) -> None:
+    """In a worker: keep at most ``nbytes`` of reply segments for reuse."""
+    _replies.keep = nbytes
+
+
+def given_back(names: Iterable[str]) -> None:
+    """In a worker: the caller gave these reply segments back."""
+    _replies.given_back(names)
+
+
+def replies_idle() -> bool:
+    return _replies.idle()
+
+
+def release_replies() -> None:
+    """In a worker: free the reply segments kept for reuse (idle, or exiting)."""
+    _replies.release()

@@ -1,7 +1,8 @@
 """The loop a worker runs, in a process of the pool or in a thread of the thread backend.
 
 Messages in: ``(LOAD, call_id, call)`` once per map and worker, ``(TASK, task_id, call_id,
-start, items, retries)`` per chunk, ``None`` to stop. Messages out: ``(DONE, task_id,
+start, items, retries)`` per chunk, ``None`` to stop; and, to a process, ``(GIVE_BACK, names)``
+for the reply segments the caller is done with. Messages out: ``(DONE, task_id,
 start, values, seconds, failed)`` or ``(CANCELLED, task_id)`` per chunk, and ``(INIT_FAILED,
 failure)`` when the initializer raised. In a process the messages are pickled over a pipe; a
 thread passes them as they are.
@@ -33,6 +34,7 @@ TASK: Final = 1
 DONE: Final = 2
 CANCELLED: Final = 3
 INIT_FAILED: Final = 4
+GIVE_BACK: Final = 5
 
 # How many maps' functions a worker keeps; the dispatcher mirrors this to know what to resend.
 CALL_CACHE: Final = 16
@@ -133,9 +135,12 @@ def process_main(
     max_items: int | None,
     inherited_fds: Sequence[int],
     native_threads: int,
+    reply_bytes: int,
+    idle_seconds: float,
 ) -> None:
     """Entry point of a worker process."""
     enter_worker()
+    sharedmem.keep_replies(reply_bytes)
     limit_native_threads(native_threads)
     # Ctrl-C goes to the whole foreground process group; the parent decides what to do about it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -156,16 +161,26 @@ def process_main(
     threading.Thread(target=_read, args=(conn, inbox), daemon=True, name="reader").start()
 
     def receive() -> Any:
-        raw = inbox.get()
-        if raw is None:
-            return None
-        try:
-            return sharedmem.load(raw)
-        except Exception as exc:  # report it, rather than die with it on stderr alone
-            error = SerializationError(f"a worker could not unpickle what it was sent: {exc!r}")
-            error.__cause__ = exc
-            conn.send_bytes(dumps((INIT_FAILED, Failure.capture(error, -1))))
-            return None
+        while True:
+            # Reply segments kept for reuse are freed once the pool has been idle a while.
+            idle = idle_seconds if sharedmem.replies_idle() else None
+            try:
+                raw = inbox.get(timeout=idle)
+            except queue.Empty:
+                sharedmem.release_replies()
+                continue
+            if raw is None:
+                return None
+            try:
+                message = sharedmem.load(raw)
+            except Exception as exc:  # report it, rather than die with it on stderr alone
+                error = SerializationError(f"a worker could not unpickle what it was sent: {exc!r}")
+                error.__cause__ = exc
+                conn.send_bytes(dumps((INIT_FAILED, Failure.capture(error, -1))))
+                return None
+            if message[0] != GIVE_BACK:
+                return message
+            sharedmem.given_back(message[1])
 
     def send(message: tuple[Any, ...]) -> None:
         conn.send_bytes(_encode_result(message))
@@ -173,8 +188,11 @@ def process_main(
 
     # The caller closed the pipe (it is shutting down, or gone) while this worker was busy:
     # nobody wants the reply, and a traceback about it would only alarm the user.
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        serve(receive, send, status, max_items)
+    try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            serve(receive, send, status, max_items)
+    finally:
+        sharedmem.release_replies()
     _flush()
 
 

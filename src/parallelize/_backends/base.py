@@ -9,16 +9,14 @@ a backend returns must cancel the work still outstanding and leave the backend r
 from __future__ import annotations
 
 import abc
-import dataclasses
 import importlib
 from collections.abc import Callable, Generator, Iterator
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from .._options import Resolved
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Job:
+class Job(NamedTuple):
     """One map: ``fn`` over ``items``, item ``i`` being input index ``i``."""
 
     fn: Callable[..., Any]
@@ -29,8 +27,7 @@ class Job:
     stream: bool = False  # results are consumed as they come (imap), so look-ahead is bounded
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Batch:
+class Batch(NamedTuple):
     """Results of the consecutive input indices ``start, start + 1, ...``.
 
     ``failed`` says whether some of ``values`` are :class:`~parallelize._serialization.Failure`

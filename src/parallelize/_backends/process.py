@@ -22,14 +22,13 @@ import signal
 import threading
 import weakref
 from collections.abc import Generator, Iterator
-from multiprocessing.shared_memory import SharedMemory
 from typing import Any, Final, NamedTuple
 
 from .. import _sharedmem as sharedmem
 from .._execute import SLOT_WIDTH, Call
 from .._serialization import dumps, dumps_function
 from .._threadlimits import thread_share
-from .._worker import LOAD, process_main
+from .._worker import GIVE_BACK, LOAD, process_main
 from ._dispatch import DEAD, Dispatcher, WorkerHandle, WorkerSet
 from .base import Backend, Batch, Job, loaded_backends
 
@@ -47,13 +46,16 @@ class _PoolKey(NamedTuple):
 
 
 class _Worker(WorkerHandle):
-    __slots__ = ("conn", "process", "slot")
+    __slots__ = ("conn", "process", "returned", "slot")
 
     def __init__(self, process: Any, conn: Any, slot: int, status: Any, budget: int | None):
         super().__init__(status, budget)
         self.process = process
         self.conn = conn
         self.slot = slot
+        # Reply segments of this worker that the caller is done with, to give back with its next
+        # chunk; appended to whenever the caller's last array of one goes away.
+        self.returned: list[str] = []
 
 
 class ProcessPool(WorkerSet[_Worker]):
@@ -107,6 +109,8 @@ class ProcessPool(WorkerSet[_Worker]):
                 self.key.max_items,
                 inherited,
                 thread_share(self.key.workers),
+                sharedmem.KEEP_BYTES // self.key.workers,
+                sharedmem.IDLE_SECONDS,
             ),
             name=f"parallelize-worker-{slot}",
         )
@@ -132,12 +136,22 @@ class ProcessPool(WorkerSet[_Worker]):
             return dumps(message), None
 
     def release(self, lease: object) -> None:
-        assert isinstance(lease, SharedMemory)
+        assert isinstance(lease, sharedmem.Segment)
         self._arena.release(lease)
 
     def trim(self) -> None:
         """Between maps: keep only a bounded amount of shared memory for the next one."""
         self._arena.trim()
+
+    def holds_memory(self) -> bool:
+        """Whether idle shared memory waits here for the next map."""
+        return self._arena.holds_memory() or any(w.returned for w in self.workers)
+
+    def release_idle(self) -> None:
+        """The pool has been idle a while: free the shared memory it kept for reuse."""
+        self._arena.trim(0)
+        for worker in self.workers:
+            _unlink_returned(worker)
 
     def load_message(self, call: Call) -> tuple[int, bytes]:
         blob = dumps_function(call, call.fn)
@@ -149,6 +163,10 @@ class ProcessPool(WorkerSet[_Worker]):
         return call_id, _load_payload(call_id, blob)
 
     def send(self, worker: _Worker, payload: bytes) -> None:
+        if worker.returned:
+            names = worker.returned[:]
+            del worker.returned[: len(names)]
+            worker.conn.send_bytes(pickle.dumps((GIVE_BACK, names)))
         worker.conn.send_bytes(payload)
 
     def wait(self, timeout: float | None) -> list[tuple[_Worker, Any]]:
@@ -165,11 +183,12 @@ class ProcessPool(WorkerSet[_Worker]):
             worker = watched[obj]
             if obj is worker.conn:  # else it is the process sentinel
                 try:
-                    events.append((worker, sharedmem.load(obj.recv_bytes())))
+                    give_back = worker.returned.append
+                    events.append((worker, sharedmem.load(obj.recv_bytes(), give_back)))
                     # Every reply already sent, before the dispatcher reads the status slot: a
                     # finished chunk must not look like one still running (and timing out).
                     while obj.poll():
-                        events.append((worker, sharedmem.load(obj.recv_bytes())))
+                        events.append((worker, sharedmem.load(obj.recv_bytes(), give_back)))
                 except (EOFError, OSError):
                     dead.append(worker)
             elif worker not in dead:
@@ -192,6 +211,7 @@ class ProcessPool(WorkerSet[_Worker]):
             self.workers.remove(worker)
             self._free_slots.append(worker.slot)
         exitcode: int | None = worker.process.exitcode
+        _forget_replies(worker)
         worker.process.close()
         return exitcode
 
@@ -204,8 +224,22 @@ class ProcessPool(WorkerSet[_Worker]):
             if worker.process.exitcode is None:
                 self.kill(worker)
                 worker.process.join()
+            _forget_replies(worker)
         self.workers.clear()
         self._arena.close()
+
+
+def _unlink_returned(worker: _Worker) -> None:
+    names = worker.returned[:]
+    del worker.returned[: len(names)]
+    sharedmem.unlink(names)
+
+
+def _forget_replies(worker: _Worker) -> None:
+    """A worker is gone: unlink the reply segments it kept or lent (arrays the caller still
+    holds stay valid: they map the memory, which lives until they go)."""
+    _unlink_returned(worker)
+    sharedmem.unlink(sharedmem.reply_leftovers(worker.process.pid))
 
 
 def _load_payload(call_id: int, blob: bytes) -> bytes:
@@ -242,6 +276,7 @@ class ProcessBackend(Backend):
         self._lock = threading.Lock()
         self._pool: ProcessPool | None = None
         self._busy = False
+        self._idle_timer: threading.Timer | None = None
 
     def run(self, job: Job) -> Generator[Batch, None, None]:
         options = job.options
@@ -258,6 +293,7 @@ class ProcessBackend(Backend):
             self._checkin(pool, shared)
 
     def _checkout(self, key: _PoolKey) -> tuple[ProcessPool, bool]:
+        self._disarm()
         with self._lock:
             if self._busy:
                 return ProcessPool(key), False
@@ -287,8 +323,33 @@ class ProcessBackend(Backend):
             if pool.broken and self._pool is pool:
                 self._pool = None
             self._busy = False
+        if not pool.broken and pool.holds_memory():
+            self._arm(pool)
+
+    def _arm(self, pool: ProcessPool) -> None:
+        """Free the pool's idle shared memory unless another map starts within IDLE_SECONDS.
+
+        The timer thread lives only that long, and a map joins it before it may fork workers.
+        """
+        timer = threading.Timer(sharedmem.IDLE_SECONDS, self._release_idle, (pool,))
+        timer.daemon = True
+        timer.name = "parallelize-idle"
+        self._idle_timer = timer
+        timer.start()
+
+    def _disarm(self) -> None:
+        timer, self._idle_timer = self._idle_timer, None
+        if timer is not None:
+            timer.cancel()
+            timer.join()
+
+    def _release_idle(self, pool: ProcessPool) -> None:
+        with self._lock:
+            if not self._busy and self._pool is pool:
+                pool.release_idle()
 
     def shutdown(self) -> None:
+        self._disarm()
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
