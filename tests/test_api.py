@@ -341,3 +341,14 @@ def test_public_names_are_exported() -> None:
     public -= {"annotations"}
     assert set(parallelize.__all__) == public
     assert parallelize.__all__ == sorted(parallelize.__all__)
+
+
+def test_every_option_is_typed_and_validated() -> None:
+    from parallelize import MapOptions
+    from parallelize._options import OPTION_NAMES, Options, Resolved
+
+    assert tuple(MapOptions.__annotations__) == OPTION_NAMES
+    assert tuple(Resolved._fields) == OPTION_NAMES
+    assert Options(workers=2).merged(Options(chunksize=5)).given() == {"workers": 2, "chunksize": 5}
+    with pytest.raises(AttributeError):
+        Options().workers = 3  # type: ignore[misc]

@@ -539,3 +539,29 @@ def test_exit_with_suspended_concurrent_maps(script: Path) -> None:
     done = run_script(script, body, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["100", "100"]
+
+
+def hold_second_worker(flags: str) -> None:
+    """Initializer: the first worker starts at once; the second waits until the test says go."""
+    try:
+        os.close(os.open(os.path.join(flags, "first"), os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        while not os.path.exists(os.path.join(flags, "go")):
+            time.sleep(0.01)
+
+
+def test_work_goes_to_workers_that_have_started(start_method: str, tmp_path: Path) -> None:
+    # A worker still starting up (here: stuck in its initializer) is sent nothing, so a map
+    # finishes on the workers that are up instead of waiting for it.
+    try:
+        out = pmap(
+            abs,
+            range(-20, 0),
+            workers=2,
+            start_method=start_method,
+            initializer=hold_second_worker,
+            initargs=(str(tmp_path),),
+        )
+        assert out == list(range(20, 0, -1))
+    finally:
+        (tmp_path / "go").touch()

@@ -104,8 +104,8 @@ def test_reply_segments_are_reused_not_piled_up() -> None:
 
 
 def test_idle_pool_frees_its_shared_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    import parallelize._backends.process as process
     import parallelize._sharedmem as sharedmem
+    from parallelize._backends import process
 
     monkeypatch.setattr(sharedmem, "IDLE_SECONDS", 0.5)
     process._shutdown_all()  # workers read the idle period when they start
@@ -130,9 +130,8 @@ def make_or_die(i: int) -> object:
 
 
 def test_a_killed_workers_segments_are_unlinked(start_method: str) -> None:
-    import parallelize._backends.process as process
-
     from parallelize import WorkerCrashedError
+    from parallelize._backends import process
 
     kept = pmap(make, range(4), workers=2, start_method=start_method)
     with pytest.raises(WorkerCrashedError):

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
         SerializationError,
         WorkerCrashedError,
     )
-    from ._options import MapOptions
+    from ._mapoptions import MapOptions
 
 __version__ = "0.1.0"
 
@@ -40,7 +40,7 @@ __all__ = [
 # Each public name and the module that defines it, imported on first use (PEP 562): a worker
 # process imports ``parallelize._worker``, which needs none of the caller's side.
 _SOURCES = {
-    "MapOptions": "._options",
+    "MapOptions": "._mapoptions",
     "ParallelFunction": "._decorator",
     "ParallelizeError": "._errors",
     "RemoteError": "._errors",

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import closing
-from typing import Any, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack, overload
 
 from ._backends.base import Batch, Job, get_backend
-from ._options import MapOptions, Options
+from ._options import Options
 from ._progress import open_bar
 from ._serialization import Failure
 from ._worker import in_worker
+
+if TYPE_CHECKING:
+    from ._mapoptions import MapOptions
 
 R = TypeVar("R")
 T1 = TypeVar("T1")

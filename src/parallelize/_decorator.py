@@ -10,10 +10,22 @@ import functools
 import inspect
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, Unpack, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    ParamSpec,
+    TypeVar,
+    Unpack,
+    overload,
+)
 
 from ._api import prepare, run_list, run_stream
-from ._options import OPTION_NAMES, MapOptions, Options
+from ._options import OPTION_NAMES, Options
+
+if TYPE_CHECKING:
+    from ._mapoptions import MapOptions
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -13,7 +13,7 @@ import math
 import multiprocessing
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Literal, NamedTuple, TypedDict
+from typing import Any, Final, Literal, NamedTuple
 
 from ._cpu import usable_cpus
 
@@ -36,30 +36,22 @@ StartMethod = Literal["fork", "spawn", "forkserver"]
 Progress = bool | str | Mapping[str, Any]
 
 
-class MapOptions(TypedDict, total=False):
-    """The keyword options of ``pmap``, ``imap``, ``@parallel`` and ``.options()``.
-
-    For type checkers: a misspelt option or a value of the wrong type is caught before the code
-    runs. At run time the same checks raise TypeError or ValueError.
-    """
-
-    workers: int | None
-    chunksize: int | None
-    ordered: bool
-    progress: Progress
-    backend: Backend
-    start_method: StartMethod | None
-    timeout: float | None
-    retries: int
-    on_error: Literal["raise", "return"]
-    initializer: Callable[..., object] | None
-    initargs: tuple[Any, ...]
-    max_tasks_per_worker: int | None
-    address: str | None
-
-
-# In the order the docs list them.
-OPTION_NAMES: Final = tuple(MapOptions.__annotations__)
+# Every option, in the order the docs list them (and ``MapOptions`` declares them).
+OPTION_NAMES: Final = (
+    "workers",
+    "chunksize",
+    "ordered",
+    "progress",
+    "backend",
+    "start_method",
+    "timeout",
+    "retries",
+    "on_error",
+    "initializer",
+    "initargs",
+    "max_tasks_per_worker",
+    "address",
+)
 
 ENV_WORKERS: Final = "PARALLELIZE_WORKERS"
 ENV_BACKEND: Final = "PARALLELIZE_BACKEND"
@@ -130,21 +122,7 @@ class Options:
     milliseconds of every cold start.
     """
 
-    __slots__ = (
-        "address",
-        "backend",
-        "chunksize",
-        "initargs",
-        "initializer",
-        "max_tasks_per_worker",
-        "on_error",
-        "ordered",
-        "progress",
-        "retries",
-        "start_method",
-        "timeout",
-        "workers",
-    )
+    __slots__ = OPTION_NAMES
     workers: int | _Unset | None
     chunksize: int | _Unset | None
     ordered: bool | _Unset

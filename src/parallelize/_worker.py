@@ -3,7 +3,8 @@
 Messages in: ``(LOAD, call_id, call)`` once per map and worker, ``(TASK, task_id, call_id,
 start, items, retries)`` per chunk, ``None`` to stop; and, to a process, ``(GIVE_BACK, names)``
 for the reply segments the caller is done with. Messages out: ``(DONE, task_id,
-start, values, seconds, failed)`` or ``(CANCELLED, task_id)`` per chunk, and ``(INIT_FAILED,
+start, values, seconds, failed)`` or ``(CANCELLED, task_id)`` per chunk; from a process,
+``(READY,)`` once it can take work, or ``(INIT_FAILED,
 failure)`` when the initializer raised. In a process the messages are pickled over a pipe; a
 thread passes them as they are.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import mmap
 import multiprocessing.util
 import os
 import pickle
@@ -35,6 +37,7 @@ DONE: Final = 2
 CANCELLED: Final = 3
 INIT_FAILED: Final = 4
 GIVE_BACK: Final = 5
+READY: Final = 6
 
 # How many maps' functions a worker keeps; the dispatcher mirrors this to know what to resend.
 CALL_CACHE: Final = 16
@@ -127,6 +130,15 @@ def _encode_result(message: tuple[Any, ...]) -> bytes:
     return dumps((DONE, task_id, start, values, seconds, True))
 
 
+def map_status(fd: Any, nbytes: int) -> mmap.mmap:
+    """In a spawned worker: map the status slots from the descriptor it was sent."""
+    own = fd.detach()
+    try:
+        return mmap.mmap(own, nbytes)
+    finally:
+        os.close(own)
+
+
 def process_main(
     conn: Any,
     status_array: Any,
@@ -157,6 +169,9 @@ def process_main(
             conn.send_bytes(dumps((INIT_FAILED, failure)))
             return
 
+    # Only now is this worker sent work, so a short map is not held up by a slow-starting one.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the caller is gone
+        conn.send_bytes(pickle.dumps((READY,)))
     inbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
     threading.Thread(target=_read, args=(conn, inbox), daemon=True, name="reader").start()
 

@@ -29,7 +29,7 @@ from .._chunking import ChunkSizer, split
 from .._errors import WorkerCrashedError
 from .._execute import CANCEL, INDEX, START_NS, TASK, Call, Status
 from .._serialization import Failure, unpicklable_argument
-from .._worker import CALL_CACHE, CANCELLED, DONE, INIT_FAILED
+from .._worker import CALL_CACHE, CANCELLED, DONE, INIT_FAILED, READY
 from .._worker import TASK as TASK_MESSAGE
 from .base import Batch, Job
 
@@ -53,10 +53,11 @@ DEAD: Final = object()  # the event a WorkerSet reports for a worker that died
 class WorkerHandle:
     """The dispatcher's view of one worker."""
 
-    __slots__ = ("budget", "loaded", "queue", "retiring", "status")
+    __slots__ = ("budget", "loaded", "queue", "ready", "retiring", "status")
 
-    def __init__(self, status: Status, budget: int | None):
+    def __init__(self, status: Status, budget: int | None, *, ready: bool = True):
         self.status = status
+        self.ready = ready  # it has started and may be sent work (a process says so once up)
         self.queue: collections.deque[int] = collections.deque()  # ids of chunks sent, in order
         self.loaded: collections.OrderedDict[int, None] = collections.OrderedDict()  # call ids
         self.budget = budget  # items it may still run (max_tasks_per_worker)
@@ -148,6 +149,7 @@ class Dispatcher(Generic[W]):
         self._next_index = 0
         self._exhausted = False
         self._ready: list[Batch] = []  # results and failures not yet yielded
+        self._boot_failures = 0  # workers in a row that died before they were ready
 
     # -- the loop --
 
@@ -185,6 +187,9 @@ class Dispatcher(Generic[W]):
         elif kind == CANCELLED:
             worker.queue.remove(event[1])
             self._forget(event[1])
+        elif kind == READY:
+            worker.ready = True
+            self._boot_failures = 0
         elif kind == INIT_FAILED:
             self._pool.broken = True
             failure: Failure = event[1]
@@ -209,12 +214,13 @@ class Dispatcher(Generic[W]):
 
     def _pick_worker(self) -> W | None:
         workers = [w for w in self._pool.workers if not w.retiring]
-        for worker in workers:
+        while len(workers) < self._pool.size and self._pool.can_spawn() and self._has_work():
+            workers.append(self._pool.spawn())
+        ready = [w for w in workers if w.ready]
+        for worker in ready:
             if not worker.queue:
                 return worker
-        if len(workers) < self._pool.size and self._pool.can_spawn() and self._has_work():
-            return self._pool.spawn()
-        for worker in workers:
+        for worker in ready:
             if len(worker.queue) < DEPTH:
                 return worker
         return None
@@ -307,6 +313,10 @@ class Dispatcher(Generic[W]):
         """Account for a worker that died (or was stopped because item ``timed_out`` overran)."""
         status = worker.status
         exitcode = self._pool.reap(worker)
+        if not worker.ready:  # it died starting up (a missing __main__ guard, say)
+            self._boot_failures += 1
+            if self._boot_failures > MAX_UNSTARTED:
+                raise self._never_ran(exitcode)
         tasks = [self._forget(task_id) for task_id in worker.queue]
         worker.queue.clear()
         if not tasks:
@@ -344,7 +354,7 @@ class Dispatcher(Generic[W]):
     def _never_ran(self, exitcode: int | None) -> WorkerCrashedError:
         return WorkerCrashedError(
             f"worker processes {describe_exit(exitcode)} {MAX_UNSTARTED + 1} times before "
-            "running any item of this chunk. In a script, start the map under "
+            "running any item. In a script, start the map under "
             "'if __name__ == \"__main__\":' (spawn and forkserver workers import the main "
             "module); the workers' stderr shows the cause.",
             index=None,

@@ -11,32 +11,49 @@ from __future__ import annotations
 import abc
 import importlib
 from collections.abc import Callable, Generator, Iterator
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from .._options import Resolved
 
+# Job and Batch are plain classes: a NamedTuple or dataclass costs a tenth of a millisecond and
+# more to create, paid by every cold start.
 
-class Job(NamedTuple):
+
+class Job:
     """One map: ``fn`` over ``items``, item ``i`` being input index ``i``."""
 
-    fn: Callable[..., Any]
-    items: Iterator[Any]  # one argument each, or argument tuples when ``star``
-    star: bool
-    total: int | None  # the number of items, when the input has a length
-    options: Resolved
-    stream: bool = False  # results are consumed as they come (imap), so look-ahead is bounded
+    __slots__ = ("fn", "items", "options", "star", "stream", "total")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        items: Iterator[Any],
+        star: bool,
+        total: int | None,
+        options: Resolved,
+        stream: bool = False,
+    ):
+        self.fn = fn
+        self.items = items  # one argument each, or argument tuples when ``star``
+        self.star = star
+        self.total = total  # the number of items, when the input has a length
+        self.options = options
+        self.stream = stream  # results are consumed as they come (imap): bounded look-ahead
 
 
-class Batch(NamedTuple):
+class Batch:
     """Results of the consecutive input indices ``start, start + 1, ...``.
 
     ``failed`` says whether some of ``values`` are :class:`~parallelize._serialization.Failure`
     objects, so the common case needs no scan.
     """
 
-    start: int
-    values: list[Any]
-    failed: bool
+    __slots__ = ("failed", "start", "values")
+
+    def __init__(self, start: int, values: list[Any], failed: bool):
+        self.start = start
+        self.values = values
+        self.failed = failed
 
 
 class Backend(abc.ABC):

@@ -15,6 +15,7 @@ import itertools
 import mmap
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.reduction
 import multiprocessing.util  # imported before our atexit hook, so that ours runs first
 import os
 import pickle
@@ -28,7 +29,7 @@ from .. import _sharedmem as sharedmem
 from .._execute import SLOT_WIDTH, Call
 from .._serialization import dumps, dumps_function
 from .._threadlimits import thread_share
-from .._worker import GIVE_BACK, LOAD, process_main
+from .._worker import GIVE_BACK, LOAD, map_status, process_main
 from ._dispatch import DEAD, Dispatcher, WorkerHandle, WorkerSet
 from .base import Backend, Batch, Job, loaded_backends
 
@@ -49,7 +50,7 @@ class _Worker(WorkerHandle):
     __slots__ = ("conn", "process", "returned", "slot")
 
     def __init__(self, process: Any, conn: Any, slot: int, status: Any, budget: int | None):
-        super().__init__(status, budget)
+        super().__init__(status, budget, ready=False)
         self.process = process
         self.conn = conn
         self.slot = slot
@@ -71,15 +72,17 @@ class ProcessPool(WorkerSet[_Worker]):
         slots = 2 * key.workers
         size = slots * SLOT_WIDTH
         if key.start_method == "fork":
-            # Inherited by forked children as it is: an anonymous shared mapping costs nothing to
-            # make, where a RawArray (file-backed, so it can be sent to spawned children) costs ms.
+            # Inherited by forked children as it is: an anonymous shared mapping costs nothing.
             self._status_array: Any = mmap.mmap(-1, size * 8)
+        elif hasattr(os, "memfd_create"):
+            self._status_array = _StatusBlock(size * 8)
         else:
             self._status_array = self._context.RawArray("q", size)
+        if key.start_method == "forkserver":
             # The fork server imports the worker module once; each worker then starts warm.
-            if key.start_method == "forkserver":
-                self._context.set_forkserver_preload(["__main__", "parallelize._worker"])
-        view = memoryview(self._status_array).cast("B").cast("q")
+            self._context.set_forkserver_preload(["__main__", "parallelize._worker"])
+        block = self._status_array
+        view = memoryview(getattr(block, "mapping", block)).cast("B").cast("q")
         self._views = [view[i * SLOT_WIDTH : (i + 1) * SLOT_WIDTH] for i in range(slots)]
         self._free_slots = list(range(slots - 1, -1, -1))
         self._call_ids: dict[bytes, int] = {}
@@ -227,6 +230,21 @@ class ProcessPool(WorkerSet[_Worker]):
             _forget_replies(worker)
         self.workers.clear()
         self._arena.close()
+
+
+class _StatusBlock:
+    """The status slots, for spawned children: an anonymous memory file whose descriptor each
+    child receives as it starts. Unlike a RawArray, neither side imports ``ctypes`` for it."""
+
+    def __init__(self, nbytes: int):
+        self._fd = os.memfd_create("parallelize-status")
+        os.ftruncate(self._fd, nbytes)
+        self.mapping = mmap.mmap(self._fd, nbytes)
+        self._nbytes = nbytes
+        weakref.finalize(self, os.close, self._fd)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (map_status, (multiprocessing.reduction.DupFd(self._fd), self._nbytes))
 
 
 def _unlink_returned(worker: _Worker) -> None:

@@ -1,0 +1,35 @@
+"""``MapOptions``: the keyword options of every map, as a TypedDict for type checkers.
+
+A module of its own so that a map never builds it: a TypedDict costs a millisecond and more to
+create, and only type checkers and readers of the API need it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+if TYPE_CHECKING:
+    from ._options import Backend, Progress, StartMethod
+
+
+class MapOptions(TypedDict, total=False):
+    """The keyword options of ``pmap``, ``imap``, ``@parallel`` and ``.options()``.
+
+    For type checkers: a misspelt option or a value of the wrong type is caught before the code
+    runs. At run time the same checks raise TypeError or ValueError.
+    """
+
+    workers: int | None
+    chunksize: int | None
+    ordered: bool
+    progress: Progress
+    backend: Backend
+    start_method: StartMethod | None
+    timeout: float | None
+    retries: int
+    on_error: Literal["raise", "return"]
+    initializer: Callable[..., object] | None
+    initargs: tuple[Any, ...]
+    max_tasks_per_worker: int | None
+    address: str | None
