@@ -256,7 +256,9 @@ def test_pmap_argument_keyword_and_closure(start_method: str) -> None:
 @pytest.mark.timeout(120)
 def test_counter_created_after_the_pool_is_warm(start_method: str) -> None:
     options: dict[str, Any] = {"workers": 2, "start_method": start_method}
-    warm = set(pmap(lambda item: os.getpid(), range(20), **options))
+    # Items long enough that both workers are up and take some (work only goes to started ones).
+    warm = set(pmap(lambda item: time.sleep(0.02) or os.getpid(), range(20), **options))
+    assert len(warm) == 2
     counter = shared_counter(0)
     pids = set(pmap(bump_and_count, [counter] * 400, range(400), **options))
     assert counter.value == 400

@@ -122,7 +122,7 @@ def prepare(
         total = min(len(iterable) for iterable in iterables)  # type: ignore[arg-type]
     resolved = options.resolve()
     if in_worker() and resolved.backend == "process":
-        resolved = resolved._replace(backend="serial")
+        resolved = resolved.replace(backend="serial")
     get_backend(resolved.backend)  # a missing engine fails now, not at the first result
     star = len(iterators) > 1
     items: Iterator[Any] = zip(*iterators, strict=False) if star else iterators[0]

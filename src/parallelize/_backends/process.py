@@ -23,7 +23,7 @@ import signal
 import threading
 import weakref
 from collections.abc import Generator, Iterator
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from .. import _sharedmem as sharedmem
 from .._execute import SLOT_WIDTH, Call
@@ -39,11 +39,27 @@ SHUTDOWN_GRACE: Final = 2.0
 CALL_IDS_KEPT: Final = 64
 
 
-class _PoolKey(NamedTuple):
-    start_method: str
-    workers: int
-    init_blob: bytes | None
-    max_items: int | None
+class _PoolKey:
+    """What makes two pools interchangeable."""
+
+    __slots__ = ("init_blob", "max_items", "start_method", "workers")
+
+    def __init__(
+        self, start_method: str, workers: int, init_blob: bytes | None, max_items: int | None
+    ):
+        self.start_method = start_method
+        self.workers = workers
+        self.init_blob = init_blob
+        self.max_items = max_items
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.start_method, self.workers, self.init_blob, self.max_items)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _PoolKey) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
 
 
 class _Worker(WorkerHandle):
