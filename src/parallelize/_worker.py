@@ -140,6 +140,7 @@ def map_status(fd: Any, nbytes: int) -> mmap.mmap:
 
 
 def process_main(
+    inbound: Any,
     conn: Any,
     status_array: Any,
     slot: int,
@@ -150,7 +151,7 @@ def process_main(
     reply_bytes: int,
     idle_seconds: float,
 ) -> None:
-    """Entry point of a worker process."""
+    """Entry point of a worker process: work comes in on ``inbound``, replies go out on ``conn``."""
     enter_worker()
     sharedmem.keep_replies(reply_bytes)
     limit_native_threads(native_threads)
@@ -173,7 +174,7 @@ def process_main(
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the caller is gone
         conn.send_bytes(pickle.dumps((READY,)))
     inbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-    threading.Thread(target=_read, args=(conn, inbox), daemon=True, name="reader").start()
+    threading.Thread(target=_read, args=(inbound, inbox), daemon=True, name="reader").start()
 
     def receive() -> Any:
         while True:

@@ -35,6 +35,10 @@ from .base import Backend, Batch, Job, loaded_backends
 
 # At shutdown, how long idle workers get to exit on their own before they are killed.
 SHUTDOWN_GRACE: Final = 2.0
+# What each pipe between the caller and a worker may hold: two chunks of ~10 ms of tiny items
+# (the default 64 KiB would make the caller wait for a busy worker to read). Linux's default
+# limit for unprivileged processes.
+PIPE_BYTES: Final = 1 << 20
 # Maps whose function pickles to the same bytes share one id, so a warm worker loads it once.
 CALL_IDS_KEPT: Final = 64
 
@@ -63,12 +67,15 @@ class _PoolKey:
 
 
 class _Worker(WorkerHandle):
-    __slots__ = ("conn", "process", "returned", "slot")
+    __slots__ = ("conn", "process", "returned", "slot", "tasks")
 
-    def __init__(self, process: Any, conn: Any, slot: int, status: Any, budget: int | None):
+    def __init__(
+        self, process: Any, conn: Any, tasks: Any, slot: int, status: Any, budget: int | None
+    ):
         super().__init__(status, budget, ready=False)
         self.process = process
-        self.conn = conn
+        self.conn = conn  # its replies come in here
+        self.tasks = tasks  # and its work goes out here
         self.slot = slot
         # Reply segments of this worker that the caller is done with, to give back with its next
         # chunk; appended to whenever the caller's last array of one goes away.
@@ -112,16 +119,22 @@ class ProcessPool(WorkerSet[_Worker]):
         slot = self._free_slots.pop()
         for index in range(SLOT_WIDTH - 1):  # keep CANCEL: ids only grow, so it stays harmless
             self._views[slot][index] = -1
-        parent_conn, child_conn = self._context.Pipe()
+        # One pipe each way, widened so that neither side's write waits for the other to read.
+        task_reader, task_writer = self._context.Pipe(duplex=False)
+        reply_reader, reply_writer = self._context.Pipe(duplex=False)
+        _widen(task_writer)
+        _widen(reply_writer)
         inherited: list[int] = []
         if self.key.start_method == "fork":
             # A forked child inherits the parent's ends of every pipe: it must close them, or a
             # worker never sees end-of-file when the parent dies.
-            inherited = [w.conn.fileno() for w in self.workers] + [parent_conn.fileno()]
+            inherited = [fd for w in self.workers for fd in (w.conn.fileno(), w.tasks.fileno())]
+            inherited += [reply_reader.fileno(), task_writer.fileno()]
         process = self._context.Process(
             target=process_main,
             args=(
-                child_conn,
+                task_reader,
+                reply_writer,
                 self._status_array,
                 slot,
                 self.key.init_blob,
@@ -137,11 +150,15 @@ class ProcessPool(WorkerSet[_Worker]):
             process.start()
         except BaseException:
             self._free_slots.append(slot)
-            parent_conn.close()
+            reply_reader.close()
+            task_writer.close()
             raise
         finally:
-            child_conn.close()
-        worker = _Worker(process, parent_conn, slot, self._views[slot], self.key.max_items)
+            task_reader.close()
+            reply_writer.close()
+        worker = _Worker(
+            process, reply_reader, task_writer, slot, self._views[slot], self.key.max_items
+        )
         self.workers.append(worker)
         return worker
 
@@ -185,8 +202,8 @@ class ProcessPool(WorkerSet[_Worker]):
         if worker.returned:
             names = worker.returned[:]
             del worker.returned[: len(names)]
-            worker.conn.send_bytes(pickle.dumps((GIVE_BACK, names)))
-        worker.conn.send_bytes(payload)
+            worker.tasks.send_bytes(pickle.dumps((GIVE_BACK, names)))
+        worker.tasks.send_bytes(payload)
 
     def wait(self, timeout: float | None) -> list[tuple[_Worker, Any]]:
         watched: dict[Any, _Worker] = {}
@@ -225,6 +242,7 @@ class ProcessPool(WorkerSet[_Worker]):
         if worker.process.exitcode is None:  # declared dead for a bad message: make it so
             self.kill(worker)
         worker.process.join()
+        worker.tasks.close()
         worker.conn.close()
         if worker in self.workers:
             self.workers.remove(worker)
@@ -237,6 +255,7 @@ class ProcessPool(WorkerSet[_Worker]):
     def close(self) -> None:
         """Stop every worker: end-of-file first, then a kill for any that lingers."""
         for worker in self.workers:
+            worker.tasks.close()
             worker.conn.close()
         for worker in self.workers:
             worker.process.join(SHUTDOWN_GRACE)
@@ -246,6 +265,14 @@ class ProcessPool(WorkerSet[_Worker]):
             _forget_replies(worker)
         self.workers.clear()
         self._arena.close()
+
+
+def _widen(conn: Any) -> None:
+    """Let a pipe hold PIPE_BYTES (Linux), so that a chunk or reply is written in one go."""
+    with contextlib.suppress(OSError, ImportError, AttributeError):  # over the limit; not Linux
+        import fcntl
+
+        fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
 class _StatusBlock:
