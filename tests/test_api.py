@@ -352,3 +352,12 @@ def test_every_option_is_typed_and_validated() -> None:
     assert Options(workers=2).merged(Options(chunksize=5)).given() == {"workers": 2, "chunksize": 5}
     with pytest.raises(AttributeError):
         Options().workers = 3  # type: ignore[misc]
+
+
+def test_options_survive_pickling() -> None:
+    import pickle
+
+    from parallelize._options import Options
+
+    options = Options(workers=2, progress="items")
+    assert pickle.loads(pickle.dumps(options)).given() == {"workers": 2, "progress": "items"}

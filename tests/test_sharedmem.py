@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,3 +141,43 @@ def test_a_killed_workers_segments_are_unlinked(start_method: str) -> None:
     process._shutdown_all()
     assert _ours() == set()
     assert [float(a[-1]) for a in kept] == [0.0, 1.0, 2.0, 3.0]
+
+
+def _consume(arrays: list[Any], out: Any) -> None:
+    time.sleep(0.5)  # the parent lets go of the arrays and runs another map meanwhile
+    out.put([float(a[0]) for a in arrays if (a == a[0]).all()])
+
+
+def test_arrays_held_by_a_forked_child_are_not_overwritten() -> None:
+    import multiprocessing
+
+    made = pmap(make, range(4), workers=2, chunksize=1)
+    context = multiprocessing.get_context("fork")
+    out = context.SimpleQueue()
+    child = context.Process(target=_consume, args=(made, out))
+    child.start()
+    del made
+    again = pmap(make, range(100, 104), workers=2, chunksize=1)  # must not write into them
+    assert out.get() == [0.0, 1.0, 2.0, 3.0]
+    child.join(30)
+    assert [float(a[0]) for a in again] == [100.0, 101.0, 102.0, 103.0]
+
+
+def test_results_dropped_after_the_map_are_freed_when_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import parallelize._sharedmem as sharedmem
+    from parallelize._backends import process
+
+    monkeypatch.setattr(sharedmem, "IDLE_SECONDS", 0.3)
+    process._shutdown_all()
+    made = pmap(make, range(6), workers=2)  # small arguments: only results use shared memory
+    time.sleep(1.0)  # idle, but the caller still holds the arrays: they stay
+    assert [float(a[-1]) for a in made] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert _ours()
+    del made
+    deadline = time.monotonic() + 10
+    while _ours() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _ours() == set()
+    process._shutdown_all()

@@ -153,6 +153,9 @@ class Options:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Options are immutable; use merged() to change {name!r}")
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled with a decorated function sent by value
+        return (_options_from, (self.given(),))
+
     def __repr__(self) -> str:
         return f"Options({', '.join(f'{k}={v!r}' for k, v in self.given().items())})"
 
@@ -196,6 +199,10 @@ class Options:
             max_tasks_per_worker=_value(self.max_tasks_per_worker, None),
             address=_value(self.address, None),
         )
+
+
+def _options_from(given: dict[str, Any]) -> Options:
+    return Options(**given)
 
 
 def _value(value: Any, default: Any) -> Any:

@@ -16,12 +16,14 @@ reused in both directions:
 * **Worker to caller** (results): each worker keeps its own :class:`ReplySegments`. A reply's
   segment is *lent* to the caller; the arrays the caller gets live as long as it holds them, and
   when the last one is gone the caller gives the segment back (with the worker's next chunk) for
-  the worker to write its next large result into. The caller unlinks what a worker left behind
-  when it reaps that worker.
+  the worker to write its next large result into. A segment that was mapped when the caller
+  forked is never reused (the child may still read it). The caller unlinks what a worker left
+  behind when it reaps that worker.
 
-Memory kept for reuse is bounded by ``KEEP_BYTES`` per pool (shared among its workers), and freed
-when the pool has been idle for ``IDLE_SECONDS``, when it closes, and at exit. Every segment is
-registered with the multiprocessing resource tracker, which unlinks it if the caller is killed.
+Memory kept for reuse is bounded by ``KEEP_BYTES`` for arguments and ``KEEP_BYTES`` for results
+(shared among a pool's workers), and freed once the pool has been idle for ``IDLE_SECONDS``, when
+it closes, and at exit. Every segment is registered with the multiprocessing resource tracker,
+which unlinks it if the caller is killed.
 """
 
 from __future__ import annotations
@@ -44,13 +46,15 @@ ALIGN: Final = 64
 KEEP_BYTES: Final = min(1 << 30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8)
 # After this long without work, a pool's idle segments are freed.
 IDLE_SECONDS: Final = 10.0
+# How many names of segments lent to the caller a worker remembers.
+LENT_NAMES_KEPT: Final = 4096
 _SHM_DIR: Final = "/dev/shm"
 AVAILABLE: Final = sys.platform == "linux" and os.path.isdir(_SHM_DIR)
 # Map every page at once: one call instead of a page fault per 4 KiB on first access.
 _POPULATE: Final = getattr(mmap, "MAP_POPULATE", 0)
-# Names of arguments' segments, and of one worker's replies (the pid lets the caller find them).
+# Names of arguments' segments start with this; a worker's replies with a prefix its pool chose
+# (see reply_prefix), then its pid, so that the caller can find them once the worker is gone.
 _ARGS_PREFIX: Final = "pzA"
-_REPLY_PREFIX: Final = "pzR"
 
 
 class Segment:
@@ -70,7 +74,7 @@ class Segment:
         Without the reservation a full ``/dev/shm`` (64 MB in a default Docker container) would
         kill the writer with SIGBUS; with it, the message simply goes through the pipe.
         """
-        name = f"{prefix}{os.getpid()}_{os.urandom(6).hex()}"
+        name = f"{prefix}{os.getpid()}_{os.urandom(8).hex()}"
         path = os.path.join(_SHM_DIR, name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -143,24 +147,69 @@ class Envelope:
     def __reduce__(self) -> tuple[Any, ...]:
         return (Envelope, (self.blob, self.name, self.spans, self.lent))
 
-    def open(self, give_back: Callable[[str], None] | None) -> Any:
+    def open(self, lent_to: LentSegments | None) -> Any:
         """The message, its buffers backed by the shared segment.
 
-        For a lent segment, ``give_back(name)`` is called once nothing maps it here any more.
+        A lent segment is tracked by ``lent_to`` until nothing maps it here any more.
         """
         segment = Segment.attach(self.name)
         mapping = segment.mapping
         assert mapping is not None
-        if self.lent and give_back is not None:
-            weakref.finalize(mapping, give_back, self.name)
+        if self.lent and lent_to is not None:
+            lent_to.opened += 1
+            weakref.finalize(mapping, lent_to.released.append, (self.name, segment.size, _forks))
         view = memoryview(mapping)
         return pickle.loads(self.blob, buffers=[view[o : o + n] for o, n in self.spans])
 
 
-def load(raw: bytes, give_back: Callable[[str], None] | None = None) -> Any:
+def load(raw: bytes, lent_to: LentSegments | None = None) -> Any:
     """Unpickle a message that may be an :class:`Envelope`."""
     message = pickle.loads(raw)
-    return message.open(give_back) if type(message) is Envelope else message
+    return message.open(lent_to) if type(message) is Envelope else message
+
+
+class LentSegments:
+    """In the caller: one worker's reply segments that are mapped here, and those let go of.
+
+    ``released`` is appended to by a finalizer, in whatever thread drops the last array of a
+    segment and at any allocation, so nothing else happens there; the caller's own code drains it.
+    """
+
+    __slots__ = ("opened", "released")
+
+    def __init__(self) -> None:
+        self.opened = 0  # mapped and not yet drained
+        self.released: list[tuple[str, int, int]] = []  # (name, size, fork count when mapped)
+
+    def outstanding(self) -> int:
+        """Segments whose arrays the caller still holds."""
+        return self.opened - len(self.released)
+
+    def drain(self) -> tuple[list[str], list[str]]:
+        """Names let go of since the last drain: (to give back, to unlink).
+
+        A segment mapped before this process forked may still be mapped by the child, which
+        a worker writing into it again would corrupt: those are unlinked, never reused.
+        """
+        taken = self.released[:]
+        del self.released[: len(taken)]
+        self.opened -= len(taken)
+        reuse = [name for name, _, forks in taken if forks == _forks]
+        drop = [name for name, _, forks in taken if forks != _forks]
+        return reuse, drop
+
+
+# Forks of this process so far (see LentSegments.drain).
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_parent=_forked, after_in_child=_forked)
 
 
 Allocate = Callable[[int], Segment | None]
@@ -255,6 +304,7 @@ class ReplySegments:
 
     def __init__(self) -> None:
         self.keep = KEEP_BYTES  # the worker's share of its pool's bound, set at start
+        self.prefix = "pzR_"  # set at start: its pool's reply prefix
         self._free: dict[str, int] = {}  # name -> size, unmapped here, not held by the caller
         self._lent: dict[str, int] = {}
 
@@ -272,7 +322,7 @@ class ReplySegments:
             except FileNotFoundError:  # the caller gave up on it
                 segment = None
         if segment is None:
-            segment = Segment.create(max(nbytes, 1), _REPLY_PREFIX)
+            segment = Segment.create(max(nbytes, 1), self.prefix)
             if segment is None:
                 return None
         self._lent[segment.name] = segment.size
@@ -282,12 +332,17 @@ class ReplySegments:
         """The caller is done with these: keep them for reuse, up to ``keep`` bytes."""
         for name in names:
             size = self._lent.pop(name, None)
-            if size is not None:
+            if size is None:  # forgotten below: nothing to reuse it for
+                _unlink(name)
+            else:
                 self._free[name] = size
         while self._free and sum(self._free.values()) > self.keep:
             oldest = next(iter(self._free))
             del self._free[oldest]
             _unlink(oldest)
+        # Names the caller unlinked itself never come back; forget the oldest of a long list.
+        while len(self._lent) > LENT_NAMES_KEPT:
+            del self._lent[next(iter(self._lent))]
 
     def idle(self) -> bool:
         """Whether some segment waits for reuse (and should be freed if no work comes)."""
@@ -300,9 +355,15 @@ class ReplySegments:
         self._free.clear()
 
 
-def reply_leftovers(pid: int) -> list[str]:
+def reply_prefix() -> str:
+    """A new pool's prefix for its workers' reply segments: unique, even across containers that
+    share ``/dev/shm`` (and so may reuse each other's pids)."""
+    return f"pzR{os.urandom(4).hex()}_"
+
+
+def reply_leftovers(pool_prefix: str, pid: int) -> list[str]:
     """The segments a worker process left behind (lent ones included), to unlink once it is gone."""
-    prefix = f"{_REPLY_PREFIX}{pid}_"
+    prefix = f"{pool_prefix}{pid}_"
     try:
         return [name for name in os.listdir(_SHM_DIR) if name.startswith(prefix)]
     except OSError:
@@ -326,9 +387,10 @@ def dumps_reply(message: Any) -> bytes:
     return data
 
 
-def keep_replies(nbytes: int) -> None:
-    """In a worker: keep at most ``nbytes`` of reply segments for reuse."""
-    _replies.keep = nbytes
+def configure_replies(prefix: str, keep: int) -> None:
+    """In a worker: name reply segments from ``prefix``; keep at most ``keep`` bytes for reuse."""
+    _replies.prefix = prefix
+    _replies.keep = keep
 
 
 def given_back(names: Iterable[str]) -> None:

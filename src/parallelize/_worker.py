@@ -148,12 +148,12 @@ def process_main(
     max_items: int | None,
     inherited_fds: Sequence[int],
     native_threads: int,
-    reply_bytes: int,
+    replies: tuple[str, int],
     idle_seconds: float,
 ) -> None:
     """Entry point of a worker process: work comes in on ``inbound``, replies go out on ``conn``."""
     enter_worker()
-    sharedmem.keep_replies(reply_bytes)
+    sharedmem.configure_replies(*replies)
     limit_native_threads(native_threads)
     # Ctrl-C goes to the whole foreground process group; the parent decides what to do about it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

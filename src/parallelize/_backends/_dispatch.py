@@ -214,7 +214,9 @@ class Dispatcher(Generic[W]):
 
     def _pick_worker(self) -> W | None:
         workers = [w for w in self._pool.workers if not w.retiring]
-        while len(workers) < self._pool.size and self._pool.can_spawn() and self._has_work():
+        total = self._job.total  # a short map on a cold pool starts no more workers than items
+        wanted = self._pool.size if total is None else min(self._pool.size, max(1, total))
+        while len(workers) < wanted and self._pool.can_spawn() and self._has_work():
             workers.append(self._pool.spawn())
         ready = [w for w in workers if w.ready]
         for worker in ready:

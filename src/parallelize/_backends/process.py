@@ -29,7 +29,7 @@ from .. import _sharedmem as sharedmem
 from .._execute import SLOT_WIDTH, Call
 from .._serialization import dumps, dumps_function
 from .._threadlimits import thread_share
-from .._worker import GIVE_BACK, LOAD, map_status, process_main
+from .._worker import GIVE_BACK, LOAD, READY, map_status, process_main
 from ._dispatch import DEAD, Dispatcher, WorkerHandle, WorkerSet
 from .base import Backend, Batch, Job, loaded_backends
 
@@ -67,7 +67,7 @@ class _PoolKey:
 
 
 class _Worker(WorkerHandle):
-    __slots__ = ("conn", "process", "returned", "slot", "tasks")
+    __slots__ = ("conn", "lent", "process", "slot", "tasks")
 
     def __init__(
         self, process: Any, conn: Any, tasks: Any, slot: int, status: Any, budget: int | None
@@ -77,9 +77,8 @@ class _Worker(WorkerHandle):
         self.conn = conn  # its replies come in here
         self.tasks = tasks  # and its work goes out here
         self.slot = slot
-        # Reply segments of this worker that the caller is done with, to give back with its next
-        # chunk; appended to whenever the caller's last array of one goes away.
-        self.returned: list[str] = []
+        # Its reply segments mapped here; those let go of go back to it with its next chunk.
+        self.lent = sharedmem.LentSegments()
 
 
 class ProcessPool(WorkerSet[_Worker]):
@@ -110,6 +109,7 @@ class ProcessPool(WorkerSet[_Worker]):
         self._free_slots = list(range(slots - 1, -1, -1))
         self._call_ids: dict[bytes, int] = {}
         self._arena = sharedmem.Arena()
+        self._reply_prefix = sharedmem.reply_prefix()
         self._ids = itertools.count(1)
 
     def new_task_id(self) -> int:
@@ -141,7 +141,7 @@ class ProcessPool(WorkerSet[_Worker]):
                 self.key.max_items,
                 inherited,
                 thread_share(self.key.workers),
-                sharedmem.KEEP_BYTES // self.key.workers,
+                (self._reply_prefix, sharedmem.KEEP_BYTES // self.key.workers),
                 sharedmem.IDLE_SECONDS,
             ),
             name=f"parallelize-worker-{slot}",
@@ -180,14 +180,17 @@ class ProcessPool(WorkerSet[_Worker]):
         self._arena.trim()
 
     def holds_memory(self) -> bool:
-        """Whether idle shared memory waits here for the next map."""
-        return self._arena.holds_memory() or any(w.returned for w in self.workers)
+        """Whether shared memory is kept here for reuse, or will be once the caller lets go of
+        the arrays it holds (the idle timer keeps watching until then)."""
+        lent = (w.lent for w in self.workers)
+        return self._arena.holds_memory() or any(x.released or x.outstanding() for x in lent)
 
     def release_idle(self) -> None:
         """The pool has been idle a while: free the shared memory it kept for reuse."""
         self._arena.trim(0)
         for worker in self.workers:
-            _unlink_returned(worker)
+            reuse, drop = worker.lent.drain()
+            sharedmem.unlink(reuse + drop)
 
     def load_message(self, call: Call) -> tuple[int, bytes]:
         blob = dumps_function(call, call.fn)
@@ -199,10 +202,11 @@ class ProcessPool(WorkerSet[_Worker]):
         return call_id, _load_payload(call_id, blob)
 
     def send(self, worker: _Worker, payload: bytes) -> None:
-        if worker.returned:
-            names = worker.returned[:]
-            del worker.returned[: len(names)]
-            worker.tasks.send_bytes(pickle.dumps((GIVE_BACK, names)))
+        if worker.lent.released:
+            reuse, drop = worker.lent.drain()
+            sharedmem.unlink(drop)
+            if reuse:
+                worker.tasks.send_bytes(pickle.dumps((GIVE_BACK, reuse)))
         worker.tasks.send_bytes(payload)
 
     def wait(self, timeout: float | None) -> list[tuple[_Worker, Any]]:
@@ -219,16 +223,18 @@ class ProcessPool(WorkerSet[_Worker]):
             worker = watched[obj]
             if obj is worker.conn:  # else it is the process sentinel
                 try:
-                    give_back = worker.returned.append
-                    events.append((worker, sharedmem.load(obj.recv_bytes(), give_back)))
+                    events.append((worker, sharedmem.load(obj.recv_bytes(), worker.lent)))
                     # Every reply already sent, before the dispatcher reads the status slot: a
                     # finished chunk must not look like one still running (and timing out).
                     while obj.poll():
-                        events.append((worker, sharedmem.load(obj.recv_bytes(), give_back)))
+                        events.append((worker, sharedmem.load(obj.recv_bytes(), worker.lent)))
                 except (EOFError, OSError):
                     dead.append(worker)
             elif worker not in dead:
                 dead.append(worker)
+        for worker, event in events:  # whoever reads the events, a READY is never lost
+            if event[0] == READY:
+                worker.ready = True
         for worker in dict.fromkeys(dead):
             events.extend((worker, message) for message in _drain(worker.conn))
             events.append((worker, DEAD))
@@ -248,7 +254,7 @@ class ProcessPool(WorkerSet[_Worker]):
             self.workers.remove(worker)
             self._free_slots.append(worker.slot)
         exitcode: int | None = worker.process.exitcode
-        _forget_replies(worker)
+        _forget_replies(worker, self._reply_prefix)
         worker.process.close()
         return exitcode
 
@@ -262,7 +268,7 @@ class ProcessPool(WorkerSet[_Worker]):
             if worker.process.exitcode is None:
                 self.kill(worker)
                 worker.process.join()
-            _forget_replies(worker)
+            _forget_replies(worker, self._reply_prefix)
         self.workers.clear()
         self._arena.close()
 
@@ -290,17 +296,11 @@ class _StatusBlock:
         return (map_status, (multiprocessing.reduction.DupFd(self._fd), self._nbytes))
 
 
-def _unlink_returned(worker: _Worker) -> None:
-    names = worker.returned[:]
-    del worker.returned[: len(names)]
-    sharedmem.unlink(names)
-
-
-def _forget_replies(worker: _Worker) -> None:
+def _forget_replies(worker: _Worker, prefix: str) -> None:
     """A worker is gone: unlink the reply segments it kept or lent (arrays the caller still
     holds stay valid: they map the memory, which lives until they go)."""
-    _unlink_returned(worker)
-    sharedmem.unlink(sharedmem.reply_leftovers(worker.process.pid))
+    reuse, drop = worker.lent.drain()
+    sharedmem.unlink(reuse + drop + sharedmem.reply_leftovers(prefix, worker.process.pid))
 
 
 def _load_payload(call_id: int, blob: bytes) -> bytes:
@@ -337,7 +337,11 @@ class ProcessBackend(Backend):
         self._lock = threading.Lock()
         self._pool: ProcessPool | None = None
         self._busy = False
-        self._idle_timer: threading.Timer | None = None
+        self._timer_lock = threading.Lock()
+        self._timers: list[threading.Timer] = []  # the armed one last; others may still be ending
+        if hasattr(os, "register_at_fork"):
+            # No timer thread may run through a fork (the child would inherit its locks held).
+            os.register_at_fork(before=self._disarm, after_in_child=self._forked)
 
     def run(self, job: Job) -> Generator[Batch, None, None]:
         options = job.options
@@ -354,15 +358,16 @@ class ProcessBackend(Backend):
             self._checkin(pool, shared)
 
     def _checkout(self, key: _PoolKey) -> tuple[ProcessPool, bool]:
-        self._disarm()
         with self._lock:
-            if self._busy:
+            if self._busy:  # a concurrent map: a private pool, closed after it
                 return ProcessPool(key), False
             self._busy = True
             old = self._pool
-            if old is not None and old.key == key:
-                return old, True
-            self._pool = None
+            if old is None or old.key != key:
+                self._pool = None
+        self._disarm()  # the shared pool is ours now: the idle timer has nothing left to do
+        if old is not None and old.key == key:
+            return old, True
         if old is not None:
             old.close()
         pool = ProcessPool(key)
@@ -390,24 +395,40 @@ class ProcessBackend(Backend):
     def _arm(self, pool: ProcessPool) -> None:
         """Free the pool's idle shared memory unless another map starts within IDLE_SECONDS.
 
-        The timer thread lives only that long, and a map joins it before it may fork workers.
+        The timer thread lives only that long (longer only while the caller still holds arrays
+        a map returned through shared memory), and is joined before any fork.
         """
         timer = threading.Timer(sharedmem.IDLE_SECONDS, self._release_idle, (pool,))
         timer.daemon = True
         timer.name = "parallelize-idle"
-        self._idle_timer = timer
-        timer.start()
+        with self._timer_lock:
+            for old in self._timers:
+                old.cancel()
+            self._timers = [t for t in self._timers if t.is_alive()] + [timer]
+            timer.start()
 
     def _disarm(self) -> None:
-        timer, self._idle_timer = self._idle_timer, None
-        if timer is not None:
+        """Stop every idle timer and wait for its thread to end."""
+        with self._timer_lock:
+            timers, self._timers = self._timers, []
+        for timer in timers:
             timer.cancel()
-            timer.join()
+            if timer is not threading.current_thread():
+                timer.join()
+
+    def _forked(self) -> None:
+        """In a forked child: fresh locks (a thread of the parent may have held them)."""
+        self._lock = threading.Lock()
+        self._timer_lock = threading.Lock()
+        self._timers = []
 
     def _release_idle(self, pool: ProcessPool) -> None:
-        with self._lock:
-            if not self._busy and self._pool is pool:
-                pool.release_idle()
+        with self._lock:  # a map that starts now waits, then joins this thread
+            if self._busy or self._pool is not pool:
+                return
+            pool.release_idle()
+            if pool.holds_memory():  # the caller still holds arrays: look again later
+                self._arm(pool)
 
     def shutdown(self) -> None:
         self._disarm()
