@@ -565,3 +565,28 @@ def test_work_goes_to_workers_that_have_started(start_method: str, tmp_path: Pat
         assert out == list(range(20, 0, -1))
     finally:
         (tmp_path / "go").touch()
+
+
+def test_a_forked_child_starts_its_own_pool(script: Path) -> None:
+    # A child made with os.fork must not drive the parent's workers (their pipes are the
+    # parent's), nor try to shut them down when it exits.
+    body = """
+    import os
+    if __name__ == "__main__":
+        def ppids():
+            return set(pmap(lambda x: os.getppid(), range(8), workers=2, start_method="spawn"))
+
+        parent_workers = ppids()
+        pid = os.fork()
+        if pid == 0:
+            ppids_in_child = ppids()
+            print("child", ppids_in_child == {os.getpid()}, flush=True)
+            sys.exit(0)
+        _, status = os.waitpid(pid, 0)
+        again = ppids()
+        print("parent", os.waitstatus_to_exitcode(status), again == parent_workers == {os.getpid()})
+    """
+    done = run_script(script, body, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["child", "True", "parent", "0", "True"]
+    assert "Error" not in done.stderr, done.stderr

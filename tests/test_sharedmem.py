@@ -9,7 +9,6 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -143,24 +142,50 @@ def test_a_killed_workers_segments_are_unlinked(start_method: str) -> None:
     assert [float(a[-1]) for a in kept] == [0.0, 1.0, 2.0, 3.0]
 
 
-def _consume(arrays: list[Any], out: Any) -> None:
-    time.sleep(0.5)  # the parent lets go of the arrays and runs another map meanwhile
-    out.put([float(a[0]) for a in arrays if (a == a[0]).all()])
+def _run(tmp_path: Path, code: str) -> list[str]:
+    """Run ``code`` in a fresh interpreter (these tests fork it, which must have no threads)."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(code))
+    done = subprocess.run(
+        [sys.executable, "-W", "error", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    return done.stdout.split()
 
 
-def test_arrays_held_by_a_forked_child_are_not_overwritten() -> None:
-    import multiprocessing
+def test_arrays_held_by_a_forked_child_are_not_overwritten(tmp_path: Path) -> None:
+    out = _run(
+        tmp_path,
+        """
+        import multiprocessing, time
+        import numpy as np
+        from parallelize import pmap
 
-    made = pmap(make, range(4), workers=2, chunksize=1)
-    context = multiprocessing.get_context("fork")
-    out = context.SimpleQueue()
-    child = context.Process(target=_consume, args=(made, out))
-    child.start()
-    del made
-    again = pmap(make, range(100, 104), workers=2, chunksize=1)  # must not write into them
-    assert out.get() == [0.0, 1.0, 2.0, 3.0]
-    child.join(30)
-    assert [float(a[0]) for a in again] == [100.0, 101.0, 102.0, 103.0]
+        def make(i):
+            return np.full(1 << 18, i, dtype=np.float64)
+
+        def consume(arrays, out):
+            time.sleep(0.5)  # the parent lets go of the arrays and maps again meanwhile
+            out.put([float(a[0]) for a in arrays if (a == a[0]).all()])
+
+        if __name__ == "__main__":
+            made = pmap(make, range(4), workers=2, chunksize=1)
+            context = multiprocessing.get_context("fork")
+            queue = context.SimpleQueue()
+            child = context.Process(target=consume, args=(made, queue))
+            child.start()
+            del made
+            again = pmap(make, range(100, 104), workers=2, chunksize=1)  # not into them
+            print(queue.get(), [float(a[0]) for a in again])
+            child.join()
+        """,
+    )
+    assert out == ["[0.0,", "1.0,", "2.0,", "3.0]", "[100.0,", "101.0,", "102.0,", "103.0]"]
 
 
 def test_results_dropped_after_the_map_are_freed_when_idle(
@@ -181,3 +206,33 @@ def test_results_dropped_after_the_map_are_freed_when_idle(
         time.sleep(0.1)
     assert _ours() == set()
     process._shutdown_all()
+
+
+def test_idle_release_survives_a_fork(tmp_path: Path) -> None:
+    out = _run(
+        tmp_path,
+        """
+        import os, time
+        import numpy as np
+        import parallelize._sharedmem as sharedmem
+        from parallelize import pmap
+
+        def ours():
+            return [n for n in os.listdir("/dev/shm") if n.startswith(f"pzA{os.getpid()}_")]
+
+        if __name__ == "__main__":
+            sharedmem.IDLE_SECONDS = 0.5
+            arrays = [np.ones(1 << 18) * i for i in range(4)]
+            pmap(np.sum, arrays, workers=2)
+            kept = len(ours())  # the arena keeps the arguments' segments for the next map
+            pid = os.fork()  # the idle timer stops for the fork and must start again after it
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+            deadline = time.monotonic() + 10
+            while ours() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            print(kept > 0, ours())
+        """,
+    )
+    assert out == ["True", "[]"]

@@ -33,8 +33,9 @@ import mmap
 import os
 import pickle
 import sys
+import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 # Below 1 MiB, copying through the pipe costs less than creating, mapping and finding a segment.
@@ -199,13 +200,26 @@ class LentSegments:
         return reuse, drop
 
 
-# Forks of this process so far (see LentSegments.drain).
+# Forks of this process so far (see LentSegments.drain), not counting those that start our own
+# workers: they never touch the caller's arrays.
 _forks = 0
+_own = threading.local()
+
+
+@contextlib.contextmanager
+def own_fork() -> Iterator[None]:
+    """Around the start of one of our workers: a fork that does not count."""
+    _own.active = True
+    try:
+        yield
+    finally:
+        _own.active = False
 
 
 def _forked() -> None:
     global _forks
-    _forks += 1
+    if not getattr(_own, "active", False):
+        _forks += 1
 
 
 if hasattr(os, "register_at_fork"):

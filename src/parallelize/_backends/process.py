@@ -21,6 +21,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Generator, Iterator
 from typing import Any, Final
@@ -35,10 +36,12 @@ from .base import Backend, Batch, Job, loaded_backends
 
 # At shutdown, how long idle workers get to exit on their own before they are killed.
 SHUTDOWN_GRACE: Final = 2.0
-# What each pipe between the caller and a worker may hold: two chunks of ~10 ms of tiny items
-# (the default 64 KiB would make the caller wait for a busy worker to read). Linux's default
-# limit for unprivileged processes.
-PIPE_BYTES: Final = 1 << 20
+# What each pipe between the caller and a worker may hold: about two chunks of ~10 ms of tiny
+# items (with the default 64 KiB the caller waits for a busy worker to read).
+PIPE_BYTES: Final = 1 << 19
+# Pipes are widened only for pools up to this size: widened pipes count against the user's
+# pipe-buffer quota (64 MiB by default on Linux), shared by all the user's processes.
+WIDENED_UP_TO: Final = 16
 # Maps whose function pickles to the same bytes share one id, so a warm worker loads it once.
 CALL_IDS_KEPT: Final = 64
 
@@ -119,43 +122,51 @@ class ProcessPool(WorkerSet[_Worker]):
         slot = self._free_slots.pop()
         for index in range(SLOT_WIDTH - 1):  # keep CANCEL: ids only grow, so it stays harmless
             self._views[slot][index] = -1
-        # One pipe each way, widened so that neither side's write waits for the other to read.
-        task_reader, task_writer = self._context.Pipe(duplex=False)
-        reply_reader, reply_writer = self._context.Pipe(duplex=False)
-        _widen(task_writer)
-        _widen(reply_writer)
-        inherited: list[int] = []
-        if self.key.start_method == "fork":
-            # A forked child inherits the parent's ends of every pipe: it must close them, or a
-            # worker never sees end-of-file when the parent dies.
-            inherited = [fd for w in self.workers for fd in (w.conn.fileno(), w.tasks.fileno())]
-            inherited += [reply_reader.fileno(), task_writer.fileno()]
-        process = self._context.Process(
-            target=process_main,
-            args=(
-                task_reader,
-                reply_writer,
-                self._status_array,
-                slot,
-                self.key.init_blob,
-                self.key.max_items,
-                inherited,
-                thread_share(self.key.workers),
-                (self._reply_prefix, sharedmem.KEEP_BYTES // self.key.workers),
-                sharedmem.IDLE_SECONDS,
-            ),
-            name=f"parallelize-worker-{slot}",
-        )
-        try:
-            process.start()
-        except BaseException:
-            self._free_slots.append(slot)
-            reply_reader.close()
-            task_writer.close()
-            raise
-        finally:
-            task_reader.close()
-            reply_writer.close()
+        with _spawn_lock:  # no other thread's pipes may leak into this child, nor ours into its
+            # One pipe each way, widened so that neither side's write waits for the other to read.
+            task_reader, task_writer = self._context.Pipe(duplex=False)
+            reply_reader, reply_writer = self._context.Pipe(duplex=False)
+            if self.key.workers <= WIDENED_UP_TO:
+                _widen(task_writer)
+                _widen(reply_writer)
+            inherited: list[int] = []
+            if self.key.start_method == "fork":
+                # A forked child inherits the parent's ends of every pipe, of every pool: it must
+                # close them, or a worker never sees end-of-file when the parent dies.
+                inherited = [
+                    fd
+                    for pool in list(_all_pools)
+                    for w in pool.workers
+                    for fd in (w.conn.fileno(), w.tasks.fileno())
+                ]
+                inherited += [reply_reader.fileno(), task_writer.fileno()]
+            process = self._context.Process(
+                target=process_main,
+                args=(
+                    task_reader,
+                    reply_writer,
+                    self._status_array,
+                    slot,
+                    self.key.init_blob,
+                    self.key.max_items,
+                    inherited,
+                    thread_share(self.key.workers),
+                    (self._reply_prefix, sharedmem.KEEP_BYTES // self.key.workers),
+                    sharedmem.IDLE_SECONDS,
+                ),
+                name=f"parallelize-worker-{slot}",
+            )
+            try:
+                with sharedmem.own_fork():
+                    process.start()
+            except BaseException:
+                self._free_slots.append(slot)
+                reply_reader.close()
+                task_writer.close()
+                raise
+            finally:
+                task_reader.close()
+                reply_writer.close()
         worker = _Worker(
             process, reply_reader, task_writer, slot, self._views[slot], self.key.max_items
         )
@@ -248,6 +259,11 @@ class ProcessPool(WorkerSet[_Worker]):
         if worker.process.exitcode is None:  # declared dead for a bad message: make it so
             self.kill(worker)
         worker.process.join()
+        # Another thread starting a process may have collected the exit status first (its
+        # multiprocessing cleanup polls every child): it lands on the Process in a moment.
+        deadline = time.monotonic() + 1.0
+        while worker.process.exitcode is None and time.monotonic() < deadline:
+            time.sleep(0.001)
         worker.tasks.close()
         worker.conn.close()
         if worker in self.workers:
@@ -255,7 +271,8 @@ class ProcessPool(WorkerSet[_Worker]):
             self._free_slots.append(worker.slot)
         exitcode: int | None = worker.process.exitcode
         _forget_replies(worker, self._reply_prefix)
-        worker.process.close()
+        with contextlib.suppress(ValueError):  # still not reaped: leave it to multiprocessing
+            worker.process.close()
         return exitcode
 
     def close(self) -> None:
@@ -339,9 +356,14 @@ class ProcessBackend(Backend):
         self._busy = False
         self._timer_lock = threading.Lock()
         self._timers: list[threading.Timer] = []  # the armed one last; others may still be ending
+        self._rearm_after_fork = False
         if hasattr(os, "register_at_fork"):
             # No timer thread may run through a fork (the child would inherit its locks held).
-            os.register_at_fork(before=self._disarm, after_in_child=self._forked)
+            os.register_at_fork(
+                before=self._before_fork,
+                after_in_parent=self._after_fork_in_parent,
+                after_in_child=self._after_fork_in_child,
+            )
 
     def run(self, job: Job) -> Generator[Batch, None, None]:
         options = job.options
@@ -365,12 +387,17 @@ class ProcessBackend(Backend):
             old = self._pool
             if old is None or old.key != key:
                 self._pool = None
-        self._disarm()  # the shared pool is ours now: the idle timer has nothing left to do
-        if old is not None and old.key == key:
-            return old, True
-        if old is not None:
-            old.close()
-        pool = ProcessPool(key)
+        try:
+            self._disarm()  # the shared pool is ours now: the idle timer has nothing to do
+            if old is not None and old.key == key:
+                return old, True
+            if old is not None:
+                old.close()
+            pool = ProcessPool(key)
+        except BaseException:  # Ctrl-C while an old pool closes, say: the next map starts anew
+            with self._lock:
+                self._busy = False
+            raise
         with self._lock:
             self._pool = pool
         return pool, True
@@ -407,20 +434,46 @@ class ProcessBackend(Backend):
             self._timers = [t for t in self._timers if t.is_alive()] + [timer]
             timer.start()
 
-    def _disarm(self) -> None:
-        """Stop every idle timer and wait for its thread to end."""
-        with self._timer_lock:
-            timers, self._timers = self._timers, []
-        for timer in timers:
-            timer.cancel()
-            if timer is not threading.current_thread():
-                timer.join()
+    def _disarm(self) -> bool:
+        """Stop every idle timer and wait for its thread to end; whether one was armed."""
+        stopped = False
+        while True:  # a timer that fires meanwhile may arm another: stop that one too
+            with self._timer_lock:
+                timers, self._timers = self._timers, []
+            if not timers:
+                return stopped
+            for timer in timers:
+                stopped = stopped or not timer.finished.is_set()
+                timer.cancel()
+                if timer is not threading.current_thread():
+                    timer.join()
 
-    def _forked(self) -> None:
-        """In a forked child: fresh locks (a thread of the parent may have held them)."""
+    def _before_fork(self) -> None:
+        self._rearm_after_fork = self._disarm()
+
+    def _after_fork_in_parent(self) -> None:
+        if self._rearm_after_fork:
+            self._rearm_after_fork = False
+            pool = self._pool
+            if pool is not None and not self._busy:
+                self._arm(pool)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child starts with no pool: the parent's workers and pipes are the parent's.
+        Fresh locks too, since a thread of the parent may have held them."""
+        # Nor does multiprocessing's exit hook in the child try to join the parent's workers.
+        ours = {w.process for pool in list(_all_pools) for w in pool.workers}
+        multiprocessing.process._children.difference_update(ours)  # type: ignore[attr-defined]
+        # Kept, not collected: collecting would close descriptors that a forked worker closes
+        # itself, by number, a moment later (by then the number may name another file).
+        _parents_pools.extend(_all_pools)
+        _all_pools.clear()
         self._lock = threading.Lock()
         self._timer_lock = threading.Lock()
         self._timers = []
+        self._pool = None
+        self._busy = False
+        self._rearm_after_fork = False
 
     def _release_idle(self, pool: ProcessPool) -> None:
         with self._lock:  # a map that starts now waits, then joins this thread
@@ -441,6 +494,10 @@ class ProcessBackend(Backend):
 # Every pool, the private ones of concurrent maps included: one still held by a suspended imap at
 # exit must be closed too, or multiprocessing's exit hook waits for its workers forever.
 _all_pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
+# In a forked child: the parent's pools, left alone.
+_parents_pools: list[ProcessPool] = []
+# Held from creating a worker's pipes until it has started (see ProcessPool.spawn).
+_spawn_lock = threading.Lock()
 
 
 def _shutdown_all() -> None:
