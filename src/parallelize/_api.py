@@ -126,7 +126,9 @@ def prepare(
     get_backend(resolved.backend)  # a missing engine fails now, not at the first result
     star = len(iterators) > 1
     items: Iterator[Any] = zip(*iterators, strict=False) if star else iterators[0]
-    return Job(fn, items, star, total, resolved, stream)
+    # pmap's input may be sliced; imap's is walked, since the caller may append to it meanwhile.
+    source = iterables[0] if type(iterables[0]) is list and not star and not stream else None
+    return Job(fn, items, star, total, resolved, stream, source)
 
 
 def _values(batch: Batch, raise_first: bool) -> list[Any]:

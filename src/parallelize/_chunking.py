@@ -1,4 +1,4 @@
-"""Chunk sizing and batching: pure functions, no processes.
+"""Chunk sizing: pure functions, no processes.
 
 Items travel in chunks so that the fixed cost of a round trip to a worker (pickling, a pipe write,
 a wake-up: tens of microseconds) is spread over many tiny items, while long or uneven items still
@@ -12,10 +12,7 @@ tail of a map is balanced.
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Iterator
-from typing import Any
 
 # A chunk of ~10 ms keeps the per-chunk overhead (~50 us) near 0.5% of the work while the tail
 # imbalance stays far below the 5% of even a one-second map.
@@ -29,16 +26,6 @@ SHARES_PER_WORKER = 2
 # The tail is not split into chunks shorter than this fraction of the target: a round trip costs
 # more than the imbalance such a chunk could leave (1 ms of work against ~50-100 us per chunk).
 MIN_SHARE = 0.1
-
-
-def split(items: Iterator[Any], size: int) -> list[Any]:
-    """The next ``size`` items of an iterator, fewer at its end.
-
-    >>> it = iter(range(5))
-    >>> split(it, 2), split(it, 2), split(it, 2), split(it, 2)
-    ([0, 1], [2, 3], [4], [])
-    """
-    return list(itertools.islice(items, size))
 
 
 def balanced_size(remaining: int, workers: int) -> int:

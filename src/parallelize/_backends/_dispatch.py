@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any, Final, Generic, TypeVar
 
-from .._chunking import ChunkSizer, split
+from .._chunking import ChunkSizer
 from .._errors import WorkerCrashedError
 from .._execute import CANCEL, INDEX, START_NS, TASK, Call, Status
 from .._serialization import Failure, unpicklable_argument
@@ -231,7 +231,7 @@ class Dispatcher(Generic[W]):
         if self._retry or self._lookahead:
             return True
         if not self._exhausted:
-            self._lookahead = split(self._job.items, 1)
+            self._lookahead = self._job.take(1)
             self._exhausted = not self._lookahead
         return bool(self._lookahead)
 
@@ -255,7 +255,7 @@ class Dispatcher(Generic[W]):
         self._lookahead = []
         if len(items) < size and not self._exhausted:
             wanted = size - len(items)
-            more = split(self._job.items, wanted)
+            more = self._job.take(wanted)
             self._exhausted = len(more) < wanted
             items += more
         if not items:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Final
 
-from .._chunking import ChunkSizer, split
+from .._chunking import ChunkSizer
 from .._counter import CounterEngine, crossing
 from .._errors import WorkerCrashedError
 from .._execute import Call, run_chunk
@@ -284,7 +284,7 @@ class Driver:
             return None
         total = self._job.total
         size = self._sizer.next_size(None if total is None else total - self._next_index)
-        items = split(self._job.items, size)
+        items = self._job.take(size)
         self._exhausted = len(items) < size
         if not items:
             return None

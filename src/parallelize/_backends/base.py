@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import itertools
 from collections.abc import Callable, Generator, Iterator
 from typing import Any, Final
 
@@ -22,7 +23,7 @@ from .._options import Resolved
 class Job:
     """One map: ``fn`` over ``items``, item ``i`` being input index ``i``."""
 
-    __slots__ = ("fn", "items", "options", "star", "stream", "total")
+    __slots__ = ("_list", "_taken", "fn", "items", "options", "star", "stream", "total")
 
     def __init__(
         self,
@@ -32,6 +33,7 @@ class Job:
         total: int | None,
         options: Resolved,
         stream: bool = False,
+        source: list[Any] | None = None,
     ):
         self.fn = fn
         self.items = items  # one argument each, or argument tuples when ``star``
@@ -39,6 +41,17 @@ class Job:
         self.total = total  # the number of items, when the input has a length
         self.options = options
         self.stream = stream  # results are consumed as they come (imap): bounded look-ahead
+        self._list = source  # the input itself, when it is a list that ``items`` walks
+        self._taken = 0
+
+    def take(self, count: int) -> list[Any]:
+        """The next ``count`` items (fewer at the end). From a list, a slice: a third of the cost
+        of pulling them one by one through its iterator, for the caller's every item."""
+        if self._list is None:
+            return list(itertools.islice(self.items, count))
+        chunk = self._list[self._taken : self._taken + count]
+        self._taken += len(chunk)
+        return chunk
 
 
 class Batch:
