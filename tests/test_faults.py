@@ -590,3 +590,34 @@ def test_a_forked_child_starts_its_own_pool(script: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["child", "True", "parent", "0", "True"]
     assert "Error" not in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_concurrent_maps_with_retiring_workers(start_method: str) -> None:
+    # Three threads, each on a pool of its own (a private one while another map runs), whose
+    # workers retire after every item: workers start, exit and are reaped all the time, and one
+    # thread's process start may collect another thread's worker.
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            for _ in range(6):
+                out = pmap(
+                    abs,
+                    range(-40, 0),
+                    workers=2,
+                    start_method=start_method,
+                    max_tasks_per_worker=1,
+                    chunksize=1,
+                )
+                assert out == list(range(40, 0, -1))
+        except BaseException as exc:  # reported below, in the test's thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []

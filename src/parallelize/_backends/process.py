@@ -133,13 +133,7 @@ class ProcessPool(WorkerSet[_Worker]):
             if self.key.start_method == "fork":
                 # A forked child inherits the parent's ends of every pipe, of every pool: it must
                 # close them, or a worker never sees end-of-file when the parent dies.
-                inherited = [
-                    fd
-                    for pool in list(_all_pools)
-                    for w in pool.workers
-                    for fd in (w.conn.fileno(), w.tasks.fileno())
-                ]
-                inherited += [reply_reader.fileno(), task_writer.fileno()]
+                inherited = [*_parent_ends(), reply_reader.fileno(), task_writer.fileno()]
             process = self._context.Process(
                 target=process_main,
                 args=(
@@ -288,6 +282,18 @@ class ProcessPool(WorkerSet[_Worker]):
             _forget_replies(worker, self._reply_prefix)
         self.workers.clear()
         self._arena.close()
+
+
+def _parent_ends() -> list[int]:
+    """The caller's ends of every worker's pipes, of every pool. Another thread may be closing
+    some right now: those are skipped (a number it frees is one the child need not close)."""
+    fds = []
+    for pool in list(_all_pools):
+        for worker in list(pool.workers):
+            for conn in (worker.conn, worker.tasks):
+                with contextlib.suppress(OSError):
+                    fds.append(conn.fileno())
+    return fds
 
 
 def _widen(conn: Any) -> None:
