@@ -199,6 +199,11 @@ class LentSegments:
         drop = [name for name, _, forks in taken if forks != _forks]
         return reuse, drop
 
+    def drain_all(self) -> list[str]:
+        """Every name let go of since the last drain, reusable or not (to unlink them all)."""
+        reuse, drop = self.drain()
+        return reuse + drop
+
 
 # Forks of this process so far (see LentSegments.drain), not counting those that start our own
 # workers: they never touch the caller's arrays.

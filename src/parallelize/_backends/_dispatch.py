@@ -187,8 +187,7 @@ class Dispatcher(Generic[W]):
         elif kind == CANCELLED:
             worker.queue.remove(event[1])
             self._forget(event[1])
-        elif kind == READY:
-            worker.ready = True
+        elif kind == READY:  # the worker set has marked it ready
             self._boot_failures = 0
         elif kind == INIT_FAILED:
             self._pool.broken = True

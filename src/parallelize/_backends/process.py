@@ -194,8 +194,7 @@ class ProcessPool(WorkerSet[_Worker]):
         """The pool has been idle a while: free the shared memory it kept for reuse."""
         self._arena.trim(0)
         for worker in self.workers:
-            reuse, drop = worker.lent.drain()
-            sharedmem.unlink(reuse + drop)
+            sharedmem.unlink(worker.lent.drain_all())
 
     def load_message(self, call: Call) -> tuple[int, bytes]:
         blob = dumps_function(call, call.fn)
@@ -322,8 +321,8 @@ class _StatusBlock:
 def _forget_replies(worker: _Worker, prefix: str) -> None:
     """A worker is gone: unlink the reply segments it kept or lent (arrays the caller still
     holds stay valid: they map the memory, which lives until they go)."""
-    reuse, drop = worker.lent.drain()
-    sharedmem.unlink(reuse + drop + sharedmem.reply_leftovers(prefix, worker.process.pid))
+    sharedmem.unlink(worker.lent.drain_all())
+    sharedmem.unlink(sharedmem.reply_leftovers(prefix, worker.process.pid))
 
 
 def _load_payload(call_id: int, blob: bytes) -> bytes:
