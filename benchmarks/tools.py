@@ -54,7 +54,7 @@ class Parallelize(Tool):
     progress = False
 
     def map(self, fn: Fn, items: list[Any]) -> list[Any]:
-        from parallelize import pmap  # imported when used: a probe times it
+        from parallelize import pmap  # imported when used: a probe times the import apart
 
         options: dict[str, Any] = {"workers": self.workers, "progress": self.progress}
         if self.start_method is not None:
@@ -122,7 +122,7 @@ class Joblib(Tool):
     """
 
     def map(self, fn: Fn, items: list[Any]) -> list[Any]:
-        from joblib import Parallel, delayed  # imported when used: a probe times it
+        from joblib import Parallel, delayed  # imported when used: a probe times the import apart
 
         return list(Parallel(n_jobs=self.workers)(delayed(fn)(item) for item in items))
 
@@ -135,7 +135,7 @@ class Joblib(Tool):
 class Mpire(Tool):
     def __init__(self, workers: int, start_method: str | None):
         super().__init__(workers, start_method)
-        from mpire import WorkerPool  # imported when used: a probe times it
+        from mpire import WorkerPool  # imported when used: a probe times the import apart
 
         self.pool = WorkerPool(n_jobs=workers, start_method=start_method or "fork", keep_alive=True)
 

@@ -3,7 +3,8 @@
 A workload is data: a function, its items, how many timed calls make one repetition, how to turn
 seconds into the figure reported, and a check that the tool computed the right thing. The runner
 opens every tool's warm pool first, then runs the repetitions round robin (tool after tool, not
-all repetitions of one tool in a row) so that a drift in the machine's speed hits every tool alike.
+all repetitions of one tool in a row, in an order that turns every round) so that a drift in the
+machine's speed hits every tool alike.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from . import tasks
 from .tools import open_tool
 
 ANCHORS = ("mp.Pool", "ProcessPoolExecutor", "joblib", "mpire")
+# A tool whose call takes less than this is "fast": it is timed in every round (see ``rounds``).
+FAST_SECONDS = 0.25
 
 
 @dataclasses.dataclass
@@ -32,6 +35,9 @@ class Workload:
     tools: tuple[str, ...]
     reps: int = 3
     calls: int = 1  # timed calls per repetition (many for the latency workload)
+    # Rounds per repetition: the fast tools run in each, the slow ones in the first only. A fast
+    # call is the noisiest, and more of its samples cost little.
+    rounds: int = 1
     item_cap: dict[str, int] = dataclasses.field(default_factory=dict)  # slow tools: fewer items
     expect: Callable[[list[Any]], Any] | None = None  # the correct result of ``fn`` over items
 
@@ -82,6 +88,7 @@ def build(workers: int, quick: bool) -> dict[str, Workload]:
             "items/s",
             ("parallelize", "parallelize+progress", "serial", *ANCHORS),
             reps=2 if quick else 5,
+            rounds=1 if quick else 5,
             # chunksize=1 runs at ~8k items/s: 20k items keep it to a few seconds.
             item_cap={"ProcessPoolExecutor": tiny_n // 10},
             expect=lambda items: [x * x for x in items],
@@ -151,16 +158,25 @@ def run(workload: Workload, workers: int, log: Callable[[str], None]) -> dict[st
     try:
         for name in workload.tools:
             opened[name] = open_tool(name, (workload.fn, all_items[: 2 * workers]), workers)
+        fast: dict[str, bool] = {}  # from each tool's first timed call
         for rep in range(workload.reps):
-            for name, tool in opened.items():
-                items = all_items[: workload.count_for(name, len(all_items))]
-                for _ in range(workload.calls):
-                    began = time.perf_counter()
-                    out = tool.map(workload.fn, items)
-                    seconds[name].append(time.perf_counter() - began)
-                if rep == 0:
-                    _check(workload, name, items, out)
-                del out
+            for round_ in range(workload.rounds):
+                # The order turns every round, so that no tool always runs right after the same
+                # other one (whose pool may still be winding down).
+                turn = (rep * workload.rounds + round_) % len(opened)
+                order = [*opened.items()][turn:] + [*opened.items()][:turn]
+                for name, tool in order:
+                    if round_ > 0 and not fast[name]:
+                        continue  # a slow tool: once per repetition
+                    items = all_items[: workload.count_for(name, len(all_items))]
+                    for _ in range(workload.calls):
+                        began = time.perf_counter()
+                        out = tool.map(workload.fn, items)
+                        seconds[name].append(time.perf_counter() - began)
+                    fast.setdefault(name, seconds[name][-1] < FAST_SECONDS)
+                    if rep == round_ == 0:
+                        _check(workload, name, items, out)
+                    del out
             log(
                 f"  {workload.name} rep {rep + 1}/{workload.reps}: "
                 + ", ".join(f"{name} {seconds[name][-1]:.3g}s" for name in opened)

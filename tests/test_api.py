@@ -361,3 +361,25 @@ def test_options_survive_pickling() -> None:
 
     options = Options(workers=2, progress="items")
     assert pickle.loads(pickle.dumps(options)).given() == {"workers": 2, "progress": "items"}
+
+
+def test_workers_and_the_api_do_not_load_concurrent_futures() -> None:
+    """It costs tens of milliseconds to import: in every spawned worker, in the fork server and
+    at ``from parallelize import pmap``. Only a crash report needs it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import parallelize._worker\n"
+        "from parallelize import pmap\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('concurrent', 'logging'))))\n"
+        "from parallelize import WorkerCrashedError\n"
+        "from concurrent.futures.process import BrokenProcessPool\n"
+        "assert issubclass(WorkerCrashedError, BrokenProcessPool)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

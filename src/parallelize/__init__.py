@@ -10,14 +10,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._api import imap, pmap
     from ._counter import SharedCounter, shared_counter
+    from ._crash import WorkerCrashedError
     from ._decorator import ParallelFunction, parallel
-    from ._errors import (
-        ParallelizeError,
-        RemoteError,
-        RemoteTraceback,
-        SerializationError,
-        WorkerCrashedError,
-    )
+    from ._errors import ParallelizeError, RemoteError, RemoteTraceback, SerializationError
     from ._mapoptions import MapOptions
 
 __version__ = "0.1.0"
@@ -47,7 +42,7 @@ _SOURCES = {
     "RemoteTraceback": "._errors",
     "SerializationError": "._errors",
     "SharedCounter": "._counter",
-    "WorkerCrashedError": "._errors",
+    "WorkerCrashedError": "._crash",
     "imap": "._api",
     "parallel": "._decorator",
     "pmap": "._api",

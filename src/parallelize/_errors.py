@@ -4,10 +4,13 @@
 
     Exception
     ├── ParallelizeError                  base of every error parallelize itself raises
-    │   ├── WorkerCrashedError            also a concurrent.futures BrokenProcessPool (RuntimeError)
+    │   ├── WorkerCrashedError            also a concurrent.futures BrokenProcessPool (in _crash)
     │   ├── SerializationError            also a pickle.PicklingError and a TypeError
     │   └── RemoteError                   stand-in for a worker exception that cannot be pickled
     └── RemoteTraceback                   the worker's formatted traceback, set as ``__cause__``
+
+``WorkerCrashedError`` lives in ``_crash``: only the caller raises it, and its base class would make
+every worker import ``concurrent.futures`` (and ``logging``), a third of a worker's start-up.
 
 The user's own exceptions are re-raised with their own type; ``TimeoutError`` (builtin) reports an
 item that ran past ``timeout``.
@@ -16,32 +19,10 @@ item that ran past ``timeout``.
 from __future__ import annotations
 
 import pickle
-from concurrent.futures.process import BrokenProcessPool
 
 
 class ParallelizeError(Exception):
     """Base class of the errors that parallelize raises on its own account."""
-
-
-class WorkerCrashedError(ParallelizeError, BrokenProcessPool):
-    """A worker process died while it ran an item (signal, ``os._exit``, segfault, OOM killer).
-
-    ``index`` is the input index of the item it was running, or None when that is unknown;
-    ``exitcode`` is the process exit code, negative for a signal as in ``Process.exitcode``.
-    The dead worker is replaced, so the next map works.
-    """
-
-    def __init__(self, message: str, *, index: int | None = None, exitcode: int | None = None):
-        super().__init__(message)
-        self.index = index
-        self.exitcode = exitcode
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_crash, (str(self), self.index, self.exitcode))
-
-
-def _rebuild_crash(message: str, index: int | None, exitcode: int | None) -> WorkerCrashedError:
-    return WorkerCrashedError(message, index=index, exitcode=exitcode)
 
 
 class SerializationError(ParallelizeError, pickle.PicklingError, TypeError):

@@ -23,15 +23,17 @@ import collections
 import signal
 import time
 from collections.abc import Callable, Generator
-from typing import Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from .._chunking import ChunkSizer
-from .._errors import WorkerCrashedError
 from .._execute import CANCEL, INDEX, START_NS, TASK, Call, Status
 from .._serialization import Failure, unpicklable_argument
 from .._worker import CALL_CACHE, CANCELLED, DONE, INIT_FAILED, READY
 from .._worker import TASK as TASK_MESSAGE
 from .base import Batch, Job
+
+if TYPE_CHECKING:
+    from .._crash import WorkerCrashedError
 
 # Chunks queued per worker: one running and one waiting, so no worker idles during a round trip.
 DEPTH: Final = 2
@@ -353,6 +355,8 @@ class Dispatcher(Generic[W]):
         self._retry.extendleft(reversed(requeue))
 
     def _never_ran(self, exitcode: int | None) -> WorkerCrashedError:
+        from .._crash import WorkerCrashedError  # see _crash: only paid once a worker died
+
         return WorkerCrashedError(
             f"worker processes {describe_exit(exitcode)} {MAX_UNSTARTED + 1} times before "
             "running any item. In a script, start the map under "
@@ -368,6 +372,8 @@ class Dispatcher(Generic[W]):
                 f"the item at index {index} ran longer than the timeout of "
                 f"{self._job.options.timeout} s; its worker was stopped and replaced"
             )
+        from .._crash import WorkerCrashedError
+
         return WorkerCrashedError(
             f"a worker process {describe_exit(exitcode)} while running the item at index {index}",
             index=index,

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from .._chunking import ChunkSizer
 from .._counter import CounterEngine, crossing
-from .._errors import WorkerCrashedError
+from .._crash import WorkerCrashedError
 from .._execute import Call, run_chunk
 from .._serialization import (
     Failure,
