@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         log(f"{name} ...")
         if name == "cold":
-            result = probes.run_cold(args.workers, 2 if args.quick else 3, log)
+            result = probes.run_cold(args.workers, 2 if args.quick else 7, log)
         elif name == "stream":
             large = args.stream_items // 10 if args.quick else args.stream_items
             result = probes.run_stream(args.workers, (100_000, large), log)

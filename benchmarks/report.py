@@ -131,9 +131,11 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             speedup = w[name]["results"]["parallelize"]["value"]
             floor = 1.9 if name == "cpu" else w[name]["ideal"] / 1.05
             anchor, best = best_anchor(name)
+            ceiling = w[name]["results"].get("ceiling", {}).get("value", math.nan)
             add(
                 f"{name}: speed-up >= {floor:.2f} and >= best anchor",
-                f"{speedup:.2f} (best anchor {anchor} {best:.2f})",
+                f"{speedup:.2f} (best anchor {anchor} {best:.2f}; this machine's ceiling "
+                f"{ceiling:.2f})",
                 speedup >= floor and speedup >= best,
             )
     for name in ("bigarg", "bigret"):

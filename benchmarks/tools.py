@@ -22,6 +22,7 @@ TOOLS = (
     "parallelize",
     "parallelize+progress",
     "serial",
+    "ceiling",
     "mp.Pool",
     "ProcessPoolExecutor",
     "joblib",
@@ -88,6 +89,36 @@ def _quiet_stderr(active: bool) -> Iterator[None]:
             sys.stderr = saved
 
 
+def _serial_map(fn: Fn, items: list[Any]) -> None:
+    for item in items:
+        fn(item)
+
+
+class Ceiling(Tool):
+    """Not a tool: the speed-up this machine allows, whatever the library.
+
+    Each of ``workers`` processes runs the *whole* serial map at the same time, with no messages
+    but one per process. On a machine whose CPUs are as fast together as alone, that takes as
+    long as the serial map; the speed-up reported for it is ``workers * serial / that time``
+    (see ``workloads.summarise``). Virtual CPUs that share a core, or a host that throttles,
+    show up here as a ceiling below ``workers``.
+    """
+
+    def __init__(self, workers: int, start_method: str | None):
+        super().__init__(workers, start_method)
+        context = multiprocessing.get_context("spawn")
+        self.executor = ProcessPoolExecutor(workers, mp_context=context)
+
+    def map(self, fn: Fn, items: list[Any]) -> list[Any]:
+        runs = [self.executor.submit(_serial_map, fn, items) for _ in range(self.workers)]
+        for run in runs:
+            run.result()
+        return [None] * len(items)  # no results come back: nothing to check
+
+    def close(self) -> None:
+        self.executor.shutdown()
+
+
 class StdlibPool(Tool):
     def __init__(self, workers: int, start_method: str | None):
         super().__init__(workers, start_method)
@@ -150,6 +181,7 @@ _CLASSES: dict[str, type[Tool]] = {
     "parallelize": Parallelize,
     "parallelize+progress": ParallelizeProgress,
     "serial": Serial,
+    "ceiling": Ceiling,
     "mp.Pool": StdlibPool,
     "ProcessPoolExecutor": Executor,
     "joblib": Joblib,
@@ -173,6 +205,6 @@ def default_start_method(name: str) -> str:
         from parallelize._options import default_start_method as parallelize_default
 
         return parallelize_default()
-    return {"serial": "-", "joblib": "loky", "mpire": "fork"}.get(
+    return {"serial": "-", "ceiling": "spawn", "joblib": "loky", "mpire": "fork"}.get(
         name, multiprocessing.get_start_method()
     )
