@@ -80,6 +80,26 @@ def test_several_iterables_zip_to_the_shortest(engine: dict[str, Any]) -> None:
     assert list(imap(add, [1, 2], iter([10, 20, 30]), [100, 200], **engine)) == [111, 222]
 
 
+def test_range_and_list_inputs_of_every_shape(engine: dict[str, Any]) -> None:
+    for items in (range(-7, 50, 3), range(30, 0, -4), range(0), [*range(40)]):
+        assert pmap(square, items, chunksize=4, **engine) == [x * x for x in items]
+        assert pmap(square, items, **engine) == [x * x for x in items]
+        assert list(imap(square, items, **engine)) == [x * x for x in items]
+
+
+def test_a_range_travels_as_range_slices() -> None:
+    """Chunks of a range are ranges: three numbers to pickle, whatever their length."""
+    from parallelize._api import prepare
+    from parallelize._options import Options
+
+    job = prepare(square, (range(10, 100, 2),), Options(), stream=True)
+    assert job.take(3) == range(10, 16, 2)
+    assert job.take(100) == range(16, 100, 2)
+    assert job.take(5) == range(100, 100, 2)
+    walked = prepare(square, ([1, 2, 3],), Options(), stream=True)  # imap walks a list
+    assert not walked.sliced and walked.take(2) == [1, 2]
+
+
 def test_empty_input(engine: dict[str, Any]) -> None:
     assert pmap(square, [], **engine) == []
     assert list(imap(square, iter([]), **engine)) == []

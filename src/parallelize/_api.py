@@ -129,8 +129,12 @@ def prepare(
     get_backend(resolved.backend)  # a missing engine fails now, not at the first result
     star = len(iterators) > 1
     items: Iterator[Any] = zip(*iterators, strict=False) if star else iterators[0]
-    # pmap's input may be sliced; imap's is walked, since the caller may append to it meanwhile.
-    source = iterables[0] if type(iterables[0]) is list and not star and not stream else None
+    # A list or range input is sliced into chunks. imap walks a list instead, since the caller
+    # may append to it meanwhile; a range cannot change.
+    first = iterables[0]
+    source: list[Any] | range | None = None
+    if not star and (isinstance(first, range) or (type(first) is list and not stream)):
+        source = first
     return Job(fn, items, star, total, resolved, stream, source)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, MutableSequence
+from collections.abc import Callable, MutableSequence, Sequence
 from typing import Any
 
 from ._serialization import Failure
@@ -44,7 +44,7 @@ class Call:
 
 
 def run_chunk(
-    call: Call, task_id: int, start: int, items: list[Any], retries: int, status: Status
+    call: Call, task_id: int, start: int, items: Sequence[Any], retries: int, status: Status
 ) -> tuple[list[Any], float, bool] | None:
     """Run ``items`` (input indices from ``start``): their values, the seconds it took, and
     whether some values are failures (so that nobody scans a clean chunk for them).
@@ -93,7 +93,7 @@ def _run_tracked(
     call: Call,
     task_id: int,
     start: int,
-    items: list[Any],
+    items: Sequence[Any],
     done: int,
     retries: int,
     status: Status,

@@ -20,6 +20,7 @@ import io
 import pickle
 import sys
 import types
+from collections.abc import Sequence
 from typing import Any, cast
 
 from ._errors import RemoteError, RemoteTraceback, SerializationError
@@ -123,7 +124,7 @@ def dumps(obj: Any) -> bytes:
         return data
 
 
-def find_unpicklable(values: list[Any], first_index: int) -> tuple[int, Exception] | None:
+def find_unpicklable(values: Sequence[Any], first_index: int) -> tuple[int, Exception] | None:
     """The input index and error of the first value that cannot be pickled, if any."""
     for offset, value in enumerate(values):
         try:
@@ -133,7 +134,9 @@ def find_unpicklable(values: list[Any], first_index: int) -> tuple[int, Exceptio
     return None
 
 
-def unpicklable_argument(items: list[Any], start: int, error: Exception) -> tuple[int, Failure]:
+def unpicklable_argument(
+    items: Sequence[Any], start: int, error: Exception
+) -> tuple[int, Failure]:
     """A chunk did not pickle: the offset of its first unpicklable item, and that item's failure.
 
     Re-raises ``error`` when every item pickles on its own (then the chunk as a whole is at fault).

@@ -22,7 +22,7 @@ import abc
 import collections
 import signal
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from .._chunking import ChunkSizer
@@ -118,7 +118,7 @@ class WorkerSet(abc.ABC, Generic[W]):
 class _Task:
     __slots__ = ("id", "items", "lease", "retries", "start", "unstarted")
 
-    def __init__(self, start: int, items: list[Any], retries: int, unstarted: int = 0):
+    def __init__(self, start: int, items: Sequence[Any], retries: int, unstarted: int = 0):
         self.id = 0  # assigned when sent
         self.lease: object = None  # what the pool holds for it while in flight (shared memory)
         self.start = start
@@ -147,7 +147,7 @@ class Dispatcher(Generic[W]):
         self._bounded = options.ordered and job.stream
         self._tasks: dict[int, _Task] = {}
         self._retry: collections.deque[_Task] = collections.deque()
-        self._lookahead: list[Any] = []
+        self._lookahead: Sequence[Any] = ()
         self._next_index = 0
         self._exhausted = False
         self._ready: list[Batch] = []  # results and failures not yet yielded
@@ -231,9 +231,13 @@ class Dispatcher(Generic[W]):
     def _has_work(self) -> bool:
         if self._retry or self._lookahead:
             return True
-        if not self._exhausted:
-            self._lookahead = self._job.take(1)
-            self._exhausted = not self._lookahead
+        if self._exhausted:
+            return False
+        if self._job.sliced:  # its length is known: nothing need be taken to tell
+            assert self._job.total is not None
+            return self._next_index < self._job.total
+        self._lookahead = self._job.take(1)
+        self._exhausted = not self._lookahead
         return bool(self._lookahead)
 
     def _next_task(self, cap: int | None) -> _Task | None:
@@ -253,12 +257,12 @@ class Dispatcher(Generic[W]):
         if cap is not None:
             size = min(size, cap)
         items = self._lookahead
-        self._lookahead = []
+        self._lookahead = ()
         if len(items) < size and not self._exhausted:
             wanted = size - len(items)
             more = self._job.take(wanted)
             self._exhausted = len(more) < wanted
-            items += more
+            items = [*items, *more] if items else more  # a slice (of a range: a range) as it is
         if not items:
             return None
         task = _Task(self._next_index, items, self._job.options.retries)

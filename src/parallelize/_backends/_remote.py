@@ -18,7 +18,7 @@ import pickle
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 from .._chunking import ChunkSizer
@@ -117,7 +117,7 @@ def run_remote(
     """
     enter_worker()
     call = _load_call(blob)
-    items: list[Any] = pickle.loads(payload)
+    items: Sequence[Any] = pickle.loads(payload)
     if timeout is None:
         outcome = run_chunk(call, _TASK_ID, start, items, retries, [_TASK_ID, -1, -1, 0])
         assert outcome is not None  # nothing cancels a chunk on an engine
@@ -151,7 +151,7 @@ class _ItemRunner:
 
 
 def _run_timed(
-    call: Call, start: int, items: list[Any], retries: int, timeout: float
+    call: Call, start: int, items: Sequence[Any], retries: int, timeout: float
 ) -> tuple[list[Any], float]:
     """run_chunk's job, with an item past ``timeout`` failing as a TimeoutError.
 
@@ -221,7 +221,7 @@ class EngineRun(abc.ABC):
 class _Chunk:
     __slots__ = ("items", "start", "suspect")
 
-    def __init__(self, start: int, items: list[Any], *, suspect: bool = False):
+    def __init__(self, start: int, items: Sequence[Any], *, suspect: bool = False):
         self.start = start
         self.items = items
         self.suspect = suspect  # its worker died once: it runs again alone, to be sure it was it

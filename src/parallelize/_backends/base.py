@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import importlib
 import itertools
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any, Final
 
 from .._options import Resolved
@@ -23,7 +23,7 @@ from .._options import Resolved
 class Job:
     """One map: ``fn`` over ``items``, item ``i`` being input index ``i``."""
 
-    __slots__ = ("_list", "_taken", "fn", "items", "options", "star", "stream", "total")
+    __slots__ = ("_source", "_taken", "fn", "items", "options", "star", "stream", "total")
 
     def __init__(
         self,
@@ -33,7 +33,7 @@ class Job:
         total: int | None,
         options: Resolved,
         stream: bool = False,
-        source: list[Any] | None = None,
+        source: list[Any] | range | None = None,
     ):
         self.fn = fn
         self.items = items  # one argument each, or argument tuples when ``star``
@@ -41,15 +41,24 @@ class Job:
         self.total = total  # the number of items, when the input has a length
         self.options = options
         self.stream = stream  # results are consumed as they come (imap): bounded look-ahead
-        self._list = source  # the input itself, when it is a list that ``items`` walks
+        self._source = source  # the input itself, when it is a list or range that ``items`` walks
         self._taken = 0
 
-    def take(self, count: int) -> list[Any]:
-        """The next ``count`` items (fewer at the end). From a list, a slice: a third of the cost
-        of pulling them one by one through its iterator, for the caller's every item."""
-        if self._list is None:
+    @property
+    def sliced(self) -> bool:
+        """Whether chunks are slices of the input, so that none of it need be taken ahead."""
+        return self._source is not None
+
+    def take(self, count: int) -> Sequence[Any]:
+        """The next ``count`` items (fewer at the end).
+
+        From a list, a slice: a third of the cost of pulling them one by one through its
+        iterator, for the caller's every item. From a range, a range: three numbers to pickle
+        and unpickle, whatever the chunk's length.
+        """
+        if self._source is None:
             return list(itertools.islice(self.items, count))
-        chunk = self._list[self._taken : self._taken + count]
+        chunk = self._source[self._taken : self._taken + count]
         self._taken += len(chunk)
         return chunk
 
