@@ -51,7 +51,7 @@ def map_table(workloads: dict[str, Any]) -> str:
                 cells.append("")
                 continue
             figure = fmt(result["value"], entry["unit"])
-            if tool != "parallelize":
+            if tool not in ("parallelize", "ceiling"):  # the ceiling is a bound, not a rival
                 figure += f" ({_ratio(result['ratio'])})"
             cells.append(figure)
         lines.append(f"| {entry['title']} | {entry['unit']} | " + " | ".join(cells) + " |")

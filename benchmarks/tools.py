@@ -12,7 +12,6 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 Fn = Callable[[Any], Any]
@@ -106,6 +105,8 @@ class Ceiling(Tool):
 
     def __init__(self, workers: int, start_method: str | None):
         super().__init__(workers, start_method)
+        from concurrent.futures import ProcessPoolExecutor
+
         context = multiprocessing.get_context("spawn")
         self.executor = ProcessPoolExecutor(workers, mp_context=context)
 
@@ -135,6 +136,9 @@ class StdlibPool(Tool):
 class Executor(Tool):
     def __init__(self, workers: int, start_method: str | None):
         super().__init__(workers, start_method)
+        # Imported here, not at the top: a cold-start probe times it as this tool's import.
+        from concurrent.futures import ProcessPoolExecutor
+
         context = multiprocessing.get_context(start_method)
         self.executor = ProcessPoolExecutor(workers, mp_context=context)
 

@@ -3,7 +3,7 @@
 A workload is data: a function, its items, how many timed calls make one repetition, how to turn
 seconds into the figure reported, and a check that the tool computed the right thing. The runner
 opens every tool's warm pool first, then runs the repetitions round robin (tool after tool, not
-all repetitions of one tool in a row, in an order that turns every round) so that a drift in the
+all repetitions of one tool in a row, in a new order every round) so that a drift in the
 machine's speed hits every tool alike.
 """
 
@@ -162,10 +162,10 @@ def run(workload: Workload, workers: int, log: Callable[[str], None]) -> dict[st
         fast: dict[str, bool] = {}  # from each tool's first timed call
         for rep in range(workload.reps):
             for round_ in range(workload.rounds):
-                # The order turns every round, so that no tool always runs right after the same
-                # other one (whose pool may still be winding down).
-                turn = (rep * workload.rounds + round_) % len(opened)
-                order = [*opened.items()][turn:] + [*opened.items()][:turn]
+                # A new order every round (seeded: the same in every run), so that no tool always
+                # runs right after the same other one, whose pool may still be winding down.
+                shuffle = random.Random(rep * workload.rounds + round_)
+                order = shuffle.sample([*opened.items()], len(opened))
                 for name, tool in order:
                     if round_ > 0 and not fast[name]:
                         continue  # a slow tool: once per repetition
@@ -219,8 +219,8 @@ def summarise(
             "s/call": median,
             "ms/call": median * 1000,
         }[workload.unit]
-    if "ceiling" in value:  # each of its processes ran all the items, not a share of them
-        value["ceiling"] *= workers
+    if "ceiling" in value and workload.unit == "speed-up":
+        value["ceiling"] *= workers  # each of its processes ran all the items, not a share
     reference = value["parallelize"]
     results = {
         name: {

@@ -403,3 +403,15 @@ def test_workers_and_the_api_do_not_load_concurrent_futures() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_crash_errors_pickled_by_0_1_0_still_load() -> None:
+    """0.1.0 defined WorkerCrashedError in parallelize._errors; its pickles name that module."""
+    import pickle
+
+    from parallelize import WorkerCrashedError
+
+    old = b"cparallelize._errors\n_rebuild_crash\n(Vgone\nI3\nI-9\ntR."
+    error = pickle.loads(old)
+    assert isinstance(error, WorkerCrashedError)
+    assert (str(error), error.index, error.exitcode) == ("gone", 3, -9)

@@ -11,7 +11,8 @@ from contextlib import closing
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack, overload
 
 # The default backend is loaded with the API, as the standard library's pool loads its modules on
-# import: a first map then pays only for starting workers. Workers never import this module.
+# import: a first map then pays only for starting workers. Workers import this module only when
+# they re-import a user's ``__main__`` that does (spawn and forkserver).
 from ._backends import process as _default_backend  # noqa: F401
 from ._backends.base import Batch, Job, get_backend
 from ._options import Options

@@ -48,6 +48,16 @@ class RemoteError(ParallelizeError):
         return (type(self), (self.type_name, self.message))
 
 
+def __getattr__(name: str) -> object:
+    """``WorkerCrashedError`` (and its unpickling helper) lived here in 0.1.0: errors pickled
+    then still load. Importing ``_crash`` only now keeps ``concurrent.futures`` out of workers."""
+    if name in ("WorkerCrashedError", "_rebuild_crash"):
+        from . import _crash
+
+        return getattr(_crash, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 class RemoteTraceback(Exception):
     """The traceback of an exception raised in a worker, formatted there; shown as the cause."""
 
