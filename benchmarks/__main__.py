@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             result = probes.run_stream(args.workers, (100_000, large), log)
         else:
             result = workloads.run(suite[name], args.workers, log)
+        if name == "tiny":
+            result["bar_ms"] = workloads.bar_cost_ms(len(suite[name].make_items()))
         data["workloads"][name] = result
     data["machine"]["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
     data["targets"] = report.targets(data)

@@ -145,6 +145,31 @@ def build(workers: int, quick: bool) -> dict[str, Workload]:
     return {w.name: w for w in workloads}
 
 
+def bar_cost_ms(total: int, updates: int = 40, reps: int = 50) -> float:
+    """What ``progress=True`` adds to one map, measured alone (median ms): opening the bar,
+    ``updates`` updates (about one per chunk of the tiny map) and closing it, into /dev/null.
+
+    The side-by-side ratio of the tiny map with and without a bar moves by more than this from
+    run to run; this figure says how much of it is the bar.
+    """
+    import contextlib
+    import os
+
+    from parallelize._progress import open_bar
+
+    seconds = []
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+        open_bar(True, total).close()  # imports tqdm
+        for _ in range(reps):
+            began = time.perf_counter()
+            bar = open_bar(True, total)
+            for _ in range(updates):
+                bar.update(total // updates)
+            bar.close()
+            seconds.append(time.perf_counter() - began)
+    return statistics.median(seconds) * 1000
+
+
 def _arrays(count: int) -> list[Any]:
     import numpy as np
 
