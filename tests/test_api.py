@@ -87,6 +87,13 @@ def test_range_and_list_inputs_of_every_shape(engine: dict[str, Any]) -> None:
         assert list(imap(square, items, **engine)) == [x * x for x in items]
 
 
+def test_a_range_too_long_for_len(engine: dict[str, Any]) -> None:
+    """len(range(2**70)) overflows; like the builtin map, imap walks it anyway."""
+    stream = imap(square, range(2**70), **engine)
+    assert [next(stream) for _ in range(3)] == [0, 1, 4]
+    stream.close()
+
+
 def test_a_range_travels_as_range_slices() -> None:
     """Chunks of a range are ranges: three numbers to pickle, whatever their length."""
     from parallelize._api import prepare

@@ -104,6 +104,33 @@ def test_nested_map_runs_serially_in_the_task(cluster: Any) -> None:
     assert not in_worker()
 
 
+def _nested_on_dask(n: int) -> list[int]:
+    return pmap(square, range(n), backend="dask")
+
+
+def test_a_nested_map_on_dask_itself_runs_serially(cluster: Any) -> None:
+    """Tasks waiting on tasks of their own cluster would hold every slot and wait for ever."""
+    assert pmap(_nested_on_dask, [2, 3], backend="dask") == [[0, 1], [0, 1, 4]]
+
+
+def test_an_in_process_cluster_leaves_the_caller_a_caller(cluster: Any) -> None:
+    """Tasks of a processes=False cluster run in the caller's threads: the caller stays a caller,
+    and its later process maps still start workers."""
+    with distributed.LocalCluster(
+        n_workers=1, processes=False, dashboard_address=":0", silence_logs=logging.ERROR
+    ) as local:
+        assert pmap(_nested, [2], backend="dask", address=local.scheduler_address) == [
+            ([0, 1], True)
+        ]
+        get_backend("dask").shutdown()
+    assert not in_worker()
+    assert os.getpid() not in pmap(_pid, range(4), workers=2)
+
+
+def _pid(_: int) -> int:
+    return os.getpid()
+
+
 def test_uses_the_current_client(cluster: Any) -> None:
     assert get_backend("dask").client(None) is cluster  # type: ignore[attr-defined]
 

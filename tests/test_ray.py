@@ -80,6 +80,34 @@ def test_nested_map_runs_serially_in_the_task() -> None:
     assert pmap(_nested, [3, 4], backend="ray") == [([0, 1, 4], True), ([0, 1, 4, 9], True)]
 
 
+def _nested_on_ray(n: int) -> list[int]:
+    return pmap(square, range(n), backend="ray")
+
+
+@pytest.mark.usefixtures("session")
+def test_a_nested_map_on_ray_itself_runs_serially() -> None:
+    assert pmap(_nested_on_ray, [2, 3], backend="ray") == [[0, 1], [0, 1, 4]]
+
+
+class Point:
+    """Stands for a class of the user's script: see the test below."""
+
+    def __init__(self, x: int):
+        self.x = x
+
+
+def _x(point: Point) -> int:
+    return point.x
+
+
+@pytest.mark.usefixtures("session")
+def test_items_of_a_class_from_main(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray workers never import the user's script: its classes travel by value."""
+    monkeypatch.setattr(Point, "__module__", "__main__")
+    monkeypatch.setattr(sys.modules["__main__"], "Point", Point, raising=False)
+    assert pmap(_x, [Point(1), Point(2)], backend="ray") == [1, 2]
+
+
 @pytest.mark.usefixtures("session")
 def test_tiny_items_travel_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     submitted: list[int] = []

@@ -16,6 +16,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -42,6 +43,18 @@ def fail_on_three(x: int) -> int:
 def nap(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+def overrun_then_raise(log: str) -> int:
+    """Its first attempt runs past any short timeout; every later one raises."""
+    with open(log, "a") as f:
+        f.write("x")
+    with open(log) as f:
+        attempt = len(f.read())
+    if attempt == 1:
+        time.sleep(2.0)
+        return 0
+    raise ValueError(f"attempt {attempt}")
 
 
 def make_flaky(fails: int) -> Callable[[int], int]:
@@ -194,6 +207,15 @@ class Behaviour:
         assert out[0] == out[2] == 0.01
         assert isinstance(out[1], TimeoutError)
         assert "index 1" in str(out[1])
+
+    def test_retries_count_overruns_and_raises_alike(self, tmp_path: Path) -> None:
+        """retries=1: two attempts in all, the first timed out, the second raising."""
+        log = tmp_path / "attempts"
+        out = pmap(overrun_then_raise, [str(log)], timeout=0.5, retries=1, on_error="return",
+                   **self.options)
+        assert isinstance(out[0], ValueError) and "attempt 2" in str(out[0])
+        time.sleep(2.0)  # the abandoned first attempt has ended: nothing runs a third
+        assert log.read_text() == "xx"
 
     def test_usable_after_errors(self) -> None:
         with pytest.raises(ValueError):

@@ -123,9 +123,15 @@ def prepare(
             ) from None
     total = None
     if all(isinstance(iterable, Sized) for iterable in iterables):
-        total = min(len(iterable) for iterable in iterables)  # type: ignore[arg-type]
+        try:
+            total = min(len(iterable) for iterable in iterables)  # type: ignore[arg-type]
+        except OverflowError:  # range(2**70): it has no length that fits
+            total = None
     resolved = options.resolve()
-    if in_worker() and resolved.backend == "process":
+    # In a worker (ours, or a Dask or Ray task) a nested map runs serially: a process pool cannot
+    # start in a daemonic worker, and a task that waits on tasks of its own engine can wait for
+    # ever for a free slot. Threads are fine.
+    if in_worker() and resolved.backend != "thread":
         resolved = resolved.replace(backend="serial")
     get_backend(resolved.backend)  # a missing engine fails now, not at the first result
     star = len(iterators) > 1
@@ -134,8 +140,9 @@ def prepare(
     # may append to it meanwhile; a range cannot change.
     first = iterables[0]
     source: list[Any] | range | None = None
-    if not star and (isinstance(first, range) or (type(first) is list and not stream)):
-        source = first
+    sliceable = isinstance(first, range) or (type(first) is list and not stream)
+    if sliceable and total is not None and not star:
+        source = first  # type: ignore[assignment]
     return Job(fn, items, star, total, resolved, stream, source)
 
 

@@ -77,7 +77,7 @@ def dumps_function(obj: Any, fn: Any) -> bytes:
         # The standard pickler when it can: everything by reference, and no cloudpickle to import
         # on either side. Not for anything of __main__, which a worker cannot import by name.
         blob = pickle.dumps(obj, PROTOCOL)
-        if b"__main__" in blob or b"__mp_main__" in blob:
+        if _names_main(blob):
             raise pickle.PicklingError("__main__ travels by value")
     except Exception:
         buffer = io.BytesIO()
@@ -122,6 +122,26 @@ def dumps(obj: Any) -> bytes:
 
         data: bytes = cloudpickle.dumps(obj, PROTOCOL)
         return data
+
+
+def dumps_for_engine(obj: Any) -> bytes:
+    """Pickle items for a Dask or Ray worker, which cannot import the caller's ``__main__`` (it
+    was not started from the user's script): what refers to it travels by value (cloudpickle).
+
+    Process workers need no such care: spawn and forkserver workers import ``__main__`` anew.
+    """
+    blob = dumps(obj)
+    if not _names_main(blob):
+        return blob
+    import cloudpickle
+
+    data: bytes = cloudpickle.dumps(obj, PROTOCOL)
+    return data
+
+
+def _names_main(blob: bytes) -> bool:
+    """Whether a pickle may refer to something of ``__main__`` by name."""
+    return b"__main__" in blob or b"__mp_main__" in blob
 
 
 def find_unpicklable(values: Sequence[Any], first_index: int) -> tuple[int, Exception] | None:

@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, cast
 
 from . import _sharedmem as sharedmem
@@ -46,17 +46,34 @@ CALL_CACHE: Final = 16
 ORPHAN_GRACE: Final = 1.0
 
 _in_worker = False
+_task = threading.local()  # ``active``: this thread runs a Dask or Ray task (see engine_task)
 
 
 def in_worker() -> bool:
-    """True inside a worker process, where a nested map runs serially instead of forking a pool."""
-    return _in_worker
+    """True in a worker process, or in a thread running an engine task: a nested map runs
+    serially there instead of starting a pool."""
+    return _in_worker or getattr(_task, "active", False)
 
 
 def enter_worker() -> None:
     """Mark this process as a worker (ours, or a Dask or Ray one): nested maps run serially."""
     global _in_worker
     _in_worker = True
+
+
+@contextlib.contextmanager
+def engine_task() -> Iterator[None]:
+    """Around a Dask or Ray task: this thread counts as a worker while the task runs.
+
+    Only this thread and only meanwhile: an engine that runs tasks in the caller's own process
+    (Dask's ``processes=False``) must not turn the caller into a worker for good.
+    """
+    saved = getattr(_task, "active", False)
+    _task.active = True
+    try:
+        yield
+    finally:
+        _task.active = saved
 
 
 def serve(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import collections
+import os
 import pickle
 import queue
 import threading
@@ -28,12 +29,13 @@ from .._execute import Call, run_chunk
 from .._serialization import (
     Failure,
     dumps,
+    dumps_for_engine,
     dumps_function,
     find_unpicklable,
     unpicklable_argument,
     unpicklable_error,
 )
-from .._worker import enter_worker
+from .._worker import engine_task, enter_worker
 from .base import Batch, Job
 
 # Tasks in flight per engine worker slot: one running and one waiting, so no slot idles while a
@@ -49,6 +51,9 @@ ENGINE_TARGET_SECONDS: Final = 0.1
 CALLS_KEPT: Final = 16
 # Status slot of a chunk run on an engine: task 1, no item yet, never cancelled (CANCEL 0 < 1).
 _TASK_ID: Final = 1
+# The process that runs a Driver: a task that runs in it (an in-process Dask cluster) marks only
+# its own thread as a worker, never the caller's whole process.
+_caller_pid: int | None = None
 
 
 # -- the task body, run on an engine's worker ---------------------------------------------------
@@ -114,36 +119,42 @@ def run_remote(
 
     The engine's worker process counts as one of ours from here on: a map nested in the user's
     function runs serially in it, instead of starting a process pool inside a (daemonic) worker.
+    When the engine runs the task in the caller's own process (Dask's ``processes=False``), only
+    this thread does, and only while the task runs.
     """
-    enter_worker()
-    call = _load_call(blob)
-    items: Sequence[Any] = pickle.loads(payload)
-    if timeout is None:
-        outcome = run_chunk(call, _TASK_ID, start, items, retries, [_TASK_ID, -1, -1, 0])
-        assert outcome is not None  # nothing cancels a chunk on an engine
-        values, seconds, _ = outcome
-    else:
-        values, seconds = _run_timed(call, start, items, retries, timeout)
+    if _caller_pid != os.getpid():
+        enter_worker()
+    with engine_task():
+        call = _load_call(blob)
+        items: Sequence[Any] = pickle.loads(payload)
+        if timeout is None:
+            outcome = run_chunk(call, _TASK_ID, start, items, retries, [_TASK_ID, -1, -1, 0])
+            assert outcome is not None  # nothing cancels a chunk on an engine
+            values, seconds, _ = outcome
+        else:
+            values, seconds = _run_timed(call, start, items, retries, timeout)
     return Outcome(start, values, seconds, any(type(value) is Failure for value in values))
 
 
 class _ItemRunner:
     """A thread that runs items one at a time, so that the task can stop waiting for one."""
 
-    def __init__(self, call: Call, retries: int):
+    def __init__(self, call: Call):
         self.inbox: queue.SimpleQueue[tuple[int, Any] | None] = queue.SimpleQueue()
         self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         threading.Thread(
-            target=self._main, args=(call, retries), daemon=True, name="parallelize-item"
+            target=self._main, args=(call,), daemon=True, name="parallelize-item"
         ).start()
 
-    def _main(self, call: Call, retries: int) -> None:
+    def _main(self, call: Call) -> None:
+        """Run each item once (its value, or its Failure): the task's loop does the retrying."""
         status = [_TASK_ID, -1, -1, 0]
-        while (message := self.inbox.get()) is not None:
-            index, item = message
-            outcome = run_chunk(call, _TASK_ID, index, [item], retries, status)
-            assert outcome is not None
-            self.outbox.put(outcome[0][0])
+        with engine_task():
+            while (message := self.inbox.get()) is not None:
+                index, item = message
+                outcome = run_chunk(call, _TASK_ID, index, [item], 0, status)
+                assert outcome is not None
+                self.outbox.put(outcome[0][0])
 
     def abandon(self) -> None:
         """Let the thread end once its current item returns; its result is dropped."""
@@ -156,33 +167,29 @@ def _run_timed(
     """run_chunk's job, with an item past ``timeout`` failing as a TimeoutError.
 
     A thread cannot be killed: the overrunning item's thread is abandoned, to end on its own when
-    the item returns, and a new thread goes on with the rest. A timed-out item is run again up to
-    ``retries`` times, like one that raised.
+    the item returns, and a new thread goes on with the rest. An item runs at most ``retries + 1``
+    times, whether its attempts raised or ran too long.
     """
     values: list[Any] = []
     began = time.perf_counter()
-    runner = _ItemRunner(call, retries)
+    runner = _ItemRunner(call)
     try:
         for offset, item in enumerate(items):
             index = start + offset
-            attempts = retries + 1
-            while True:
+            for _ in range(retries + 1):
                 runner.inbox.put((index, item))
                 try:
                     value = runner.outbox.get(timeout=timeout)
-                    break
                 except queue.Empty:
                     runner.abandon()
-                    runner = _ItemRunner(call, retries)
-                    attempts -= 1
-                    if attempts == 0:
-                        error = TimeoutError(
-                            f"the item at index {index} ran longer than the timeout of {timeout} "
-                            "s; its thread on the worker was abandoned and ends when the item "
-                            "returns"
-                        )
-                        value = Failure(error, index)
-                        break
+                    runner = _ItemRunner(call)
+                    error = TimeoutError(
+                        f"the item at index {index} ran longer than the timeout of {timeout} "
+                        "s; its thread on the worker was abandoned and ends when the item returns"
+                    )
+                    value = Failure(error, index)
+                if type(value) is not Failure:
+                    break
             values.append(value)
             if type(value) is Failure and not call.keep_going:
                 break
@@ -231,6 +238,8 @@ class Driver:
     """Runs one job on an engine; iterate :meth:`run` for the batches in completion order."""
 
     def __init__(self, engine: EngineRun, job: Job):
+        global _caller_pid
+        _caller_pid = os.getpid()
         self._engine = engine
         self._job = job
         workers = max(1, engine.slots)
@@ -302,7 +311,7 @@ class Driver:
     def _submit(self, chunk: _Chunk) -> None:
         try:
             with crossing(self._engine.counters):
-                payload = dumps(chunk.items)
+                payload = dumps_for_engine(chunk.items)
         except Exception as exc:
             self._split_unpicklable(chunk, exc)
             return
