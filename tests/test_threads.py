@@ -45,16 +45,30 @@ def nap(seconds: float) -> float:
     return seconds
 
 
-def overrun_then_raise(log: str) -> int:
-    """Its first attempt runs past any short timeout; every later one raises."""
+def _attempt(log: str) -> int:
+    """This call's attempt number, counted in a file that every process and thread can see."""
     with open(log, "a") as f:
         f.write("x")
     with open(log) as f:
-        attempt = len(f.read())
+        return len(f.read())
+
+
+def overrun_then_raise(log: str) -> int:
+    """Its first attempt runs past any short timeout; every later one raises."""
+    attempt = _attempt(log)
     if attempt == 1:
         time.sleep(2.0)
         return 0
     raise ValueError(f"attempt {attempt}")
+
+
+def raise_then_overrun(log: str) -> int:
+    """Its first attempt raises; every later one runs past any short timeout."""
+    attempt = _attempt(log)
+    if attempt == 1:
+        raise ValueError(f"attempt {attempt}")
+    time.sleep(2.0)
+    return 0
 
 
 def make_flaky(fails: int) -> Callable[[int], int]:
@@ -209,13 +223,16 @@ class Behaviour:
         assert "index 1" in str(out[1])
 
     def test_retries_count_overruns_and_raises_alike(self, tmp_path: Path) -> None:
-        """retries=1: two attempts in all, the first timed out, the second raising."""
-        log = tmp_path / "attempts"
-        out = pmap(overrun_then_raise, [str(log)], timeout=0.5, retries=1, on_error="return",
+        """retries=1: two attempts in all, whichever of them raised or ran too long."""
+        first, second = tmp_path / "overrun-first", tmp_path / "raise-first"
+        out = pmap(overrun_then_raise, [str(first)], timeout=0.5, retries=1, on_error="return",
                    **self.options)
         assert isinstance(out[0], ValueError) and "attempt 2" in str(out[0])
-        time.sleep(2.0)  # the abandoned first attempt has ended: nothing runs a third
-        assert log.read_text() == "xx"
+        out = pmap(raise_then_overrun, [str(second)], timeout=0.5, retries=1, on_error="return",
+                   **self.options)
+        assert isinstance(out[0], TimeoutError)
+        time.sleep(2.0)  # abandoned attempts have ended: nothing runs a third
+        assert first.read_text() == second.read_text() == "xx"
 
     def test_usable_after_errors(self) -> None:
         with pytest.raises(ValueError):

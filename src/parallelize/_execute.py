@@ -19,7 +19,14 @@ TASK = 0  # id of the chunk being run
 INDEX = 1  # input index of the item being run
 START_NS = 2  # time.monotonic_ns() when that item started (only kept up when a timeout is set)
 CANCEL = 3  # written by the dispatcher: chunks with an id up to this one are to be skipped
-SLOT_WIDTH = 4
+RETRIED = 4  # the index of the chunk's item that raised and is being retried (-1: none yet)
+RETRIES = 5  # retries spent on that item: a timeout or crash during one does not grant them anew
+SLOT_WIDTH = 6
+
+
+def fresh_status(task: int = 0, cancel: int = 0) -> list[int]:
+    """A status slot as a plain list: for thread and serial workers, and engine tasks."""
+    return [task, -1, -1, cancel, -1, 0]
 
 Status = MutableSequence[int]
 
@@ -59,6 +66,7 @@ def run_chunk(
     dispatcher after a grace period instead.
     """
     status[TASK] = task_id
+    status[RETRIED] = -1  # indices of an earlier map may come again: its count is not this one's
     if status[CANCEL] >= task_id:
         return None
     values: list[Any] = []
@@ -139,7 +147,9 @@ def _retry(
     call: Call, item: Any, index: int, retries: int, error: BaseException, status: Status
 ) -> Any:
     """Run a failed item again up to ``retries`` times: its value, or the last failure."""
-    for _ in range(retries):
+    for spent in range(1, retries + 1):
+        status[RETRIES] = spent  # first: whoever then reads RETRIED == index reads this count
+        status[RETRIED] = index
         if call.timed:
             status[START_NS] = time.monotonic_ns()
         try:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from .._chunking import ChunkSizer
-from .._execute import CANCEL, INDEX, START_NS, TASK, Call, Status
+from .._execute import CANCEL, INDEX, RETRIED, RETRIES, START_NS, TASK, Call, Status
 from .._serialization import Failure, unpicklable_argument
 from .._worker import CALL_CACHE, CANCELLED, DONE, INIT_FAILED, READY
 from .._worker import TASK as TASK_MESSAGE
@@ -338,8 +338,12 @@ class Dispatcher(Generic[W]):
             after = running.items[offset + 1 :]
             if before:
                 requeue.append(_Task(running.start, before, running.retries))
-            if running.retries > 0:
-                requeue.append(_Task(index, [running.items[offset]], running.retries - 1))
+            # Retries the worker already spent on this item (it raised, then died or overran in
+            # a retry) are spent: an item runs at most retries + 1 times in all.
+            spent = status[RETRIES] if status[RETRIED] == index else 0
+            left = running.retries - spent
+            if left > 0:
+                requeue.append(_Task(index, [running.items[offset]], left - 1))
             else:
                 error = self._fault(index, exitcode, timed_out is not None)
                 self._ready.append(Batch(index, [Failure(error, index)], True))

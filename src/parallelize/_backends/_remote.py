@@ -25,7 +25,7 @@ from typing import Any, Final
 from .._chunking import ChunkSizer
 from .._counter import CounterEngine, crossing
 from .._crash import WorkerCrashedError
-from .._execute import Call, run_chunk
+from .._execute import Call, fresh_status, run_chunk
 from .._serialization import (
     Failure,
     dumps,
@@ -128,7 +128,7 @@ def run_remote(
         call = _load_call(blob)
         items: Sequence[Any] = pickle.loads(payload)
         if timeout is None:
-            outcome = run_chunk(call, _TASK_ID, start, items, retries, [_TASK_ID, -1, -1, 0])
+            outcome = run_chunk(call, _TASK_ID, start, items, retries, fresh_status(_TASK_ID))
             assert outcome is not None  # nothing cancels a chunk on an engine
             values, seconds, _ = outcome
         else:
@@ -148,7 +148,7 @@ class _ItemRunner:
 
     def _main(self, call: Call) -> None:
         """Run each item once (its value, or its Failure): the task's loop does the retrying."""
-        status = [_TASK_ID, -1, -1, 0]
+        status = fresh_status(_TASK_ID)
         with engine_task():
             while (message := self.inbox.get()) is not None:
                 index, item = message

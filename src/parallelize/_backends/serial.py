@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
-from .._execute import Call, run_chunk
+from .._execute import Call, fresh_status, run_chunk
 from .base import Backend, Batch, Job
 
 
@@ -19,7 +19,7 @@ class SerialBackend(Backend):
 
     def run(self, job: Job) -> Generator[Batch, None, None]:
         call = Call(job.fn, job.star, job.options.on_error == "return", timed=False)
-        status = [0, 0, 0, -1]
+        status = fresh_status(cancel=-1)
         for index, item in enumerate(job.items):
             outcome = run_chunk(call, index, index, [item], job.options.retries, status)
             assert outcome is not None  # nothing cancels a serial chunk

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Generator
 from typing import Any
 
-from .._execute import CANCEL, Call
+from .._execute import CANCEL, Call, fresh_status
 from .._worker import INIT_FAILED, LOAD, run_initializer, serve
 from ._dispatch import Dispatcher, WorkerHandle, WorkerSet
 from .base import Backend, Batch, Job
@@ -25,7 +25,7 @@ class _Thread(WorkerHandle):
     __slots__ = ("inbox",)
 
     def __init__(self) -> None:
-        super().__init__([0, -1, -1, 0], None)  # TASK, INDEX, START_NS, CANCEL
+        super().__init__(fresh_status(), None)
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
 
