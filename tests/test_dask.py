@@ -7,6 +7,7 @@ that it never runs beside the Ray session of ``test_ray.py`` on a small machine.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -200,4 +201,18 @@ def test_a_worker_death_fails_only_its_item(cluster: Any) -> None:
     assert out[:3] == [0, 1, 2] and out[4:] == [4, 5, 6, 7]
     assert isinstance(out[3], WorkerCrashedError)
     assert out[3].index == 3
+    cluster.wait_for_workers(2, timeout=30)
+
+
+def test_a_counter_whose_worker_died_fails_its_users_without_hanging(cluster: Any) -> None:
+    """The actor holding a crossed counter dies with its worker: increments then fail fast."""
+    counter = shared_counter(0)
+    pmap(bump, [counter] * 2, [1] * 2, backend="dask")
+    holder = counter._storage._actor._address  # type: ignore[attr-defined]
+    with contextlib.suppress(Exception):  # the worker exits under the call
+        cluster.submit(os._exit, 1, workers=[holder], pure=False).result(timeout=30)
+    began = time.monotonic()
+    out = pmap(bump, [counter] * 2, [1] * 2, backend="dask", on_error="return")
+    assert all(isinstance(error, RuntimeError) for error in out), out
+    assert time.monotonic() - began < 30
     cluster.wait_for_workers(2, timeout=30)

@@ -33,6 +33,9 @@ from .._counter import _MAX, _MIN, CounterStorage, _check_range
 _PROCESS_TOKEN: Final = secrets.token_hex(8)
 # What getting the value back from add() means: the result would not fit in 64 bits.
 _OVERFLOW: Final = None
+# A call to a Dask counter's actor waits this long at a time, then checks that the worker holding
+# the actor is still in the cluster: a counter whose worker died fails its callers, never hangs.
+DASK_ACTOR_POLL: Final = 1.0
 
 
 def holder() -> str:
@@ -211,7 +214,26 @@ class DaskStorage(_ActorStorage):
         self._future = future  # in the process that made it: the future keeps the actor alive
 
     def _call(self, method: str, *args: Any) -> Any:
-        return getattr(self._actor, method)(*args).result()
+        pending = getattr(self._actor, method)(*args)
+        while True:
+            try:
+                return pending.result(timeout=DASK_ACTOR_POLL)
+            except TimeoutError:  # a long wait for the lock is fine; a dead actor is not
+                if not self._actor_alive():
+                    raise RuntimeError(
+                        "the Dask worker that held this shared_counter is gone, and the "
+                        "counter's value with it"
+                    ) from None
+
+    def _actor_alive(self) -> bool:
+        """Whether the worker holding the actor is still in the cluster (True when unsure)."""
+        import distributed  # only where a Dask counter is used
+
+        try:
+            workers = distributed.get_client().scheduler_info(n_workers=-1)["workers"]
+        except Exception:
+            return True
+        return self._actor._address in workers
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (DaskStorage, (self._actor, self.address))
