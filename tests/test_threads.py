@@ -71,6 +71,13 @@ def raise_then_overrun(log: str) -> int:
     return 0
 
 
+def overrun_and_raise(log: str) -> int:
+    """Every attempt runs past any short timeout, then raises."""
+    attempt = _attempt(log)
+    time.sleep(1.5)
+    raise ValueError(f"attempt {attempt}")
+
+
 def make_flaky(fails: int) -> Callable[[int], int]:
     """A function that raises OSError for each item's first ``fails`` calls, in one worker.
 
@@ -298,6 +305,17 @@ class TestThreadCounter(CounterBehaviour):
 
 class TestThreadBehaviour(Behaviour):
     options: ClassVar[dict[str, Any]] = {"backend": "thread", "workers": 4}
+
+
+def test_an_abandoned_thread_spends_no_more_retries(tmp_path: Path) -> None:
+    """A timed-out item's thread cannot be killed: when its attempt finally raises, it must not
+    retry on its own while the dispatcher runs the item's next attempt elsewhere."""
+    log = tmp_path / "attempts"
+    out = pmap(overrun_and_raise, [str(log)], backend="thread", timeout=0.3, retries=1,
+               on_error="return")
+    assert isinstance(out[0], TimeoutError)
+    time.sleep(3.5)  # both abandoned attempts have raised by now
+    assert log.read_text() == "xx"
 
 
 def test_threads_share_the_callers_objects() -> None:

@@ -65,8 +65,8 @@ def run_chunk(
     item about a quarter cheaper; a cancelled chunk that is already running is stopped by the
     dispatcher after a grace period instead.
     """
-    status[TASK] = task_id
     status[RETRIED] = -1  # indices of an earlier map may come again: its count is not this one's
+    status[TASK] = task_id
     if status[CANCEL] >= task_id:
         return None
     values: list[Any] = []
@@ -146,12 +146,18 @@ def _failed(
 def _retry(
     call: Call, item: Any, index: int, retries: int, error: BaseException, status: Status
 ) -> Any:
-    """Run a failed item again up to ``retries`` times: its value, or the last failure."""
+    """Run a failed item again up to ``retries`` times: its value, or the last failure.
+
+    Stops early once the dispatcher has cancelled the chunk: a thread worker abandoned after a
+    timeout must not go on spending retries that the dispatcher has handed to another attempt.
+    """
     for spent in range(1, retries + 1):
-        status[RETRIES] = spent  # first: whoever then reads RETRIED == index reads this count
-        status[RETRIED] = index
+        if status[CANCEL] >= status[TASK]:
+            break
         if call.timed:
             status[START_NS] = time.monotonic_ns()
+        status[RETRIES] = spent  # before RETRIED: whoever then reads RETRIED == index reads this
+        status[RETRIED] = index
         try:
             return call.fn(*item) if call.star else call.fn(item)
         except BaseException as exc:

@@ -226,11 +226,15 @@ class DaskStorage(_ActorStorage):
                     ) from None
 
     def _actor_alive(self) -> bool:
-        """Whether the worker holding the actor is still in the cluster (True when unsure)."""
+        """Whether the worker holding the actor is still in the cluster (True when unsure: no
+        client of the counter's own cluster at hand, such as a backend's non-default one)."""
         import distributed  # only where a Dask counter is used
 
         try:
-            workers = distributed.get_client().scheduler_info(n_workers=-1)["workers"]
+            client = distributed.get_client()
+            if getattr(client.scheduler, "address", None) != self.address:
+                return True
+            workers = client.scheduler_info(n_workers=-1)["workers"]
         except Exception:
             return True
         return self._actor._address in workers
