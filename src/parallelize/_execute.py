@@ -60,7 +60,7 @@ def run_chunk(
     :class:`Failure`; without ``keep_going`` the chunk stops there. Returns None when the
     dispatcher cancelled the chunk before it ran.
 
-    Every item's index is published (a 6 ns store), so a crash is always attributed. Without a
+    Every item's index is published (one store, ~20 ns), so a crash is always attributed. Without a
     timeout, the loop checks for cancellation only at the start of the chunk, which makes a tiny
     item about a quarter cheaper; a cancelled chunk that is already running is stopped by the
     dispatcher after a grace period instead.

@@ -369,8 +369,7 @@ class ReplySegments:
 
     def release(self) -> None:
         """Unlink every segment not lent to the caller."""
-        for name in self._free:
-            _unlink(name)
+        unlink(self._free)
         self._free.clear()
 
 

@@ -27,7 +27,7 @@ from collections.abc import Generator, Iterator
 from typing import Any, Final
 
 from .. import _sharedmem as sharedmem
-from .._execute import INDEX, RETRIED, SLOT_WIDTH, START_NS, TASK, Call
+from .._execute import CANCEL, SLOT_WIDTH, Call, fresh_status
 from .._serialization import dumps, dumps_function
 from .._threadlimits import thread_share
 from .._worker import GIVE_BACK, LOAD, READY, map_status, process_main
@@ -120,8 +120,9 @@ class ProcessPool(WorkerSet[_Worker]):
 
     def spawn(self) -> _Worker:
         slot = self._free_slots.pop()
-        for field in (TASK, INDEX, START_NS, RETRIED):  # CANCEL stays: ids only grow
-            self._views[slot][field] = -1
+        for field, value in enumerate(fresh_status(task=-1)):
+            if field != CANCEL:  # CANCEL stays: ids only grow, so it stays harmless
+                self._views[slot][field] = value
         with _spawn_lock:  # no other thread's pipes may leak into this child, nor ours into its
             # One pipe each way, widened so that neither side's write waits for the other to read.
             task_reader, task_writer = self._context.Pipe(duplex=False)
