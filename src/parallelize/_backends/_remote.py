@@ -45,7 +45,8 @@ DEPTH: Final = 2
 # bounds the results buffered for reordering behind one slow item (as in the local dispatcher).
 WINDOW: Final = 4
 # A task costs about 1-3 ms of scheduling on an engine (against ~50 us on the local pipes), so
-# chunks aim at 100 ms of work to keep that overhead near 1-3% (ChunkSizer's default is 10 ms).
+# chunks aim at 100 ms of work to keep that overhead near 1-3% (as ChunkSizer's default does,
+# for its own reason: it may change, this need not).
 ENGINE_TARGET_SECONDS: Final = 0.1
 # A worker keeps the functions of this many maps unpickled, like the local workers' CALL_CACHE.
 CALLS_KEPT: Final = 16
