@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -137,7 +138,8 @@ def run_cold(workers: int, reps: int, log: Callable[[str], None]) -> dict[str, A
     for tool, method in cases:  # untimed: compiles the bytecode, warms the OS file cache
         _probe(["cold", tool, method, str(workers)], timeout=120)
     for rep in range(reps):
-        for tool, method in cases:  # round robin, like the in-process workloads
+        # Round robin like the in-process workloads, in a new seeded order every round.
+        for tool, method in random.Random(rep).sample(cases, len(cases)):
             samples[tool, method].append(_probe(["cold", tool, method, str(workers)], timeout=120))
         log(f"  cold rep {rep + 1}/{reps} done")
     results: dict[str, Any] = {}
@@ -156,7 +158,13 @@ def run_cold(workers: int, reps: int, log: Callable[[str], None]) -> dict[str, A
             "reference": reference,
         }
     for entry in results.values():
-        entry["ratio"] = entry["value"] / results[entry["reference"]]["value"]
+        # Paired: the median of the ratios within each round, whose samples are seconds apart.
+        # The machine's speed drifts more than that between rounds (samples of one tool fall
+        # near 60 ms or near 90 ms, round after round), and a ratio of medians would carry it.
+        mine = results[entry["reference"]]["seconds"]
+        entry["ratio"] = statistics.median(
+            t / p for t, p in zip(entry["seconds"], mine, strict=True)
+        )
     return {
         "title": "cold start: new pool + 2-item map, fresh process",
         "unit": "ms",

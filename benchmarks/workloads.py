@@ -214,6 +214,20 @@ def run(workload: Workload, workers: int, log: Callable[[str], None]) -> dict[st
     return summarise(workload, seconds, counts, workers)
 
 
+def _paired_speed_up(serial: list[float], times: list[float]) -> float:
+    """The median over repetitions of serial time / the tool's time in the same repetition.
+
+    Paired, because the machine's speed drifts by more than the differences measured: a serial
+    run and a parallel one a second apart see the same machine, runs a minute apart may not.
+
+    >>> _paired_speed_up([2.0, 4.0, 2.0], [1.0, 2.0, 1.1])
+    2.0
+    """
+    if not serial:
+        return math.nan
+    return statistics.median(s / t for s, t in zip(serial, times, strict=True))
+
+
 def _check(workload: Workload, tool: str, items: list[Any], out: list[Any]) -> None:
     if len(out) != len(items):
         raise AssertionError(f"{tool} returned {len(out)} results for {len(items)} items")
@@ -234,13 +248,12 @@ def summarise(
     ``ratio`` is how many times better parallelize does than the tool (above 1: parallelize
     wins), whatever the unit: faster, more items per second or a larger speed-up.
     """
-    serial = statistics.median(seconds["serial"]) if "serial" in seconds else math.nan
     value: dict[str, float] = {}
     for name, times in seconds.items():
         median = statistics.median(times)
         value[name] = {
             "items/s": counts[name] / median,
-            "speed-up": serial / median,
+            "speed-up": _paired_speed_up(seconds.get("serial", []), times),
             "s/call": median,
             "ms/call": median * 1000,
         }[workload.unit]
