@@ -223,8 +223,6 @@ def _paired_speed_up(serial: list[float], times: list[float]) -> float:
     >>> _paired_speed_up([2.0, 4.0, 2.0], [1.0, 2.0, 1.1])
     2.0
     """
-    if not serial:
-        return math.nan
     return statistics.median(s / t for s, t in zip(serial, times, strict=True))
 
 
@@ -251,12 +249,14 @@ def summarise(
     value: dict[str, float] = {}
     for name, times in seconds.items():
         median = statistics.median(times)
-        value[name] = {
-            "items/s": counts[name] / median,
-            "speed-up": _paired_speed_up(seconds.get("serial", []), times),
-            "s/call": median,
-            "ms/call": median * 1000,
-        }[workload.unit]
+        if workload.unit == "speed-up":
+            value[name] = _paired_speed_up(seconds["serial"], times)
+        else:
+            value[name] = {
+                "items/s": counts[name] / median,
+                "s/call": median,
+                "ms/call": median * 1000,
+            }[workload.unit]
     if "ceiling" in value and workload.unit == "speed-up":
         value["ceiling"] *= workers  # each of its processes ran all the items, not a share
     reference = value["parallelize"]
