@@ -36,8 +36,9 @@ from .base import Backend, Batch, Job, loaded_backends
 
 # At shutdown, how long idle workers get to exit on their own before they are killed.
 SHUTDOWN_GRACE: Final = 2.0
-# What each pipe between the caller and a worker may hold: about two chunks of ~10 ms of tiny
-# items (with the default 64 KiB the caller waits for a busy worker to read).
+# What each pipe between the caller and a worker may hold: one or two of the largest chunks of ints
+# (MAX_CHUNK of them pickle to 200-330 KB; with the default 64 KiB the caller waits for a busy
+# worker to read).
 PIPE_BYTES: Final = 1 << 19
 # Pipes are widened only for pools up to this size: widened pipes count against the user's
 # pipe-buffer quota (64 MiB by default on Linux), shared by all the user's processes.
