@@ -101,7 +101,7 @@ def build(workers: int, quick: bool) -> dict[str, Workload]:
             lambda: cpu,
             "speed-up",
             speed_ups,
-            reps=2 if quick else 5,
+            reps=2 if quick else 7,
         ),
         Workload(
             "uneven",
@@ -110,7 +110,7 @@ def build(workers: int, quick: bool) -> dict[str, Workload]:
             lambda: uneven,
             "speed-up",
             speed_ups,
-            reps=2 if quick else 5,
+            reps=2 if quick else 7,
         ),
         Workload(
             "bigarg",
