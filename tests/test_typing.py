@@ -1,5 +1,6 @@
 """What type checkers see of the public API: ``tests/typing/check_api.py`` is clean under
-``mypy --strict`` (and pyright, when installed), and ``pyright --verifytypes`` scores 100%.
+``mypy --strict`` (and pyright, when installed, together with ``src/``), and
+``pyright --verifytypes`` scores 100%.
 """
 
 from __future__ import annotations
@@ -45,11 +46,11 @@ def test_mypy_strict_sees_the_documented_types(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(CHECK_TIMEOUT + 30)
-def test_pyright_sees_the_documented_types() -> None:
+def test_pyright_sees_the_documented_types_and_src_is_clean() -> None:
     pyright = _tool("pyright")
     if pyright is None:
         pytest.skip("pyright is not installed")
-    result = _run([pyright, *map(str, sorted(CHECKS.glob("*.py")))])
+    result = _run([pyright, "src", *map(str, sorted(CHECKS.glob("*.py")))])
     assert result.returncode == 0, result.stdout + result.stderr
 
 

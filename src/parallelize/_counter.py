@@ -406,6 +406,7 @@ class FileStorage:
         if self._owner == me:
             self._depth += 1
             return True
+        deadline = 0.0  # a non-blocking flock: try once
         if not block:
             got = self._tlock.acquire(False)
         elif timeout is None:
@@ -419,7 +420,7 @@ class FileStorage:
             fd = self._fd if self._fd >= 0 else self._revive()
             if block and timeout is None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            elif not _flock_until(fd, deadline if block else 0.0):
+            elif not _flock_until(fd, deadline):
                 self._tlock.release()
                 return False
         except BaseException:

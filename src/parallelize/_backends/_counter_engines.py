@@ -129,7 +129,7 @@ class _ActorStorage(abc.ABC):
 
     def add(self, delta: int) -> int:
         value: int | None = self._call("add", delta, holder())
-        if value is _OVERFLOW:
+        if value is None:  # _OVERFLOW
             raise OverflowError("the result does not fit a shared counter (a signed 64-bit int)")
         return value
 

@@ -177,6 +177,7 @@ def _run_timed(
     try:
         for offset, item in enumerate(items):
             index = start + offset
+            value: Any = None
             for _ in range(retries + 1):
                 runner.inbox.put((index, item))
                 try:
