@@ -227,6 +227,24 @@ def test_counter_outlives_its_creator_in_a_holder(start_method: str) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_counter_held_by_a_killed_worker_is_freed(start_method: str) -> None:
+    # The creator lets go while a warm worker still holds the counter (in its cached function),
+    # then parallelize kills that worker (a timeout): nobody is left to unlink the file, so the
+    # pool sweeps counter files that no process holds any more.
+    options: dict[str, Any] = {"workers": 1, "start_method": start_method, "backend": "process"}
+    counter = shared_counter(0)
+    path = path_of(counter)
+    assert pmap(lambda _: counter.increment(), range(3), **options) == [1, 2, 3]
+    del counter
+    gc.collect()
+    assert os.path.exists(path)  # the worker still holds it
+    with pytest.raises(TimeoutError):
+        pmap(time.sleep, [30], timeout=0.5, **options)
+    assert wait_until_gone(path)
+    assert pmap(abs, [-1], **options) == [1]  # and the pool goes on
+
+
+@pytest.mark.timeout(120)
 def test_pmap_argument_keyword_and_closure(start_method: str) -> None:
     counter = shared_counter(0)
     items = range(WORKERS * INCREMENTS)

@@ -298,6 +298,49 @@ def _shm_name(path: str) -> str:
     return "/" + os.path.basename(path)
 
 
+def sweep_orphans() -> None:
+    """Unlink the counter files in ``/dev/shm`` that no process holds.
+
+    Called when a worker died or was killed: a holder that dies leaves no one to unlink a counter
+    whose creator had already let go (and handed its resource-tracker entry over to the holders'
+    liveness marks). A file still marked by a holder, being released, not fully created (no magic
+    number yet) or still registered with a resource tracker is left alone.
+    """
+    try:
+        names = os.listdir(_SHM_DIRECTORY)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(_PREFIX):
+            continue
+        path = os.path.join(_SHM_DIRECTORY, name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue  # gone already, or another user's
+        try:  # closing the descriptor drops the locks taken here
+            if os.fstat(fd).st_size != _SIZE:
+                continue
+            if not _range_lock(fd, fcntl.F_WRLCK, _RELEASE_BYTE):
+                continue
+            if not _range_lock(fd, fcntl.F_WRLCK, _LIVE_BYTE):
+                continue
+            words = struct.unpack("4q", os.pread(fd, _SIZE, 0))
+            if words[_MAGIC] == _MAGIC_NUMBER and not words[_TRACKED] and _same_path(fd, path):
+                os.unlink(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _same_path(fd: int, path: str) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
+
+
 @final
 class FileStorage:
     """A counter in a small ``/dev/shm`` file, for the processes and threads of this machine.

@@ -20,6 +20,7 @@ import multiprocessing.util  # imported before our atexit hook, so that ours run
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -266,6 +267,7 @@ class ProcessPool(WorkerSet[_Worker]):
             self._free_slots.append(worker.slot)
         exitcode: int | None = worker.process.exitcode
         _forget_replies(worker, self._reply_prefix)
+        _sweep_counters(exitcode)
         with contextlib.suppress(ValueError):  # still not reaped: leave it to multiprocessing
             worker.process.close()
         return exitcode
@@ -281,6 +283,7 @@ class ProcessPool(WorkerSet[_Worker]):
                 self.kill(worker)
                 worker.process.join()
             _forget_replies(worker, self._reply_prefix)
+            _sweep_counters(worker.process.exitcode)
         self.workers.clear()
         self._arena.close()
 
@@ -325,6 +328,15 @@ def _forget_replies(worker: _Worker, prefix: str) -> None:
     holds stay valid: they map the memory, which lives until they go)."""
     sharedmem.unlink(worker.lent.drain_all())
     sharedmem.unlink(sharedmem.reply_leftovers(prefix, worker.process.pid))
+
+
+def _sweep_counters(exitcode: int | None) -> None:
+    """A worker that did not exit cleanly may have been the last holder of a shared counter:
+    unlink the counter files nobody holds any more. Only a caller that has used counters (and so
+    loaded their module) can have handed one to a worker."""
+    counters = sys.modules.get("parallelize._counter")
+    if exitcode != 0 and counters is not None:
+        counters.sweep_orphans()
 
 
 def _load_payload(call_id: int, blob: bytes) -> bytes:
