@@ -59,6 +59,21 @@ def returns_lock(x: int) -> object:
     return threading.Lock() if x == 4 else x
 
 
+def _refuse_to_rebuild(reason: str) -> object:
+    raise FileNotFoundError(2, reason)
+
+
+class Unloadable:
+    """Pickles fine in a worker; unpickling it in the caller raises an OSError."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_refuse_to_rebuild, ("gone in the caller",))
+
+
+def returns_unloadable(x: int) -> object:
+    return Unloadable() if x == 3 else os.getpid()
+
+
 def nested(x: int) -> list[int]:
     return pmap(square, range(x))
 
@@ -183,11 +198,10 @@ def test_exception_keeps_its_type_with_cause_and_note(engine: dict[str, Any]) ->
         pmap(raise_value_error, range(10), **engine)
     error = caught.value
     assert any("index 3" in note for note in error.__notes__)
-    if engine["backend"] == "process":
-        assert isinstance(error.__cause__, parallelize.RemoteTraceback)
-        assert "raise_value_error" in str(error.__cause__)
-    else:
-        assert error.__traceback__ is not None
+    assert isinstance(error.__cause__, parallelize.RemoteTraceback)
+    assert "raise_value_error" in str(error.__cause__)
+    if engine["backend"] != "process":
+        assert error.__traceback__ is not None  # and its own frames, in this process
 
 
 def test_on_error_return_puts_the_exception_in_place(engine: dict[str, Any]) -> None:
@@ -218,6 +232,18 @@ def test_unpicklable_result_names_the_item(start_method: str) -> None:
         pmap(returns_lock, range(8), workers=2, start_method=start_method)
     results = pmap(returns_lock, range(6), workers=2, start_method=start_method, on_error="return")
     assert isinstance(results[4], SerializationError) and results[5] == 5
+
+
+def test_result_that_cannot_be_unpickled_in_the_caller(start_method: str) -> None:
+    # Not a worker crash: the worker is alive and keeps working; the item's error says why.
+    options: dict[str, Any] = {"workers": 1, "start_method": start_method, "chunksize": 1}
+    with pytest.raises(SerializationError, match="result of the item at index 3 in the caller"):
+        pmap(returns_unloadable, range(6), **options)
+    results = pmap(returns_unloadable, range(6), on_error="return", **options)
+    assert isinstance(results[3], SerializationError)
+    assert isinstance(results[3].__cause__, FileNotFoundError)
+    pids = {r for i, r in enumerate(results) if i != 3}
+    assert len(pids) == 1 and pids == set(pmap(returns_unloadable, [0], **options))
 
 
 def test_unpicklable_argument_names_the_item(start_method: str) -> None:
@@ -422,3 +448,26 @@ def test_crash_errors_pickled_by_0_1_0_still_load() -> None:
     error = pickle.loads(old)
     assert isinstance(error, WorkerCrashedError)
     assert (str(error), error.index, error.exitcode) == ("gone", 3, -9)
+
+
+@pytest.mark.timeout(120)
+def test_items_of_a_class_from_an_interactive_main(start_method: str) -> None:
+    """In a notebook, a REPL or ``python -c``, spawned workers cannot import ``__main__``: items
+    whose class is defined there travel by value."""
+    import subprocess
+    import sys
+
+    code = (
+        "from parallelize import pmap\n"
+        "class Point:\n"
+        "    def __init__(self, x):\n"
+        "        self.x = x\n"
+        f"options = dict(workers=2, start_method={start_method!r})\n"
+        "print(pmap(lambda p: p.x, [Point(1), Point(2)], **options))\n"
+        "print([p.x for p in pmap(Point, [3], **options)])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=100, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[1,", "2]", "[3]"]

@@ -234,7 +234,7 @@ def test_counter_held_by_a_killed_worker_is_freed(start_method: str) -> None:
     options: dict[str, Any] = {"workers": 1, "start_method": start_method, "backend": "process"}
     counter = shared_counter(0)
     path = path_of(counter)
-    assert pmap(lambda _: counter.increment(), range(3), **options) == [1, 2, 3]
+    assert pmap(lambda _, c=counter: c.increment(), range(3), **options) == [1, 2, 3]
     del counter
     gc.collect()
     assert os.path.exists(path)  # the worker still holds it

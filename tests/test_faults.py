@@ -233,6 +233,42 @@ def test_initializer_runs_once_per_worker(start_method: str) -> None:
     assert all(value == ["db", 1] for value in seen)
 
 
+@pytest.mark.timeout(120)
+def test_initializer_sets_globals_for_functions_of_main(start_method: str, script: Path) -> None:
+    # The multiprocessing.Pool idiom in a script: both functions live in __main__ and travel by
+    # value, yet the mapped one sees what the initializer assigned, and globals it only reads
+    # keep the caller's values of the moment.
+    body = f"""
+    MODEL = None
+    SCALE = 1
+
+    def load(name):
+        global MODEL
+        MODEL = name
+
+    def predict(x):
+        return (MODEL, x * SCALE)
+
+    @parallel(initializer=load, initargs=("decorated",), workers=2)
+    def decorated(x):
+        return MODEL
+
+    if __name__ == "__main__":
+        SCALE = 10
+        options = dict(workers=2, start_method={start_method!r}, initializer=load)
+        print(pmap(predict, [1, 2], initargs=("pmap",), **options))
+        print(list(imap(lambda x: predict(x), [3], initargs=("imap",), **options)))
+        print(decorated.options(start_method={start_method!r})([0]))
+    """
+    done = run_script(script, body)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:3] == [
+        "[('pmap', 10), ('pmap', 20)]",
+        "[('imap', 30)]",
+        "['decorated']",
+    ], done.stdout + done.stderr
+
+
 def test_initializer_on_threads() -> None:
     seen = pmap(read_initialized, range(3), backend="thread", initializer=lambda: None)
     assert len(seen) == 3

@@ -77,7 +77,7 @@ def dumps_function(obj: Any, fn: Any) -> bytes:
         # The standard pickler when it can: everything by reference, and no cloudpickle to import
         # on either side. Not for anything of __main__, which a worker cannot import by name.
         blob = pickle.dumps(obj, PROTOCOL)
-        if _names_main(blob):
+        if names_main(blob):
             raise pickle.PicklingError("__main__ travels by value")
     except Exception:
         buffer = io.BytesIO()
@@ -110,6 +110,45 @@ def _load_with_path(path: list[str], blob: bytes) -> Any:
     return pickle.loads(blob)
 
 
+# The names ``__main__`` has in the caller and, under spawn or forkserver, in a worker.
+_MAIN_NAMES = ("__main__", "__mp_main__")
+
+
+def assigned_globals(initializer: Any) -> dict[str, Any]:
+    """The globals an initializer from ``__main__`` assigned when it ran (``global model``).
+
+    Such an initializer travels by value, with its own copy of the script's globals, and so does
+    a mapped function of ``__main__``: left alone, the function would see the caller's values of
+    those globals, never what the initializer set. :func:`share_globals` hands them over, so the
+    ``multiprocessing.Pool`` idiom works. Names it only reads are not handed over: for those the
+    function keeps the caller's values of the moment of the map.
+    """
+    if not _is_main_function(initializer):
+        return {}
+    import dis
+
+    names: set[str] = set()
+    codes = [initializer.__code__]
+    while codes:  # its nested functions may declare globals too
+        code = codes.pop()
+        names.update(i.argval for i in dis.get_instructions(code) if i.opname == "STORE_GLOBAL")
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    scope = initializer.__globals__
+    return {name: scope[name] for name in names if name in scope}
+
+
+def share_globals(fn: Any, assigned: dict[str, Any]) -> None:
+    """Give a mapped function of ``__main__`` (or the one a ``partial`` wraps) the globals its
+    worker's initializer assigned (see :func:`assigned_globals`)."""
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    if assigned and _is_main_function(target):
+        target.__globals__.update(assigned)
+
+
+def _is_main_function(fn: Any) -> bool:
+    return type(fn) is types.FunctionType and fn.__globals__.get("__name__") in _MAIN_NAMES
+
+
 def dumps(obj: Any) -> bytes:
     """Pickle with the fast standard pickler, falling back to cloudpickle (lambdas, local classes).
 
@@ -125,13 +164,14 @@ def dumps(obj: Any) -> bytes:
 
 
 def dumps_for_engine(obj: Any) -> bytes:
-    """Pickle items for a Dask or Ray worker, which cannot import the caller's ``__main__`` (it
-    was not started from the user's script): what refers to it travels by value (cloudpickle).
+    """Pickle items for a worker that cannot import the caller's ``__main__``: what refers to it
+    travels by value (cloudpickle).
 
-    Process workers need no such care: spawn and forkserver workers import ``__main__`` anew.
+    That is any Dask or Ray worker (not started from the user's script), and a spawned process
+    worker of a notebook, a REPL or ``python -c``; spawned workers of a script import it anew.
     """
     blob = dumps(obj)
-    if not _names_main(blob):
+    if not names_main(blob):
         return blob
     import cloudpickle
 
@@ -139,7 +179,7 @@ def dumps_for_engine(obj: Any) -> bytes:
     return data
 
 
-def _names_main(blob: bytes) -> bool:
+def names_main(blob: bytes) -> bool:
     """Whether a pickle may refer to something of ``__main__`` by name."""
     return b"__main__" in blob or b"__mp_main__" in blob
 
@@ -204,8 +244,10 @@ class Failure:
         if not self._ready:
             self._ready = True
             # An exception that crossed from a worker lost its frames (or, with tblib, has copies
-            # that an editor cannot open): the worker's formatted text is the cause.
-            if self.tb is not None and self.remote:
+            # that an editor cannot open): the worker's formatted text is the cause. One raised
+            # in this process (threads, serial) keeps its frames and gets the same cause, unless
+            # it has one of its own, so that every backend reports alike.
+            if self.tb is not None and (self.remote or self.error.__cause__ is None):
                 self.error.__cause__ = RemoteTraceback(self.tb)
             where = f"by the item at index {self.index}" if self.index >= 0 else "at worker start"
             self.error.add_note(f"(raised {where}, in a parallelize worker)")

@@ -28,7 +28,14 @@ from typing import Any, Final, cast
 from . import _sharedmem as sharedmem
 from ._errors import SerializationError
 from ._execute import SLOT_WIDTH, Call, Status, run_chunk
-from ._serialization import Failure, dumps, find_unpicklable, unpicklable_error
+from ._serialization import (
+    Failure,
+    assigned_globals,
+    dumps,
+    find_unpicklable,
+    share_globals,
+    unpicklable_error,
+)
 from ._threadlimits import limit_native_threads
 
 LOAD: Final = 0
@@ -47,6 +54,9 @@ ORPHAN_GRACE: Final = 1.0
 
 _in_worker = False
 _task = threading.local()  # ``active``: this thread runs a Dask or Ray task (see engine_task)
+# In a process worker: the globals its initializer from ``__main__`` assigned, for the mapped
+# functions of ``__main__`` (see ``_serialization.assigned_globals``).
+_initialized: dict[str, Any] = {}
 
 
 def in_worker() -> bool:
@@ -90,7 +100,8 @@ def serve(
         if message is None:
             return
         if message[0] == LOAD:
-            calls[message[1]] = message[2]
+            call = calls[message[1]] = message[2]
+            share_globals(call.fn, _initialized)
             if len(calls) > CALL_CACHE:
                 calls.popitem(last=False)
             continue
@@ -184,8 +195,11 @@ def process_main(
         initializer, initargs = pickle.loads(init_blob)
         failure = run_initializer(initializer, initargs)
         if failure is not None:
-            conn.send_bytes(dumps((INIT_FAILED, failure)))
+            # The caller may have closed this pipe already: another worker's report came first.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                conn.send_bytes(dumps((INIT_FAILED, failure)))
             return
+        _initialized.update(assigned_globals(initializer))
 
     # Only now is this worker sent work, so a short map is not held up by a slow-starting one.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the caller is gone

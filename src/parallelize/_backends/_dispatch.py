@@ -26,6 +26,7 @@ from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from .._chunking import ChunkSizer
+from .._errors import SerializationError
 from .._execute import CANCEL, INDEX, RETRIED, RETRIES, START_NS, TASK, Call, Status
 from .._serialization import Failure, unpicklable_argument
 from .._worker import CALL_CACHE, CANCELLED, DONE, INIT_FAILED, READY
@@ -50,6 +51,9 @@ MIN_POLL: Final = 0.001
 RETIRE_POLL: Final = 0.1
 
 DEAD: Final = object()  # the event a WorkerSet reports for a worker that died
+# The kind of the event ``(UNREADABLE, exc)`` a WorkerSet reports for a message from a worker that
+# the caller could not unpickle (a result whose class fails to rebuild here, say).
+UNREADABLE: Final = "unreadable"
 
 
 class WorkerHandle:
@@ -189,6 +193,8 @@ class Dispatcher(Generic[W]):
         elif kind == CANCELLED:
             worker.queue.remove(event[1])
             self._forget(event[1])
+        elif kind == UNREADABLE:
+            self._unreadable(worker, event[1])
         elif kind == READY:  # the worker set has marked it ready
             self._boot_failures = 0
         elif kind == INIT_FAILED:
@@ -361,6 +367,25 @@ class Dispatcher(Generic[W]):
             self._ready.append(Batch(running.start, failures, True))
         requeue.extend(waiting)
         self._retry.extendleft(reversed(requeue))
+
+    def _unreadable(self, worker: W, exc: Exception) -> None:
+        """A reply that failed to unpickle here holds the results of the worker's oldest chunk
+        (a worker answers its chunks in order): each of those items fails with the reason. The
+        worker itself is fine and goes on."""
+        if not worker.queue:  # not a chunk's results: a message the pool cannot do without
+            self._pool.broken = True
+            raise SerializationError(f"cannot unpickle a worker's message: {exc!r}") from exc
+        task = self._forget(worker.queue.popleft())
+        last = task.start + len(task.items) - 1
+        which = (
+            f"the result of the item at index {last}"
+            if last == task.start
+            else f"the results of the items at indices {task.start} to {last}"
+        )
+        error = SerializationError(f"cannot unpickle {which} in the caller: {exc!r}")
+        error.__cause__ = exc
+        failures = [Failure(error, task.start + offset) for offset in range(len(task.items))]
+        self._ready.append(Batch(task.start, failures, True))
 
     def _never_ran(self, exitcode: int | None) -> WorkerCrashedError:
         from .._crash import WorkerCrashedError  # see _crash: only paid once a worker died

@@ -29,10 +29,10 @@ from typing import Any, Final
 
 from .. import _sharedmem as sharedmem
 from .._execute import CANCEL, SLOT_WIDTH, Call, fresh_status
-from .._serialization import dumps, dumps_function
+from .._serialization import dumps, dumps_for_engine, dumps_function, names_main
 from .._threadlimits import thread_share
 from .._worker import GIVE_BACK, LOAD, READY, map_status, process_main
-from ._dispatch import DEAD, Dispatcher, WorkerHandle, WorkerSet
+from ._dispatch import DEAD, UNREADABLE, Dispatcher, WorkerHandle, WorkerSet
 from .base import Backend, Batch, Job, loaded_backends
 
 # At shutdown, how long idle workers get to exit on their own before they are killed.
@@ -116,6 +116,10 @@ class ProcessPool(WorkerSet[_Worker]):
         self._arena = sharedmem.Arena()
         self._reply_prefix = sharedmem.reply_prefix()
         self._ids = itertools.count(1)
+        # Spawned workers (and the fork server) import the caller's __main__ only when it has a
+        # file or a module name: not in a notebook, a REPL or `python -c`. There, items that
+        # refer to __main__ (objects of a class defined there) must travel by value.
+        self._main_by_value = key.start_method != "fork" and not _main_importable()
 
     def new_task_id(self) -> int:
         return next(self._ids)
@@ -175,9 +179,14 @@ class ProcessPool(WorkerSet[_Worker]):
 
     def encode(self, message: tuple[Any, ...]) -> tuple[bytes, object]:
         try:
-            return sharedmem.dumps(message, self._arena.lease)
+            blob, lease = sharedmem.dumps(message, self._arena.lease)
         except Exception:  # what the standard pickler refuses, cloudpickle may take, in-band
             return dumps(message), None
+        if self._main_by_value and names_main(blob):
+            if lease is not None:
+                self._arena.release(lease)
+            return dumps_for_engine(message), None
+        return blob, lease
 
     def release(self, lease: object) -> None:
         assert isinstance(lease, sharedmem.Segment)
@@ -229,14 +238,16 @@ class ProcessPool(WorkerSet[_Worker]):
         for obj in ready:
             worker = watched[obj]
             if obj is worker.conn:  # else it is the process sentinel
+                raws = []
                 try:
-                    events.append((worker, sharedmem.load(obj.recv_bytes(), worker.lent)))
+                    raws.append(obj.recv_bytes())
                     # Every reply already sent, before the dispatcher reads the status slot: a
                     # finished chunk must not look like one still running (and timing out).
                     while obj.poll():
-                        events.append((worker, sharedmem.load(obj.recv_bytes(), worker.lent)))
+                        raws.append(obj.recv_bytes())
                 except (EOFError, OSError):
                     dead.append(worker)
+                events.extend((worker, _load_reply(raw, worker)) for raw in raws)
             elif worker not in dead:
                 dead.append(worker)
         for worker, event in events:  # whoever reads the events, a READY is never lost
@@ -321,6 +332,23 @@ class _StatusBlock:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (map_status, (multiprocessing.reduction.DupFd(self._fd), self._nbytes))
+
+
+def _main_importable() -> bool:
+    """Whether spawned workers can import this process's ``__main__`` (as multiprocessing's
+    spawn preparation does: by module name, else by file)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return getattr(spec, "name", None) is not None or getattr(main, "__file__", None) is not None
+
+
+def _load_reply(raw: bytes, worker: _Worker) -> Any:
+    """A worker's message, unpickled; what failed to unpickle here is the dispatcher's to
+    report (the worker is not at fault: it is alive and sent a whole message)."""
+    try:
+        return sharedmem.load(raw, worker.lent)
+    except Exception as exc:
+        return (UNREADABLE, exc)
 
 
 def _forget_replies(worker: _Worker, prefix: str) -> None:
