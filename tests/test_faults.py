@@ -378,6 +378,33 @@ def wait_gone(pids: list[int], seconds: float = 10) -> list[int]:
     return alive
 
 
+@pytest.mark.timeout(120)
+def test_exit_during_a_map_in_a_daemon_thread_is_quiet(start_method: str, script: Path) -> None:
+    # The exit hook closes the pool under the thread's map: the map must not report the workers
+    # it stopped as crashes, nor trip over closed process objects or leak shared memory.
+    body = f"""
+    import threading
+
+    def double(a):
+        return a * 2
+
+    def hang(_):
+        time.sleep(60)
+
+    if __name__ == "__main__":
+        import numpy as np
+
+        options = dict(workers=2, start_method={start_method!r})
+        pmap(double, [np.ones(300_000) for _ in range(4)], **options)  # shared-memory segments
+        stream = imap(hang, range(4), ordered=False, **options)
+        threading.Thread(target=lambda: next(stream), daemon=True).start()
+        time.sleep(0.5)
+    """
+    done = run_script(script, body)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == done.stderr == ""
+
+
 def test_exit_with_a_warm_pool_is_quiet(start_method: str, script: Path) -> None:
     body = f"""
     def pid(_):

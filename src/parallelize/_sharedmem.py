@@ -280,9 +280,13 @@ class Arena:
         self._keep = keep
         self._free: list[Segment] = []
         self._leased: set[Segment] = set()
+        self._closed = False
 
     def lease(self, nbytes: int) -> Segment | None:
-        """A segment of at least ``nbytes``, held until :meth:`release`."""
+        """A segment of at least ``nbytes``, held until :meth:`release`; None once closed (a
+        map of another thread still running at exit sends its buffers in-band)."""
+        if self._closed:
+            return None
         fitting = [s for s in self._free if _fits(s.size, nbytes)]
         if fitting:
             segment = min(fitting, key=lambda s: s.size)
@@ -312,6 +316,7 @@ class Arena:
 
     def close(self) -> None:
         """Unlink every segment, leased or not."""
+        self._closed = True
         for segment in [*self._free, *self._leased]:
             segment.destroy()
         self._free.clear()

@@ -226,13 +226,17 @@ class ProcessPool(WorkerSet[_Worker]):
         worker.tasks.send_bytes(payload)
 
     def wait(self, timeout: float | None) -> list[tuple[_Worker, Any]]:
+        _park_if_exiting()
         watched: dict[Any, _Worker] = {}
         for worker in self.workers:
             watched[worker.conn] = worker
             watched[worker.process.sentinel] = worker
         if not watched:
             return []
-        ready: list[Any] = multiprocessing.connection.wait(list(watched), timeout)
+        try:
+            ready: list[Any] = multiprocessing.connection.wait(list(watched), timeout)
+        finally:
+            _park_if_exiting()  # the exit hook closed the pipes under this wait
         events: list[tuple[_Worker, Any]] = []
         dead: list[_Worker] = []
         for obj in ready:
@@ -285,16 +289,19 @@ class ProcessPool(WorkerSet[_Worker]):
 
     def close(self) -> None:
         """Stop every worker: end-of-file first, then a kill for any that lingers."""
-        for worker in self.workers:
+        workers = list(self.workers)
+        for worker in workers:
             worker.tasks.close()
             worker.conn.close()
-        for worker in self.workers:
-            worker.process.join(SHUTDOWN_GRACE)
-            if worker.process.exitcode is None:
-                self.kill(worker)
-                worker.process.join()
-            _forget_replies(worker, self._reply_prefix)
-            _sweep_counters(worker.process.exitcode)
+        for worker in workers:
+            # ValueError: a map of a daemon thread reaped it meanwhile (at interpreter exit).
+            with contextlib.suppress(ValueError):
+                worker.process.join(SHUTDOWN_GRACE)
+                if worker.process.exitcode is None:
+                    self.kill(worker)
+                    worker.process.join()
+                _forget_replies(worker, self._reply_prefix)
+                _sweep_counters(worker.process.exitcode)
         self.workers.clear()
         self._arena.close()
 
@@ -548,10 +555,24 @@ _spawn_lock = threading.Lock()
 
 
 def _shutdown_all() -> None:
+    _exiting.set()
     for backend in loaded_backends():
         backend.shutdown()
     for pool in list(_all_pools):
         pool.close()
+
+
+# Set by the exit hook: pools are being closed under any map still running.
+_exiting = threading.Event()
+
+
+def _park_if_exiting() -> None:
+    """At interpreter exit, a map still running in a daemon thread (the only kind still running
+    then) has lost its pool: it waits here, quietly, until the interpreter discards the thread,
+    instead of reporting the workers the exit hook stopped as crashes."""
+    thread = threading.current_thread()
+    if _exiting.is_set() and thread.daemon and thread is not threading.main_thread():
+        threading.Event().wait()
 
 
 # Registered after multiprocessing.util's own exit hook, so it runs before it (atexit is LIFO):
