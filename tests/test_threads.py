@@ -30,6 +30,22 @@ def square(x: int) -> int:
     return x * x
 
 
+TAG: str | None = None  # set by an initializer in each worker
+
+
+def set_tag(tag: str) -> None:
+    global TAG
+    TAG = tag
+
+
+def read_tag(_: object) -> str | None:
+    return TAG
+
+
+def refuse_to_start() -> None:
+    raise LookupError("no database")
+
+
 def add(x: int, y: int, z: int = 0) -> int:
     return x + y + z
 
@@ -173,6 +189,15 @@ class Behaviour:
         base = 10
         assert pmap(lambda x: x + base, range(4), **self.options) == [10, 11, 12, 13]
         assert pmap(functools.partial(add, z=100), [1], [2], **self.options) == [103]
+
+    def test_initializer_runs_before_the_items(self) -> None:
+        out = pmap(read_tag, range(6), initializer=set_tag, initargs=("ready",), **self.options)
+        assert out == ["ready"] * 6
+
+    def test_a_failing_initializer_raises_in_the_caller(self) -> None:
+        with pytest.raises(LookupError, match="no database"):
+            pmap(square, range(4), initializer=refuse_to_start, **self.options)
+        assert pmap(square, range(3), **self.options) == [0, 1, 4]
 
     def test_generator_input_without_length(self) -> None:
         out = pmap(square, (x for x in range(300)), **self.options)

@@ -28,14 +28,16 @@ from .._crash import WorkerCrashedError
 from .._execute import Call, fresh_status, run_chunk
 from .._serialization import (
     Failure,
+    assigned_globals,
     dumps,
     dumps_for_engine,
     dumps_function,
     find_unpicklable,
+    share_globals,
     unpicklable_argument,
     unpicklable_error,
 )
-from .._worker import engine_task, enter_worker
+from .._worker import engine_task, enter_worker, run_initializer
 from .base import Batch, Job
 
 # Tasks in flight per engine worker slot: one running and one waiting, so no slot idles while a
@@ -94,23 +96,44 @@ def _load_outcome(blob: bytes) -> Outcome:
     return Outcome(*pickle.loads(blob))
 
 
-_calls: collections.OrderedDict[bytes, Call] = collections.OrderedDict()
+_calls: collections.OrderedDict[bytes, tuple[Call, bytes | None]] = collections.OrderedDict()
 _calls_lock = threading.Lock()
+# The initializers this worker process has run, by their pickle: what each assigned in __main__
+# (see _serialization.assigned_globals). Held while one runs, so that it runs once per process
+# even when the engine runs several tasks at once in threads.
+_initialized: dict[bytes, dict[str, Any]] = {}
+_init_lock = threading.Lock()
 
 
-def _load_call(blob: bytes) -> Call:
-    """The map's Call, unpickled once per worker process (bytes cache their own hash)."""
+def _load_call(blob: bytes) -> tuple[Call, bytes | None]:
+    """The map's Call and its pickled initializer, unpickled once per worker process (bytes cache
+    their own hash)."""
     with _calls_lock:
         cached = _calls.get(blob)
         if cached is not None:
             _calls.move_to_end(blob)
             return cached
-    call: Call = pickle.loads(blob)
+    loaded: tuple[Call, bytes | None] = pickle.loads(blob)
     with _calls_lock:
-        _calls[blob] = call
+        _calls[blob] = loaded
         if len(_calls) > CALLS_KEPT:
             _calls.popitem(last=False)
-    return call
+    return loaded
+
+
+def _initialize(call: Call, init_blob: bytes) -> Failure | None:
+    """Run the map's initializer if this worker process has not run it yet: before its first
+    chunk, as a process worker does at start. Its failure, if it raised."""
+    with _init_lock:
+        assigned = _initialized.get(init_blob)
+        if assigned is None:
+            initializer, initargs = pickle.loads(init_blob)
+            failure = run_initializer(initializer, initargs)
+            if failure is not None:
+                return failure
+            assigned = _initialized[init_blob] = assigned_globals(initializer)
+    share_globals(call.fn, assigned)
+    return None
 
 
 def run_remote(
@@ -126,7 +149,9 @@ def run_remote(
     if _caller_pid != os.getpid():
         enter_worker()
     with engine_task():
-        call = _load_call(blob)
+        call, init_blob = _load_call(blob)
+        if init_blob is not None and (failure := _initialize(call, init_blob)) is not None:
+            return Outcome(start, [failure], 0.0, True)  # index -1: the driver raises it
         items: Sequence[Any] = pickle.loads(payload)
         if timeout is None:
             outcome = run_chunk(call, _TASK_ID, start, items, retries, fresh_status(_TASK_ID))
@@ -333,6 +358,8 @@ class Driver:
         chunk = self._inflight.pop(key)
         self._alone = False
         if isinstance(result, Outcome):
+            if result.failed and type(result.values[0]) is Failure and result.values[0].index < 0:
+                raise result.values[0].exception()  # the initializer raised: as on processes
             self._sizer.record(items=len(result.values), seconds=result.seconds)
             self._ready.append(Batch(chunk.start, result.values, result.failed))
             return
@@ -358,14 +385,19 @@ class Driver:
 
 
 def encode_call(job: Job, counters: CounterEngine) -> bytes:
-    """The job's Call, pickled with the user's function by value; SerializationError if it can't.
+    """The job's Call and its pickled initializer (or None), pickled with the user's function by
+    value; SerializationError if it can't.
 
     A ``shared_counter`` in the function (a closure, a keyword argument) moves into ``counters``.
     """
     options = job.options
     call = Call(job.fn, job.star, options.on_error == "return", timed=False)
     with crossing(counters):
-        return dumps_function(call, job.fn)
+        init_blob = None
+        if options.initializer is not None:
+            init = (options.initializer, options.initargs)
+            init_blob = dumps_function(init, options.initializer)
+        return dumps_function((call, init_blob), job.fn)
 
 
 def task_name(job: Job) -> str:
