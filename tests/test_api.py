@@ -6,6 +6,7 @@ import functools
 import os
 import pickle
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -235,8 +236,9 @@ def test_unpicklable_result_names_the_item(start_method: str) -> None:
 
 
 def test_result_that_cannot_be_unpickled_in_the_caller(start_method: str) -> None:
-    # Not a worker crash: the worker is alive and keeps working; the item's error says why.
-    options: dict[str, Any] = {"workers": 1, "start_method": start_method, "chunksize": 1}
+    # Not a worker crash: the worker is alive and keeps working. The chunk runs again item by
+    # item, and only the item whose result fails again gets the error, which says why.
+    options: dict[str, Any] = {"workers": 1, "start_method": start_method, "chunksize": 4}
     with pytest.raises(SerializationError, match="result of the item at index 3 in the caller"):
         pmap(returns_unloadable, range(6), **options)
     results = pmap(returns_unloadable, range(6), on_error="return", **options)
@@ -471,3 +473,34 @@ def test_items_of_a_class_from_an_interactive_main(start_method: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[1,", "2]", "[3]"]
+
+
+@pytest.mark.timeout(120)
+def test_items_of_a_class_from_a_package_main(start_method: str, tmp_path: Path) -> None:
+    """``python -m pkg``: spawned workers skip a package's ``__main__`` too."""
+    import subprocess
+    import sys
+
+    package = tmp_path / "pointpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(
+        "from parallelize import pmap\n"
+        "class Point:\n"
+        "    def __init__(self, x):\n"
+        "        self.x = x\n"
+        "def x_of(p):\n"
+        "    return p.x\n"
+        "if __name__ == '__main__':\n"
+        f"    print(pmap(x_of, [Point(1), Point(2)], workers=2, start_method={start_method!r}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pointpkg"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[1, 2]"

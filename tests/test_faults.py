@@ -398,6 +398,12 @@ def test_exit_during_a_map_in_a_daemon_thread_is_quiet(start_method: str, script
         pmap(double, [np.ones(300_000) for _ in range(4)], **options)  # shared-memory segments
         stream = imap(hang, range(4), ordered=False, **options)
         threading.Thread(target=lambda: next(stream), daemon=True).start()
+
+        def short_maps():  # maps that start, end and reap workers while the exit hook runs
+            while True:
+                pmap(double, range(50), max_tasks_per_worker=10, **options)
+
+        threading.Thread(target=short_maps, daemon=True).start()
         time.sleep(0.5)
     """
     done = run_script(script, body)

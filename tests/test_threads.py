@@ -194,6 +194,11 @@ class Behaviour:
         out = pmap(read_tag, range(6), initializer=set_tag, initargs=("ready",), **self.options)
         assert out == ["ready"] * 6
 
+    def test_each_map_sees_its_own_initializer(self) -> None:
+        for tag in ("a", "b", "a"):
+            out = pmap(read_tag, range(4), initializer=set_tag, initargs=(tag,), **self.options)
+            assert out == [tag] * 4
+
     def test_a_failing_initializer_raises_in_the_caller(self) -> None:
         with pytest.raises(LookupError, match="no database"):
             pmap(square, range(4), initializer=refuse_to_start, **self.options)

@@ -6,8 +6,8 @@ travel a few at a time so that every worker stays busy until the end.
 
 The automatic size aims for a chunk that takes about ``target`` seconds in a worker (by default
 ``TARGET_SECONDS``; remote engines give their own), measured from the chunks that came back; it
-never gives one worker more than its share of what is left, down to ``FLOOR_SECONDS`` of work,
-so the tail of a map is balanced.
+never gives one worker more than its share of what is left, down to ``floor`` seconds of work
+(``FLOOR_SECONDS``), so the tail of a map is balanced.
 """
 
 from __future__ import annotations
@@ -60,12 +60,20 @@ class ChunkSizer:
     100
     """
 
-    __slots__ = ("_fixed", "_floor", "_size", "_target", "_workers")
+    __slots__ = ("_fixed", "_floor", "_floor_seconds", "_size", "_target", "_workers")
 
-    def __init__(self, *, workers: int, fixed: int | None, target: float = TARGET_SECONDS):
+    def __init__(
+        self,
+        *,
+        workers: int,
+        fixed: int | None,
+        target: float = TARGET_SECONDS,
+        floor: float = FLOOR_SECONDS,
+    ):
         self._workers = workers
         self._fixed = fixed
         self._target = target  # seconds of work a chunk should hold
+        self._floor_seconds = floor  # ... and at the least, to balance the tail
         self._size = 1
         self._floor = 1  # the smallest chunk worth a round trip, from the last measurement
 
@@ -84,4 +92,4 @@ class ChunkSizer:
         per_item = max(seconds / items, 1e-9)
         wanted = max(1, int(self._target / per_item))
         self._size = min(wanted, self._size * MAX_GROWTH, MAX_CHUNK)
-        self._floor = max(1, int(FLOOR_SECONDS / per_item))
+        self._floor = max(1, int(self._floor_seconds / per_item))

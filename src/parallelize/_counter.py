@@ -373,7 +373,9 @@ class FileStorage:
         try:
             resource_tracker.register(_shm_name(path), "shared_memory")
             os.ftruncate(fd, _SIZE)
-            _range_lock(fd, fcntl.F_RDLCK, _LIVE_BYTE)
+            # Waits out a sweep that may be looking at the new file (it leaves one whose magic
+            # number is not written yet), so the creator never ends up without its mark.
+            _range_lock(fd, fcntl.F_RDLCK, _LIVE_BYTE, wait=True)
             handle = _Handle(path, fd, creator=True)
         except BaseException:
             os.close(fd)

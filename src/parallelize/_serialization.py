@@ -123,6 +123,7 @@ def assigned_globals(initializer: Any) -> dict[str, Any]:
     ``multiprocessing.Pool`` idiom works. Names it only reads are not handed over: for those the
     function keeps the caller's values of the moment of the map.
     """
+    initializer = _function_of(initializer)
     if not _is_main_function(initializer):
         return {}
     import dis
@@ -138,11 +139,22 @@ def assigned_globals(initializer: Any) -> dict[str, Any]:
 
 
 def share_globals(fn: Any, assigned: dict[str, Any]) -> None:
-    """Give a mapped function of ``__main__`` (or the one a ``partial`` wraps) the globals its
-    worker's initializer assigned (see :func:`assigned_globals`)."""
-    target = fn.func if isinstance(fn, functools.partial) else fn
+    """Give a mapped function of ``__main__`` (or the one a ``partial`` or a bound method wraps)
+    the globals its worker's initializer assigned (see :func:`assigned_globals`)."""
+    target = _function_of(fn)
     if assigned and _is_main_function(target):
         target.__globals__.update(assigned)
+
+
+def _function_of(fn: Any) -> Any:
+    """The plain function behind a ``partial`` or a bound method, which holds the globals."""
+    while True:
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+        elif isinstance(fn, types.MethodType):
+            fn = fn.__func__
+        else:
+            return fn
 
 
 def _is_main_function(fn: Any) -> bool:
@@ -247,7 +259,9 @@ class Failure:
             # that an editor cannot open): the worker's formatted text is the cause. One raised
             # in this process (threads, serial) keeps its frames and gets the same cause, unless
             # it has one of its own, so that every backend reports alike.
-            if self.tb is not None and (self.remote or self.error.__cause__ is None):
+            error = self.error
+            own_cause = error.__cause__ is not None or error.__suppress_context__  # raise ... from
+            if self.tb is not None and (self.remote or not own_cause):
                 self.error.__cause__ = RemoteTraceback(self.tb)
             where = f"by the item at index {self.index}" if self.index >= 0 else "at worker start"
             self.error.add_note(f"(raised {where}, in a parallelize worker)")

@@ -369,23 +369,23 @@ class Dispatcher(Generic[W]):
         self._retry.extendleft(reversed(requeue))
 
     def _unreadable(self, worker: W, exc: Exception) -> None:
-        """A reply that failed to unpickle here holds the results of the worker's oldest chunk
-        (a worker answers its chunks in order): each of those items fails with the reason. The
-        worker itself is fine and goes on."""
+        """A reply that failed to unpickle here holds the results of the worker's oldest chunk (a
+        worker answers its chunks in order). Its items run again one at a time, and the one whose
+        result fails again fails with the reason; the worker itself is fine and goes on."""
         if not worker.queue:  # not a chunk's results: a message the pool cannot do without
             self._pool.broken = True
             raise SerializationError(f"cannot unpickle a worker's message: {exc!r}") from exc
         task = self._forget(worker.queue.popleft())
-        last = task.start + len(task.items) - 1
-        which = (
-            f"the result of the item at index {last}"
-            if last == task.start
-            else f"the results of the items at indices {task.start} to {last}"
+        if len(task.items) > 1:  # which result it was is unknown: run them again one by one
+            start, retries = task.start, task.retries
+            singles = [_Task(start + i, [item], retries) for i, item in enumerate(task.items)]
+            self._retry.extendleft(reversed(singles))
+            return
+        error = SerializationError(
+            f"cannot unpickle the result of the item at index {task.start} in the caller: {exc!r}"
         )
-        error = SerializationError(f"cannot unpickle {which} in the caller: {exc!r}")
         error.__cause__ = exc
-        failures = [Failure(error, task.start + offset) for offset in range(len(task.items))]
-        self._ready.append(Batch(task.start, failures, True))
+        self._ready.append(Batch(task.start, [Failure(error, task.start)], True))
 
     def _never_ran(self, exitcode: int | None) -> WorkerCrashedError:
         from .._crash import WorkerCrashedError  # see _crash: only paid once a worker died
@@ -472,6 +472,8 @@ class Dispatcher(Generic[W]):
                     worker.queue.clear()
                 elif event[0] in (DONE, CANCELLED):
                     worker.queue.remove(event[1])
+                elif event[0] == UNREADABLE and worker.queue:
+                    worker.queue.popleft()  # its oldest chunk's reply, which is dropped anyway
 
 
 def describe_exit(exitcode: int | None) -> str:

@@ -50,6 +50,9 @@ WINDOW: Final = 4
 # chunks aim at 100 ms of work to keep that overhead near 1-3% (as ChunkSizer's default does,
 # for its own reason: it may change, this need not).
 ENGINE_TARGET_SECONDS: Final = 0.1
+# The tail of a map is not split into chunks of less work than this: 10 ms against 1-3 ms of
+# scheduling per task.
+ENGINE_FLOOR_SECONDS: Final = 0.01
 # A worker keeps the functions of this many maps unpickled, like the local workers' CALL_CACHE.
 CALLS_KEPT: Final = 16
 # Status slot of a chunk run on an engine: task 1, no item yet, never cancelled (CANCEL 0 < 1).
@@ -96,16 +99,39 @@ def _load_outcome(blob: bytes) -> Outcome:
     return Outcome(*pickle.loads(blob))
 
 
-_calls: collections.OrderedDict[bytes, tuple[Call, bytes | None]] = collections.OrderedDict()
+class _Loaded:
+    """A map's Call and pickled initializer in a worker process, and which run of the initializer
+    its function last got the globals of."""
+
+    __slots__ = ("call", "init_blob", "shared_run")
+
+    def __init__(self, call: Call, init_blob: bytes | None):
+        self.call = call
+        self.init_blob = init_blob
+        self.shared_run = 0
+
+
+_calls: collections.OrderedDict[bytes, _Loaded] = collections.OrderedDict()
 _calls_lock = threading.Lock()
-# The initializers this worker process has run, by their pickle: what each assigned in __main__
-# (see _serialization.assigned_globals). Held while one runs, so that it runs once per process
-# even when the engine runs several tasks at once in threads.
-_initialized: dict[bytes, dict[str, Any]] = {}
-_init_lock = threading.Lock()
 
 
-def _load_call(blob: bytes) -> tuple[Call, bytes | None]:
+class _Initialized:
+    """The initializer this worker process ran last (its pickle), what it assigned in __main__
+    (see _serialization.assigned_globals), and how many runs there have been. Like a process
+    pool, which has one initializer, a process runs a map's initializer again when the last one
+    run was another (or the same with other arguments): it may have set the same globals."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # held while one runs: once, even with tasks in threads
+        self.blob: bytes | None = None
+        self.assigned: dict[str, Any] = {}
+        self.run = 0
+
+
+_init = _Initialized()
+
+
+def _load_call(blob: bytes) -> _Loaded:
     """The map's Call and its pickled initializer, unpickled once per worker process (bytes cache
     their own hash)."""
     with _calls_lock:
@@ -113,7 +139,7 @@ def _load_call(blob: bytes) -> tuple[Call, bytes | None]:
         if cached is not None:
             _calls.move_to_end(blob)
             return cached
-    loaded: tuple[Call, bytes | None] = pickle.loads(blob)
+    loaded = _Loaded(*pickle.loads(blob))
     with _calls_lock:
         _calls[blob] = loaded
         if len(_calls) > CALLS_KEPT:
@@ -121,18 +147,21 @@ def _load_call(blob: bytes) -> tuple[Call, bytes | None]:
     return loaded
 
 
-def _initialize(call: Call, init_blob: bytes) -> Failure | None:
-    """Run the map's initializer if this worker process has not run it yet: before its first
-    chunk, as a process worker does at start. Its failure, if it raised."""
-    with _init_lock:
-        assigned = _initialized.get(init_blob)
-        if assigned is None:
+def _initialize(loaded: _Loaded, init_blob: bytes) -> Failure | None:
+    """Run the map's initializer unless it is the one this process ran last: before the chunk,
+    as a process worker does at start. Its failure, if it raised."""
+    with _init.lock:
+        if _init.blob != init_blob:
             initializer, initargs = pickle.loads(init_blob)
             failure = run_initializer(initializer, initargs)
             if failure is not None:
+                _init.blob = None
                 return failure
-            assigned = _initialized[init_blob] = assigned_globals(initializer)
-    share_globals(call.fn, assigned)
+            _init.blob, _init.assigned = init_blob, assigned_globals(initializer)
+            _init.run += 1
+        if loaded.shared_run != _init.run:  # once per run: the function may rebind them after
+            share_globals(loaded.call.fn, _init.assigned)
+            loaded.shared_run = _init.run
     return None
 
 
@@ -149,8 +178,9 @@ def run_remote(
     if _caller_pid != os.getpid():
         enter_worker()
     with engine_task():
-        call, init_blob = _load_call(blob)
-        if init_blob is not None and (failure := _initialize(call, init_blob)) is not None:
+        loaded = _load_call(blob)
+        call, init_blob = loaded.call, loaded.init_blob
+        if init_blob is not None and (failure := _initialize(loaded, init_blob)) is not None:
             return Outcome(start, [failure], 0.0, True)  # index -1: the driver raises it
         items: Sequence[Any] = pickle.loads(payload)
         if timeout is None:
@@ -273,7 +303,10 @@ class Driver:
         self._slots = workers * DEPTH
         self._workers = workers
         self._sizer = ChunkSizer(
-            workers=workers, fixed=job.options.chunksize, target=ENGINE_TARGET_SECONDS
+            workers=workers,
+            fixed=job.options.chunksize,
+            target=ENGINE_TARGET_SECONDS,
+            floor=ENGINE_FLOOR_SECONDS,
         )
         self._bounded = job.options.ordered and job.stream
         self._inflight: dict[Any, _Chunk] = {}

@@ -125,6 +125,7 @@ class ProcessPool(WorkerSet[_Worker]):
         return next(self._ids)
 
     def spawn(self) -> _Worker:
+        _park_if_exiting()  # no new workers once the exit hook has closed the pools
         slot = self._free_slots.pop()
         for field, value in enumerate(fresh_status(task=-1)):
             if field != CANCEL:  # CANCEL stays: ids only grow, so it stays harmless
@@ -250,6 +251,7 @@ class ProcessPool(WorkerSet[_Worker]):
                     while obj.poll():
                         raws.append(obj.recv_bytes())
                 except (EOFError, OSError):
+                    _park_if_exiting()  # the exit hook closed it: not a crash
                     dead.append(worker)
                 events.extend((worker, _load_reply(raw, worker)) for raw in raws)
             elif worker not in dead:
@@ -258,7 +260,7 @@ class ProcessPool(WorkerSet[_Worker]):
             if event[0] == READY:
                 worker.ready = True
         for worker in dict.fromkeys(dead):
-            events.extend((worker, message) for message in _drain(worker.conn))
+            events.extend((worker, message) for message in _drain(worker))
             events.append((worker, DEAD))
         return events
 
@@ -267,6 +269,7 @@ class ProcessPool(WorkerSet[_Worker]):
             os.kill(worker.process.pid, signal.SIGKILL)
 
     def reap(self, worker: _Worker) -> int | None:
+        _park_if_exiting()  # the exit hook is closing this pool: leave the workers to it
         if worker.process.exitcode is None:  # declared dead for a bad message: make it so
             self.kill(worker)
         worker.process.join()
@@ -342,11 +345,14 @@ class _StatusBlock:
 
 
 def _main_importable() -> bool:
-    """Whether spawned workers can import this process's ``__main__`` (as multiprocessing's
-    spawn preparation does: by module name, else by file)."""
+    """Whether spawned workers import this process's ``__main__``, by the rules of
+    multiprocessing's spawn preparation: by module name when it has one, except a package's or a
+    zipapp's ``__main__`` (``python -m pkg``), which it skips; else by file."""
     main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    return getattr(spec, "name", None) is not None or getattr(main, "__file__", None) is not None
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None:
+        return name != "__main__" and not name.endswith(".__main__")
+    return getattr(main, "__file__", None) is not None
 
 
 def _load_reply(raw: bytes, worker: _Worker) -> Any:
@@ -390,11 +396,12 @@ class _Blob:
         return (pickle.loads, (self.blob,))
 
 
-def _drain(conn: Any) -> Iterator[Any]:
+def _drain(worker: _Worker) -> Iterator[Any]:
     """Messages a dead worker sent before it died."""
     try:
-        while conn.poll():
-            yield sharedmem.load(conn.recv_bytes())
+        while worker.conn.poll():
+            raw = worker.conn.recv_bytes()
+            yield _load_reply(raw, worker)
     except (EOFError, OSError):
         return
 
