@@ -258,6 +258,7 @@ class Behaviour:
         assert out[0] == out[2] == 0.01
         assert isinstance(out[1], TimeoutError)
         assert "index 1" in str(out[1])
+        assert "abandoned" in str(out[1])  # a thread cannot be stopped, and the message says so
 
     def test_retries_count_overruns_and_raises_alike(self, tmp_path: Path) -> None:
         """retries=1: two attempts in all, whichever of them raised or ran too long."""

@@ -79,6 +79,8 @@ class WorkerSet(abc.ABC, Generic[W]):
     size: int
     workers: list[W]
     broken: bool = False  # discard this set after the map (an initializer failed)
+    # What kill() does to a worker that overran its timeout, as its TimeoutError says.
+    stopped: str = "its worker was stopped and replaced"
 
     @abc.abstractmethod
     def spawn(self) -> W:
@@ -403,7 +405,7 @@ class Dispatcher(Generic[W]):
         if timed_out:
             return TimeoutError(
                 f"the item at index {index} ran longer than the timeout of "
-                f"{self._job.options.timeout} s; its worker was stopped and replaced"
+                f"{self._job.options.timeout} s; {self._pool.stopped}"
             )
         from .._crash import WorkerCrashedError
 

@@ -32,6 +32,8 @@ class _Thread(WorkerHandle):
 class ThreadPool(WorkerSet[_Thread]):
     """The threads of one map."""
 
+    stopped = "its thread was abandoned, to end when the item returns, and replaced"
+
     def __init__(self, job: Job):
         self.size = job.options.workers
         self.workers = []
