@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import pickle
@@ -246,6 +247,42 @@ def test_result_that_cannot_be_unpickled_in_the_caller(start_method: str) -> Non
     assert isinstance(results[3].__cause__, FileNotFoundError)
     pids = {r for i, r in enumerate(results) if i != 3}
     assert len(pids) == 1 and pids == set(pmap(returns_unloadable, [0], **options))
+
+
+class ErrorOnlyInWorkers(Exception):
+    """An exception that survives a pickle round trip in its worker but cannot be rebuilt in
+    the caller (a worker sends home what it could rebuild itself)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_in, (os.getpid(),))
+
+
+def _rebuild_in(pid: int) -> ErrorOnlyInWorkers:
+    if os.getpid() != pid:
+        raise FileNotFoundError(2, "gone in the caller")
+    return ErrorOnlyInWorkers()
+
+
+def count_then_fail_at_7(log: str, x: int) -> int:
+    with open(log, "a") as runs:
+        runs.write(f"{x}\n")
+    if x == 7:
+        raise ErrorOnlyInWorkers()
+    return x
+
+
+def test_unreadable_results_run_again_without_new_retries(tmp_path: Path) -> None:
+    # The chunk's items run once more, one at a time, to find the culprit; the retries the
+    # worker spent are not granted again.
+    log = str(tmp_path / "runs")
+    fn = functools.partial(count_then_fail_at_7, log)
+    out = pmap(fn, range(12), workers=2, chunksize=6, retries=2, on_error="return")
+    assert isinstance(out[7], SerializationError)
+    assert [x for i, x in enumerate(out) if i != 7] == [x for x in range(12) if x != 7]
+    with open(log) as runs:
+        counts = collections.Counter(int(line) for line in runs)
+    assert counts[7] == 2 + 1 + 1  # retries + 1 in its chunk, once more alone
+    assert all(counts[x] <= 2 for x in range(12) if x != 7)
 
 
 def test_unpicklable_argument_names_the_item(start_method: str) -> None:

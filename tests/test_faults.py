@@ -411,6 +411,33 @@ def test_exit_during_a_map_in_a_daemon_thread_is_quiet(start_method: str, script
     assert done.stdout == done.stderr == ""
 
 
+@pytest.mark.timeout(120)
+def test_exit_handler_joining_a_daemon_thread_in_a_map_does_not_hang(script: Path) -> None:
+    # An exit handler that runs after parallelize's (registered before the import) waits for a
+    # daemon thread whose map lost its pool: the thread must end, not wait forever.
+    script.write_text(textwrap.dedent("""
+        import atexit, threading, time
+        threads = []
+        atexit.register(lambda: threads[0].join())
+        from parallelize import pmap
+
+        def slow(x):
+            time.sleep(0.3)
+            return x
+
+        if __name__ == "__main__":
+            threads.append(threading.Thread(target=pmap, args=(slow, range(8)), daemon=True))
+            threads[0].start()
+            time.sleep(0.5)
+    """))
+    began = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=100, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - began < 60
+
+
 def test_exit_with_a_warm_pool_is_quiet(start_method: str, script: Path) -> None:
     body = f"""
     def pid(_):

@@ -372,10 +372,10 @@ class FileStorage:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             resource_tracker.register(_shm_name(path), "shared_memory")
+            # The mark before the size: a sweep skips files of any other size, so it never holds
+            # this byte of a new counter (which would leave the creator without its mark).
+            _range_lock(fd, fcntl.F_RDLCK, _LIVE_BYTE)
             os.ftruncate(fd, _SIZE)
-            # Waits out a sweep that may be looking at the new file (it leaves one whose magic
-            # number is not written yet), so the creator never ends up without its mark.
-            _range_lock(fd, fcntl.F_RDLCK, _LIVE_BYTE, wait=True)
             handle = _Handle(path, fd, creator=True)
         except BaseException:
             os.close(fd)

@@ -379,8 +379,8 @@ class Dispatcher(Generic[W]):
             raise SerializationError(f"cannot unpickle a worker's message: {exc!r}") from exc
         task = self._forget(worker.queue.popleft())
         if len(task.items) > 1:  # which result it was is unknown: run them again one by one
-            start, retries = task.start, task.retries
-            singles = [_Task(start + i, [item], retries) for i, item in enumerate(task.items)]
+            # Without retries: the worker has spent them on these items already.
+            singles = [_Task(task.start + i, [item], 0) for i, item in enumerate(task.items)]
             self._retry.extendleft(reversed(singles))
             return
         error = SerializationError(

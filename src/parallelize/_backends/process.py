@@ -377,7 +377,10 @@ def _sweep_counters(exitcode: int | None) -> None:
     loaded their module) can have handed one to a worker."""
     counters = sys.modules.get("parallelize._counter")
     if exitcode != 0 and counters is not None:
-        counters.sweep_orphans()
+        # Not while this process forks a worker: the child would inherit the sweep's
+        # descriptors, and with them the locks it holds for a moment, for its whole life.
+        with _spawn_lock:
+            counters.sweep_orphans()
 
 
 def _load_payload(call_id: int, blob: bytes) -> bytes:
@@ -571,15 +574,26 @@ def _shutdown_all() -> None:
 
 # Set by the exit hook: pools are being closed under any map still running.
 _exiting = threading.Event()
+# How long a daemon thread's map waits at exit (see _park_if_exiting): far longer than the rest of
+# a normal exit takes, short enough that an exit handler joining that thread cannot hang.
+EXIT_PARK_SECONDS: Final = 10.0
+_parked = threading.local()
 
 
 def _park_if_exiting() -> None:
     """At interpreter exit, a map still running in a daemon thread (the only kind still running
-    then) has lost its pool: it waits here, quietly, until the interpreter discards the thread,
-    instead of reporting the workers the exit hook stopped as crashes."""
+    then) has lost its pool: it waits here, quietly, for the interpreter to discard the thread,
+    instead of reporting the workers the exit hook stopped as crashes. If the interpreter is
+    still there after ``EXIT_PARK_SECONDS`` (an exit handler waits for that thread), the thread
+    ends with ``SystemExit``, which threads end on silently."""
     thread = threading.current_thread()
-    if _exiting.is_set() and thread.daemon and thread is not threading.main_thread():
-        threading.Event().wait()
+    if not _exiting.is_set() or not thread.daemon or thread is threading.main_thread():
+        return
+    if getattr(_parked, "done", False):
+        return  # parked once already: let it unwind
+    _parked.done = True
+    threading.Event().wait(EXIT_PARK_SECONDS)
+    raise SystemExit
 
 
 # Registered after multiprocessing.util's own exit hook, so it runs before it (atexit is LIFO):
