@@ -326,19 +326,14 @@ def sweep_orphans() -> None:
             if not _range_lock(fd, fcntl.F_WRLCK, _LIVE_BYTE):
                 continue
             words = struct.unpack("4q", os.pread(fd, _SIZE, 0))
-            if words[_MAGIC] == _MAGIC_NUMBER and not words[_TRACKED] and _same_path(fd, path):
-                os.unlink(path)
+            if words[_MAGIC] == _MAGIC_NUMBER and not words[_TRACKED]:
+                named = os.stat(path)  # still this file under that name
+                if _same_file(fd, named.st_ino, named.st_dev):
+                    os.unlink(path)
         except OSError:
             pass
         finally:
             os.close(fd)
-
-
-def _same_path(fd: int, path: str) -> bool:
-    try:
-        return os.path.samestat(os.fstat(fd), os.stat(path))
-    except OSError:
-        return False
 
 
 @final

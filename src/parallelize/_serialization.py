@@ -183,8 +183,11 @@ def dumps_for_engine(obj: Any) -> bytes:
     worker of a notebook, a REPL or ``python -c``; spawned workers of a script import it anew.
     """
     blob = dumps(obj)
-    if not names_main(blob):
-        return blob
+    return dumps_by_value(obj) if names_main(blob) else blob
+
+
+def dumps_by_value(obj: Any) -> bytes:
+    """Pickle with cloudpickle, which sends what belongs to ``__main__`` by value."""
     import cloudpickle
 
     data: bytes = cloudpickle.dumps(obj, PROTOCOL)
@@ -262,9 +265,9 @@ class Failure:
             error = self.error
             own_cause = error.__cause__ is not None or error.__suppress_context__  # raise ... from
             if self.tb is not None and (self.remote or not own_cause):
-                self.error.__cause__ = RemoteTraceback(self.tb)
+                error.__cause__ = RemoteTraceback(self.tb)
             where = f"by the item at index {self.index}" if self.index >= 0 else "at worker start"
-            self.error.add_note(f"(raised {where}, in a parallelize worker)")
+            error.add_note(f"(raised {where}, in a parallelize worker)")
         return self.error
 
     def __reduce__(self) -> tuple[Any, ...]:

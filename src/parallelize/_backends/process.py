@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from .. import _sharedmem as sharedmem
 from .._execute import CANCEL, SLOT_WIDTH, Call, fresh_status
-from .._serialization import dumps, dumps_for_engine, dumps_function, names_main
+from .._serialization import dumps, dumps_by_value, dumps_function, names_main
 from .._threadlimits import thread_share
 from .._worker import GIVE_BACK, LOAD, READY, map_status, process_main
 from ._dispatch import DEAD, UNREADABLE, Dispatcher, WorkerHandle, WorkerSet
@@ -186,7 +186,7 @@ class ProcessPool(WorkerSet[_Worker]):
         if self._main_by_value and names_main(blob):
             if lease is not None:
                 self._arena.release(lease)
-            return dumps_for_engine(message), None
+            return dumps_by_value(message), None
         return blob, lease
 
     def release(self, lease: object) -> None:
@@ -586,8 +586,10 @@ def _park_if_exiting() -> None:
     instead of reporting the workers the exit hook stopped as crashes. If the interpreter is
     still there after ``EXIT_PARK_SECONDS`` (an exit handler waits for that thread), the thread
     ends with ``SystemExit``, which threads end on silently."""
+    if not _exiting.is_set():  # first: this runs on every wait of every map
+        return
     thread = threading.current_thread()
-    if not _exiting.is_set() or not thread.daemon or thread is threading.main_thread():
+    if not thread.daemon or thread is threading.main_thread():
         return
     if getattr(_parked, "done", False):
         return  # parked once already: let it unwind
