@@ -4,7 +4,7 @@ Run from the repository root: ``python benchmarks/bench_counter_engines.py [--qu
 Markdown table (microseconds per increment, best of several runs) and writes the numbers, with the
 machine and the command, to ``benchmarks/results/counter_engines.json``.
 
-On an engine the counter lives in a small actor (see ``parallelize._backends._counter_engines``),
+On an engine the counter lives in a small actor (see ``parallelize._counter.engines``),
 so an increment is one round trip to it. Measured, each inside engine tasks that received the
 counter from ``pmap`` (timed in the task, so task scheduling is not counted), on a warm local
 cluster of two single-threaded workers (a Dask ``LocalCluster``, a Ray session of 2 CPUs):

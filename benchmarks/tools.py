@@ -63,7 +63,7 @@ class Parallelize(Tool):
             return pmap(fn, items, **options)
 
     def close(self) -> None:
-        from parallelize._backends.base import loaded_backends
+        from parallelize._backends import loaded_backends
 
         for backend in loaded_backends():  # so the next tool starts from a clean slate
             backend.shutdown()

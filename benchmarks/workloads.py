@@ -155,7 +155,7 @@ def bar_cost_ms(total: int, updates: int = 40, reps: int = 50) -> float:
     import contextlib
     import os
 
-    from parallelize._progress import open_bar
+    from parallelize._core.progress import open_bar
 
     seconds = []
     with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):

@@ -463,7 +463,7 @@ def test_workers_and_the_api_do_not_load_concurrent_futures() -> None:
 
     code = (
         "import sys\n"
-        "import parallelize._worker\n"
+        "import parallelize._worker.loop\n"
         "from parallelize import pmap\n"
         "print(sorted(m for m in sys.modules if m.startswith(('concurrent', 'logging'))))\n"
         "from parallelize import WorkerCrashedError\n"

@@ -25,10 +25,9 @@ distributed = pytest.importorskip("distributed")
 import dask  # noqa: E402 - installed with distributed
 
 from parallelize import WorkerCrashedError, imap, pmap, shared_counter  # noqa: E402
-from parallelize._backends import _remote  # noqa: E402
+from parallelize._backends import _engine, get_backend  # noqa: E402
 from parallelize._backends import dask as dask_backend  # noqa: E402
-from parallelize._backends.base import get_backend  # noqa: E402
-from parallelize._worker import in_worker  # noqa: E402
+from parallelize._lifecycle import in_worker  # noqa: E402
 from test_threads import (  # noqa: E402 - after the skip above
     Behaviour,
     CounterBehaviour,
@@ -150,13 +149,13 @@ def test_address_option_and_environment(cluster: Any, monkeypatch: pytest.Monkey
 
 def test_tiny_items_travel_in_chunks(cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     submitted: list[int] = []
-    original = _remote.Driver._submit
+    original = _engine.EngineSet.encode
 
-    def counting(self: Any, chunk: Any) -> None:
-        submitted.append(len(chunk.items))
-        original(self, chunk)
+    def counting(self: Any, task: Any) -> Any:
+        submitted.append(len(task.items))
+        return original(self, task)
 
-    monkeypatch.setattr(_remote.Driver, "_submit", counting)
+    monkeypatch.setattr(_engine.EngineSet, "encode", counting)
     assert pmap(square, range(20_000), backend="dask") == [x * x for x in range(20_000)]
     assert sum(submitted) == 20_000
     assert len(submitted) < 100

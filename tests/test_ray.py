@@ -22,8 +22,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from parallelize import WorkerCrashedError, imap, pmap  # noqa: E402
-from parallelize._backends import _remote  # noqa: E402 - the loop Ray shares with Dask
-from parallelize._worker import in_worker  # noqa: E402
+from parallelize._backends import _engine  # noqa: E402 - the worker set Ray shares with Dask
+from parallelize._lifecycle import in_worker  # noqa: E402
 from test_threads import (  # noqa: E402 - after the skip above
     Behaviour,
     CounterBehaviour,
@@ -111,13 +111,13 @@ def test_items_of_a_class_from_main(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("session")
 def test_tiny_items_travel_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     submitted: list[int] = []
-    original = _remote.Driver._submit
+    original = _engine.EngineSet.encode
 
-    def counting(self: Any, chunk: Any) -> None:
-        submitted.append(len(chunk.items))
-        original(self, chunk)
+    def counting(self: Any, task: Any) -> Any:
+        submitted.append(len(task.items))
+        return original(self, task)
 
-    monkeypatch.setattr(_remote.Driver, "_submit", counting)
+    monkeypatch.setattr(_engine.EngineSet, "encode", counting)
     assert pmap(square, range(20_000), backend="ray") == [x * x for x in range(20_000)]
     assert sum(submitted) == 20_000
     assert len(submitted) < 100

@@ -104,8 +104,8 @@ def test_reply_segments_are_reused_not_piled_up() -> None:
 
 
 def test_idle_pool_frees_its_shared_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    import parallelize._sharedmem as sharedmem
     from parallelize._backends import process
+    from parallelize._wire import sharedmem
 
     monkeypatch.setattr(sharedmem, "IDLE_SECONDS", 0.5)
     process._shutdown_all()  # workers read the idle period when they start
@@ -191,8 +191,8 @@ def test_arrays_held_by_a_forked_child_are_not_overwritten(tmp_path: Path) -> No
 def test_results_dropped_after_the_map_are_freed_when_idle(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import parallelize._sharedmem as sharedmem
     from parallelize._backends import process
+    from parallelize._wire import sharedmem
 
     monkeypatch.setattr(sharedmem, "IDLE_SECONDS", 0.3)
     process._shutdown_all()
@@ -214,7 +214,7 @@ def test_idle_release_survives_a_fork(tmp_path: Path) -> None:
         """
         import os, time
         import numpy as np
-        import parallelize._sharedmem as sharedmem
+        import parallelize._wire.sharedmem as sharedmem
         from parallelize import pmap
 
         def ours():

@@ -10,9 +10,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._api import imap, pmap
     from ._counter import SharedCounter, shared_counter
-    from ._crash import WorkerCrashedError
     from ._decorator import ParallelFunction, parallel
-    from ._errors import ParallelizeError, RemoteError, RemoteTraceback, SerializationError
+    from ._errors import (
+        ParallelizeError,
+        RemoteError,
+        RemoteTraceback,
+        SerializationError,
+        WorkerCrashedError,
+    )
     from ._mapoptions import MapOptions
 
 __version__ = "0.1.0"
@@ -42,7 +47,7 @@ _SOURCES = {
     "RemoteTraceback": "._errors",
     "SerializationError": "._errors",
     "SharedCounter": "._counter",
-    "WorkerCrashedError": "._crash",
+    "WorkerCrashedError": "._errors",
     "imap": "._api",
     "parallel": "._decorator",
     "pmap": "._api",
@@ -54,7 +59,7 @@ def __getattr__(name: str) -> Any:
     source = _SOURCES.get(name)
     if source is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
+    import importlib  # lazily: a worker that imports the package never needs it
 
     value = getattr(importlib.import_module(source, __name__), name)
     globals()[name] = value

@@ -1,24 +1,24 @@
-"""``pmap`` and ``imap``: validate, pick the backend, hand the job over, apply the error policy.
+"""``pmap`` and ``imap``: validate the call, build the job, hand it to the core.
 
-Everything a user can get wrong is checked here, before any worker starts. Ordering, the progress
-bar and ``on_error`` are done here once, for every backend.
+Everything a user can get wrong is checked here, before any worker starts. How the job runs
+(the backend, the scheduler, ordering, progress, ``on_error``) is :mod:`parallelize._core`'s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sized
-from contextlib import closing
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack, overload
+
+from ._backends import get_backend
 
 # The default backend is loaded with the API, as the standard library's pool loads its modules on
 # import: a first map then pays only for starting workers. Workers import this module only when
 # they re-import a user's ``__main__`` that does (spawn and forkserver).
 from ._backends import process as _default_backend  # noqa: F401
-from ._backends.base import Batch, Job, get_backend
+from ._core.job import Job
+from ._core.results import run_list, run_stream
+from ._lifecycle import in_worker
 from ._options import Options
-from ._progress import open_bar
-from ._serialization import Failure
-from ._worker import in_worker
 
 if TYPE_CHECKING:
     from ._mapoptions import MapOptions
@@ -144,82 +144,3 @@ def prepare(
     if sliceable and total is not None and not star:
         source = first  # type: ignore[assignment]
     return Job(fn, items, star, total, resolved, stream, source)
-
-
-def _values(batch: Batch, raise_first: bool) -> list[Any]:
-    """The batch's values with failures raised, or turned into exception objects."""
-    return batch.values if not batch.failed else list(_emit(batch, raise_first))
-
-
-def _emit(batch: Batch, raise_first: bool) -> Iterator[Any]:
-    """The batch's values one by one; a failure is raised (or yielded) where it stands."""
-    if not batch.failed:
-        yield from batch.values
-        return
-    for value in batch.values:
-        if type(value) is Failure:
-            error = value.exception()
-            if raise_first:
-                raise error
-            yield error
-        else:
-            yield value
-
-
-def run_list(job: Job) -> list[Any]:
-    """Run a job to completion; the results in input (or completion) order."""
-    options = job.options
-    raise_first = options.on_error == "raise"
-    backend = get_backend(options.backend)
-    bar = open_bar(options.progress, job.total)
-    try:
-        with closing(backend.run(job)) as batches:
-            if not options.ordered:
-                out: list[Any] = []
-                for batch in batches:
-                    out += _values(batch, raise_first)
-                    bar.update(len(batch.values))
-                return out
-            received = []
-            for batch in batches:
-                received.append((batch.start, _values(batch, raise_first)))
-                bar.update(len(batch.values))
-    finally:
-        bar.close()
-    received.sort(key=_start)
-    out = []
-    for _, values in received:
-        out += values
-    return out
-
-
-def _start(pair: tuple[int, list[Any]]) -> int:
-    return pair[0]
-
-
-def run_stream(job: Job) -> Iterator[Any]:
-    """Run a job lazily, yielding results as the consumer asks for them."""
-    options = job.options
-    raise_first = options.on_error == "raise"
-    backend = get_backend(options.backend)
-    bar = open_bar(options.progress, job.total)
-    try:
-        with closing(backend.run(job)) as batches:
-            if not options.ordered:
-                for batch in batches:
-                    values = _values(batch, raise_first)
-                    bar.update(len(values))
-                    yield from values
-                return
-            # In input order, a failure is raised when the stream reaches it, after the results
-            # before it.
-            waiting: dict[int, Batch] = {}
-            next_index = 0
-            for batch in batches:
-                waiting[batch.start] = batch
-                bar.update(len(batch.values))
-                while (ready := waiting.pop(next_index, None)) is not None:
-                    next_index += len(ready.values)
-                    yield from _emit(ready, raise_first)
-    finally:
-        bar.close()

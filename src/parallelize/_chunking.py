@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import math
 
-# A chunk of ~100 ms keeps the per-chunk cost (~50-100 us of the caller's CPU, which competes
-# with the workers for the same cores) near 0.1% of the work. The tail is balanced separately, by
-# ``balanced_size`` and ``FLOOR_SECONDS``. Measured against 10 ms on 2 workers: 1-4% faster on
-# items of 1-5 ms, the caller's CPU time a quarter; level on items of 50 us.
+# A chunk of ~100 ms keeps the per-chunk cost (tens of microseconds of the caller's CPU, which
+# competes with the workers for the same cores) a small fraction of the work; docs/benchmarks.md
+# has the measurements behind it. The tail is balanced separately, by ``balanced_size`` and
+# ``FLOOR_SECONDS``.
 TARGET_SECONDS = 0.1
 # Growth per measured chunk: trust a new measurement quickly, but not a single noisy one blindly.
 MAX_GROWTH = 16
@@ -25,7 +25,7 @@ MAX_GROWTH = 16
 MAX_CHUNK = 65536
 # Each worker should get at least this many chunks of what is left, for load balance at the end.
 SHARES_PER_WORKER = 2
-# The tail is not split into chunks holding less work than this: a round trip (~50-100 us) costs
+# The tail is not split into chunks holding less work than this: a round trip to a worker costs
 # more than the imbalance such a chunk could leave.
 FLOOR_SECONDS = 0.001
 
@@ -67,13 +67,15 @@ class ChunkSizer:
         *,
         workers: int,
         fixed: int | None,
-        target: float = TARGET_SECONDS,
-        floor: float = FLOOR_SECONDS,
+        target: float | None = None,
+        floor: float | None = None,
     ):
         self._workers = workers
         self._fixed = fixed
-        self._target = target  # seconds of work a chunk should hold
-        self._floor_seconds = floor  # ... and at the least, to balance the tail
+        # Seconds of work a chunk should hold, and at the least, to balance the tail (None: the
+        # defaults, for local workers).
+        self._target = TARGET_SECONDS if target is None else target
+        self._floor_seconds = FLOOR_SECONDS if floor is None else floor
         self._size = 1
         self._floor = 1  # the smallest chunk worth a round trip, from the last measurement
 

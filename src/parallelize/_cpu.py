@@ -16,7 +16,7 @@ _CGROUP_V1 = (
 
 
 def _read(path: str) -> str:
-    """A small file's text (plain ``open``: pathlib costs a worker ~4 ms to import)."""
+    """A small file's text (plain ``open``: importing pathlib would slow every worker's start)."""
     with open(path) as file:
         return file.read()
 
@@ -25,7 +25,7 @@ def _read(path: str) -> str:
 def _cgroup_quota() -> float | None:
     """CPUs allowed by the cgroup quota, or None when there is no quota.
 
-    Read once per process: reading the files costs ~35 us, a tenth of a warm 2-item map, and a
+    Read once per process: reading the files is a noticeable part of a warm 2-item map, and a
     container's quota does not change under a running program. The affinity mask, a cheap
     system call that a program can change, is read on every call.
     """

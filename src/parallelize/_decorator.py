@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import functools
 import inspect
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import (
     TYPE_CHECKING,
     Any,
+    ClassVar,
     Concatenate,
     Generic,
     ParamSpec,
@@ -21,8 +21,10 @@ from typing import (
     overload,
 )
 
-from ._api import prepare, run_list, run_stream
+from ._api import prepare
+from ._core.results import run_list, run_stream
 from ._options import OPTION_NAMES, Options
+from ._wire.pickling import by_reference
 
 if TYPE_CHECKING:
     from ._mapoptions import MapOptions
@@ -41,6 +43,9 @@ class ParallelFunction(Generic[T, P, R]):
 
     __wrapped__: Callable[Concatenate[T, P], R]
     __qualname__: str
+
+    # Lets the pickler tell this wrapper from any other object (``_wire.pickling.WRAPPER_MARK``).
+    __parallelize_wrapper__: ClassVar[bool] = True
 
     def __init__(self, fn: Callable[Concatenate[T, P], R], options: Options):
         if not callable(fn):
@@ -97,18 +102,6 @@ class ParallelFunction(Generic[T, P, R]):
         if by_reference(self):
             return str(self.__qualname__)
         return (ParallelFunction, (self.__wrapped__, self._options))
-
-
-def by_reference(obj: Any) -> bool:
-    """Whether ``obj`` can travel as ``module.qualname``: the name finds it, and the module is one
-    a worker imports by name (not ``__main__``, whose worker copy is another script run)."""
-    module_name = getattr(obj, "__module__", None)
-    if module_name in (None, "__main__", "__mp_main__"):
-        return False
-    found: object = sys.modules.get(module_name)
-    for part in getattr(obj, "__qualname__", "<>").split("."):
-        found = getattr(found, part, None)
-    return found is obj
 
 
 def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 if TYPE_CHECKING:
-    from ._options import Backend, Progress, StartMethod
+    from ._options import BackendName, Progress, StartMethod
 
 
 class MapOptions(TypedDict, total=False):
@@ -24,7 +24,7 @@ class MapOptions(TypedDict, total=False):
     chunksize: int | None
     ordered: bool
     progress: Progress
-    backend: Backend
+    backend: BackendName
     start_method: StartMethod | None
     timeout: float | None
     retries: int

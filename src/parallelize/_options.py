@@ -31,7 +31,7 @@ BACKENDS: Final = ("process", "thread", "serial", "dask", "ray")
 START_METHODS: Final = ("fork", "spawn", "forkserver")
 ON_ERROR: Final = ("raise", "return")
 
-Backend = Literal["process", "thread", "serial", "dask", "ray"]
+BackendName = Literal["process", "thread", "serial", "dask", "ray"]
 StartMethod = Literal["fork", "spawn", "forkserver"]
 Progress = bool | str | Mapping[str, Any]
 
@@ -127,7 +127,7 @@ class Options:
     chunksize: int | _Unset | None
     ordered: bool | _Unset
     progress: Progress | _Unset
-    backend: Backend | _Unset
+    backend: BackendName | _Unset
     start_method: StartMethod | _Unset | None
     timeout: float | _Unset | None
     retries: int | _Unset
@@ -222,7 +222,7 @@ def _env_workers() -> int | None:
     return workers
 
 
-def _env_backend() -> Backend:
+def _env_backend() -> BackendName:
     raw = os.environ.get(ENV_BACKEND, "").strip()
     if not raw:
         return "process"
@@ -253,7 +253,7 @@ class Resolved:
     chunksize: int | None
     ordered: bool
     progress: Progress
-    backend: Backend
+    backend: BackendName
     start_method: StartMethod
     timeout: float | None
     retries: int

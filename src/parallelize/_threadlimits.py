@@ -69,7 +69,7 @@ def limit_native_threads(n: int) -> None:
     if "numpy" not in sys.modules:
         return  # nothing loaded yet: the variables are enough
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # optional, and only once numpy is loaded
     except ImportError:
         return
     for api in ("openmp", "blas"):

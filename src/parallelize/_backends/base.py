@@ -1,120 +1,147 @@
-"""The interface every backend implements, and the lookup that imports a backend only when used.
+"""What a backend is to the scheduler: a :class:`Backend` opens a :class:`WorkerSet` per map.
 
-A backend receives a :class:`Job` (the callable, a lazy iterator of items and the resolved options)
-and yields :class:`Batch` objects in completion order. Everything else, ordering, the progress bar
-and the error policy, is done once for all backends in ``parallelize._api``. Closing the generator
-a backend returns must cancel the work still outstanding and leave the backend reusable.
+A backend only starts workers, moves chunks and reports what happened; the one scheduler
+(:mod:`parallelize._core.scheduler`) decides everything else for every backend alike: chunk
+sizes, the window, retries, timeouts, crash attribution, cancellation. The scheduler sees workers
+as :class:`WorkerHandle` objects and hears from them through :meth:`WorkerSet.wait`, as messages
+of :mod:`parallelize._wire.protocol` (``Done``, ``Cancelled``, ``Ready``, ``InitFailed``) or the
+events below.
+
+To add a backend: subclass :class:`Backend` and :class:`WorkerSet` in a module of this package and
+name it in :mod:`parallelize._backends` (``docs/architecture.md`` walks through it).
 """
 
 from __future__ import annotations
 
 import abc
-import importlib
-import itertools
-from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import Any, Final
+import collections
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar, Final, Generic, NamedTuple, TypeVar
 
 from .._options import Resolved
+from .._wire.protocol import Call, Task
+from .._worker.chunk import Status
 
-# Job and Batch are plain classes: a NamedTuple or dataclass costs a tenth of a millisecond and
-# more to create, paid by every cold start.
+# Chunks queued per worker: one running and one waiting, so no worker idles during a round trip.
+DEPTH: Final = 2
 
 
-class Job:
-    """One map: ``fn`` over ``items``, item ``i`` being input index ``i``."""
+class Dead(NamedTuple):
+    """The worker died (or stopped answering): the scheduler reaps it and attributes its chunks."""
 
-    __slots__ = ("_source", "_taken", "fn", "items", "options", "star", "stream", "total")
 
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        items: Iterator[Any],
-        star: bool,
-        total: int | None,
-        options: Resolved,
-        stream: bool = False,
-        source: list[Any] | range | None = None,
-    ):
-        self.fn = fn
-        self.items = items  # one argument each, or argument tuples when ``star``
-        self.star = star
-        self.total = total  # the number of items, when the input has a length
-        self.options = options
-        self.stream = stream  # results are consumed as they come (imap): bounded look-ahead
-        self._source = source  # the input itself, when it is a list or range that ``items`` walks
-        self._taken = 0
+class Unreadable(NamedTuple):
+    """A message from the worker that the caller could not unpickle (a result whose class fails
+    to rebuild here, say); the worker itself is fine."""
 
-    @property
-    def sliced(self) -> bool:
-        """Whether chunks are slices of the input, so that none of it need be taken ahead."""
-        return self._source is not None
+    error: Exception
 
-    def take(self, count: int) -> Sequence[Any]:
-        """The next ``count`` items (fewer at the end).
 
-        From a list, a slice: a third of the cost of pulling them one by one through its
-        iterator, for the caller's every item. From a range, a range: three numbers to pickle
-        and unpickle, whatever the chunk's length.
+class Crashed(NamedTuple):
+    """The engine lost the worker running chunk ``task_id`` and cannot say which item did it."""
+
+    task_id: int
+    error: BaseException
+
+
+DEAD: Final = Dead()
+
+
+class WorkerHandle:
+    """The scheduler's view of one worker."""
+
+    __slots__ = ("budget", "loaded", "queue", "ready", "retiring", "status")
+
+    def __init__(self, status: Status, budget: int | None, *, ready: bool = True):
+        self.status = status
+        self.ready = ready  # it has started and may be sent work (a process says so once up)
+        self.queue: collections.deque[int] = collections.deque()  # ids of chunks sent, in order
+        self.loaded: collections.OrderedDict[int, None] = collections.OrderedDict()  # call ids
+        self.budget = budget  # items it may still run (max_tasks_per_worker)
+        self.retiring = False  # it will exit after its queued chunks
+
+
+W = TypeVar("W", bound=WorkerHandle)
+
+
+class WorkerSet(abc.ABC, Generic[W]):
+    """The workers of one map, as the scheduler drives them."""
+
+    size: int
+    workers: list[W]
+    broken: bool = False  # discard this set after the map (an initializer failed)
+    # What kill() does to a worker that overran its timeout, as its TimeoutError says.
+    stopped: ClassVar[str] = "its worker was stopped and replaced"
+    # Chunks queued per worker.
+    depth: ClassVar[int] = DEPTH
+    # The scheduler times items out by their status slot and kill(); False when the workers
+    # enforce the timeout themselves (an engine task cannot be stopped from outside).
+    watches_timeouts: ClassVar[bool] = True
+    # On a cancel, busy workers get a grace period to finish their running item (False: the
+    # tasks are dropped at once).
+    graceful_cancel: ClassVar[bool] = True
+    # The seconds of work a chunk aims at, and the least the tail is split down to (None: the
+    # chunk sizer's defaults); the largest chunk (None: no cap).
+    target_seconds: float | None = None
+    floor_seconds: float | None = None
+    max_chunk: int | None = None
+    # What a crash message calls the worker set's engine (an engine's set names it).
+    engine_name: str = "engine"
+
+    @abc.abstractmethod
+    def new_task_id(self) -> int:
+        """A chunk id, growing: a worker's cancel mark skips every id up to it."""
+
+    @abc.abstractmethod
+    def spawn(self) -> W:
+        """Start one more worker."""
+
+    def can_spawn(self) -> bool:
+        """Whether another worker may start now (retiring ones may still hold resources)."""
+        return True
+
+    @abc.abstractmethod
+    def encode(self, task: Task) -> tuple[Any, object]:
+        """A chunk ready to send, and what to :meth:`release` once it is done (or None).
+
+        Raises if it cannot be serialised.
         """
-        if self._source is None:
-            return list(itertools.islice(self.items, count))
-        chunk = self._source[self._taken : self._taken + count]
-        self._taken += len(chunk)
-        return chunk
 
+    def release(self, lease: object) -> None:
+        """Free what :meth:`encode` held for a chunk that is done, cancelled or lost."""
 
-class Batch:
-    """Results of the consecutive input indices ``start, start + 1, ...``.
+    @abc.abstractmethod
+    def load_message(self, call: Call) -> tuple[int, Any]:
+        """An id for ``call`` and the message that loads it into a worker (None: none needed)."""
 
-    ``failed`` says whether some of ``values`` are :class:`~parallelize._serialization.Failure`
-    objects, so the common case needs no scan.
-    """
+    @abc.abstractmethod
+    def send(self, worker: W, payload: Any) -> None:
+        """Deliver an encoded message; OSError when the worker is gone."""
 
-    __slots__ = ("failed", "start", "values")
+    @abc.abstractmethod
+    def wait(self, timeout: float | None) -> list[tuple[W, Any]]:
+        """Messages and events that arrived, waiting up to ``timeout`` for one."""
 
-    def __init__(self, start: int, values: list[Any], failed: bool):
-        self.start = start
-        self.values = values
-        self.failed = failed
+    @abc.abstractmethod
+    def kill(self, worker: W) -> None:
+        """Stop a worker now, whatever it is doing (or drop what it runs, if it cannot stop)."""
+
+    @abc.abstractmethod
+    def reap(self, worker: W) -> int | None:
+        """Forget a dead or killed worker; its exit code when it has one."""
 
 
 class Backend(abc.ABC):
-    """Runs jobs. One instance per backend name lives for the whole interpreter."""
+    """Opens worker sets for maps. One instance per backend name lives for the whole interpreter."""
 
     name: str
 
     @abc.abstractmethod
-    def run(self, job: Job) -> Generator[Batch, None, None]:
-        """Yield the job's results as they complete; closing the iterator cancels the rest."""
+    def open(self, options: Resolved) -> AbstractContextManager[WorkerSet[Any]]:
+        """The workers for one map with these options, released (or kept warm) on exit."""
 
     def shutdown(self) -> None:  # noqa: B027 - most backends hold nothing between maps
-        """Release whatever is kept warm between maps (called at interpreter exit)."""
-
-
-# backend name -> (module, class, extra to install when its engine is missing)
-_REGISTRY: Final = {
-    "process": ("parallelize._backends.process", "ProcessBackend", None),
-    "thread": ("parallelize._backends.thread", "ThreadBackend", None),
-    "serial": ("parallelize._backends.serial", "SerialBackend", None),
-    "dask": ("parallelize._backends.dask", "DaskBackend", "dask"),
-    "ray": ("parallelize._backends.ray", "RayBackend", "ray"),
-}
-_instances: dict[str, Backend] = {}
-
-
-def get_backend(name: str) -> Backend:
-    """The backend called ``name``, importing it (and its engine) on first use."""
-    backend = _instances.get(name)
-    if backend is None:
-        module_name, class_name, _ = _REGISTRY[name]
-        module = importlib.import_module(module_name)
-        backend = _instances[name] = getattr(module, class_name)()
-    return backend
-
-
-def loaded_backends() -> list[Backend]:
-    """The backends started so far, for shutdown."""
-    return list(_instances.values())
+        """Release whatever is kept warm between maps."""
 
 
 def missing_engine(extra: str, module: str, error: ImportError) -> ImportError:

@@ -6,28 +6,30 @@ scheduler named by ``PARALLELIZE_DASK_ADDRESS``; else a ``LocalCluster`` of work
 to the usable CPUs, started on first use and closed at interpreter exit. Clients we open are never
 made the default, so the user's own Dask code is left alone.
 
-The task body and the caller's loop are shared with the Ray backend (:mod:`._remote`). A
-``shared_counter`` that a map pickles moves into a Dask actor on a worker
-(:mod:`._counter_engines`), so tasks on any machine reach it.
+The task body and the worker set the scheduler drives are shared with the Ray backend
+(:mod:`._engine`). A ``shared_counter`` that a map pickles moves into a Dask actor on a worker
+(:mod:`parallelize._counter.engines`), so tasks on any machine reach it.
 
 ``distributed`` itself is imported only when a :class:`DaskBackend` is created.
 """
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import itertools
 import logging
 import os
 import threading
 import uuid
-from collections.abc import Generator
+from collections.abc import Iterator
 from typing import Any, Final
 
+from .._counter.engines import DaskCounters
 from .._cpu import usable_cpus
-from ._counter_engines import DaskCounters
-from ._remote import Driver, EngineRun, Outcome, encode_call, run_remote, task_name
-from .base import Backend, Batch, Job, missing_engine
+from .._lifecycle import at_exit
+from .._options import Resolved
+from ._engine import EngineRun, EngineSet, Outcome, run_remote
+from .base import Backend, missing_engine
 
 ENV_ADDRESS: Final = "PARALLELIZE_DASK_ADDRESS"
 
@@ -56,17 +58,14 @@ class _DaskTask:
 class _DaskRun(EngineRun):
     name = "Dask"
 
-    def __init__(
-        self, distributed: Any, client: Any, job: Job, blob: bytes, counters: DaskCounters
-    ):
-        self.counters = counters
+    def __init__(self, distributed: Any, client: Any, options: Resolved, blob: bytes, prefix: str):
         self._client = client
         self._distributed = distributed
-        self._job = job
+        self._options = options
         self.slots = sum(client.nthreads().values())
         self._blob = blob
         self._call: Any = blob if len(blob) <= INLINE_CALL else self._scatter()
-        self._prefix = task_name(job)
+        self._prefix = prefix
         self._completed = distributed.as_completed(loop=client.loop)
         self._keys = itertools.count()
         self._tasks: dict[str, _DaskTask] = {}  # future key -> task
@@ -80,7 +79,7 @@ class _DaskRun(EngineRun):
         return task.key
 
     def _launch(self, task: _DaskTask) -> None:
-        options = self._job.options
+        options = self._options
         task.future = self._client.submit(
             run_remote,
             self._call,
@@ -125,9 +124,8 @@ class _DaskRun(EngineRun):
 
     def cancel(self, keys: list[Any]) -> None:
         wanted = set(keys)
-        futures = [task.future for task in self._tasks.values() if task.key in wanted]
-        self._tasks.clear()
-        self._completed.clear()
+        dropped = [name for name, task in self._tasks.items() if task.key in wanted]
+        futures = [self._tasks.pop(name).future for name in dropped]
         if futures:
             self._client.cancel(futures)
 
@@ -156,13 +154,17 @@ class DaskBackend(Backend):
         self._cluster: Any = None  # the LocalCluster we started, if any
         self._exit_hook = False
 
-    def run(self, job: Job) -> Generator[Batch, None, None]:
-        address = job.options.address
+    @contextlib.contextmanager
+    def open(self, options: Resolved) -> Iterator[EngineSet]:
+        address = options.address
         # The cluster starts before pickling only when a shared_counter needs an actor on it.
         counters = DaskCounters(lambda: self.client(address))
-        blob = encode_call(job, counters)
-        client = self.client(address)
-        yield from Driver(_DaskRun(self._distributed, client, job, blob, counters), job).run()
+
+        def connect(blob: bytes, prefix: str) -> EngineRun:
+            client = self.client(address)
+            return _DaskRun(self._distributed, client, options, blob, prefix)
+
+        yield EngineSet(options, counters, connect)
 
     def client(self, address: str | None) -> Any:
         """The client a map with this ``address`` option runs on (see the module docstring)."""
@@ -198,10 +200,10 @@ class DaskBackend(Backend):
             return client
 
     def _register_exit_hook(self) -> None:
-        # Registered after distributed's own exit hooks, so it runs before them (atexit is LIFO)
-        # and our cluster closes cleanly instead of being torn down mid-flight by finalizers.
+        # The exit hook runs before distributed's own exit hooks, so our cluster closes cleanly
+        # instead of being torn down mid-flight by finalizers.
         if not self._exit_hook:
-            atexit.register(self.shutdown)
+            at_exit(self.shutdown)
             self._exit_hook = True
 
     def shutdown(self) -> None:

@@ -1,6 +1,6 @@
 """The process backend: a warm pool of worker processes, reused from map to map.
 
-Each worker has its own pipe, so the dispatcher knows exactly which chunks a worker holds, and a
+Each worker has its own pipe, so the scheduler knows exactly which chunks a worker holds, and a
 status slot in a shared array, so it knows which item it is running. Workers are started from a
 ``multiprocessing`` context with the chosen start method, lazily, up to ``workers`` of them. The
 pool lives until its configuration changes or the interpreter exits; a second map running at the
@@ -9,14 +9,12 @@ same time (another thread, or two interleaved ``imap`` loops) gets a private poo
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import itertools
 import mmap
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.reduction
-import multiprocessing.util  # imported before our atexit hook, so that ours runs first
 import os
 import pickle
 import signal
@@ -24,16 +22,18 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Generator, Iterator
-from typing import Any, Final
+from collections.abc import Iterator
+from typing import Any, Final, cast
 
-from .. import _sharedmem as sharedmem
-from .._execute import CANCEL, SLOT_WIDTH, Call, fresh_status
-from .._serialization import dumps, dumps_by_value, dumps_function, names_main
+from .._lifecycle import at_exit, park_if_exiting, worker_lost
+from .._options import Resolved
 from .._threadlimits import thread_share
-from .._worker import GIVE_BACK, LOAD, READY, map_status, process_main
-from ._dispatch import DEAD, UNREADABLE, Dispatcher, WorkerHandle, WorkerSet
-from .base import Backend, Batch, Job, loaded_backends
+from .._wire import sharedmem
+from .._wire.pickling import dumps, dumps_by_value, dumps_function, names_main
+from .._wire.protocol import Call, GiveBack, Load, Ready, Task
+from .._worker.chunk import SLOT_WIDTH, Status
+from .._worker.loop import map_status, process_main
+from .base import DEAD, Backend, Unreadable, WorkerHandle, WorkerSet
 
 # At shutdown, how long idle workers get to exit on their own before they are killed.
 SHUTDOWN_GRACE: Final = 2.0
@@ -75,7 +75,7 @@ class _Worker(WorkerHandle):
     __slots__ = ("conn", "lent", "process", "slot", "tasks")
 
     def __init__(
-        self, process: Any, conn: Any, tasks: Any, slot: int, status: Any, budget: int | None
+        self, process: Any, conn: Any, tasks: Any, slot: int, status: Status, budget: int | None
     ):
         super().__init__(status, budget, ready=False)
         self.process = process
@@ -107,7 +107,7 @@ class ProcessPool(WorkerSet[_Worker]):
             self._status_array = self._context.RawArray("q", size)
         if key.start_method == "forkserver":
             # The fork server imports the worker module once; each worker then starts warm.
-            self._context.set_forkserver_preload(["__main__", "parallelize._worker"])
+            self._context.set_forkserver_preload(["__main__", "parallelize._worker.loop"])
         block = self._status_array
         view = memoryview(getattr(block, "mapping", block)).cast("B").cast("q")
         self._views = [view[i * SLOT_WIDTH : (i + 1) * SLOT_WIDTH] for i in range(slots)]
@@ -125,11 +125,10 @@ class ProcessPool(WorkerSet[_Worker]):
         return next(self._ids)
 
     def spawn(self) -> _Worker:
-        _park_if_exiting()  # no new workers once the exit hook has closed the pools
+        park_if_exiting()  # no new workers once the exit hook has closed the pools
         slot = self._free_slots.pop()
-        for field, value in enumerate(fresh_status(task=-1)):
-            if field != CANCEL:  # CANCEL stays: ids only grow, so it stays harmless
-                self._views[slot][field] = value
+        status = Status(self._views[slot])
+        status.reset()
         with _spawn_lock:  # no other thread's pipes may leak into this child, nor ours into its
             # One pipe each way, widened so that neither side's write waits for the other to read.
             task_reader, task_writer = self._context.Pipe(duplex=False)
@@ -169,24 +168,22 @@ class ProcessPool(WorkerSet[_Worker]):
             finally:
                 task_reader.close()
                 reply_writer.close()
-        worker = _Worker(
-            process, reply_reader, task_writer, slot, self._views[slot], self.key.max_items
-        )
+        worker = _Worker(process, reply_reader, task_writer, slot, status, self.key.max_items)
         self.workers.append(worker)
         return worker
 
     def can_spawn(self) -> bool:
         return bool(self._free_slots)
 
-    def encode(self, message: tuple[Any, ...]) -> tuple[bytes, object]:
+    def encode(self, task: Task) -> tuple[bytes, object]:
         try:
-            blob, lease = sharedmem.dumps(message, self._arena.lease)
+            blob, lease = sharedmem.dumps(task, self._arena.lease)
         except Exception:  # what the standard pickler refuses, cloudpickle may take, in-band
-            return dumps(message), None
+            return dumps(task), None
         if self._main_by_value and names_main(blob):
             if lease is not None:
                 self._arena.release(lease)
-            return dumps_by_value(message), None
+            return dumps_by_value(task), None
         return blob, lease
 
     def release(self, lease: object) -> None:
@@ -223,11 +220,11 @@ class ProcessPool(WorkerSet[_Worker]):
             reuse, drop = worker.lent.drain()
             sharedmem.unlink(drop)
             if reuse:
-                worker.tasks.send_bytes(pickle.dumps((GIVE_BACK, reuse)))
+                worker.tasks.send_bytes(pickle.dumps(GiveBack(reuse)))
         worker.tasks.send_bytes(payload)
 
     def wait(self, timeout: float | None) -> list[tuple[_Worker, Any]]:
-        _park_if_exiting()
+        park_if_exiting()
         watched: dict[Any, _Worker] = {}
         for worker in self.workers:
             watched[worker.conn] = worker
@@ -237,7 +234,7 @@ class ProcessPool(WorkerSet[_Worker]):
         try:
             ready: list[Any] = multiprocessing.connection.wait(list(watched), timeout)
         finally:
-            _park_if_exiting()  # the exit hook closed the pipes under this wait
+            park_if_exiting()  # the exit hook closed the pipes under this wait
         events: list[tuple[_Worker, Any]] = []
         dead: list[_Worker] = []
         for obj in ready:
@@ -246,18 +243,18 @@ class ProcessPool(WorkerSet[_Worker]):
                 raws = []
                 try:
                     raws.append(obj.recv_bytes())
-                    # Every reply already sent, before the dispatcher reads the status slot: a
+                    # Every reply already sent, before the scheduler reads the status slot: a
                     # finished chunk must not look like one still running (and timing out).
                     while obj.poll():
                         raws.append(obj.recv_bytes())
                 except (EOFError, OSError):
-                    _park_if_exiting()  # the exit hook closed it: not a crash
+                    park_if_exiting()  # the exit hook closed it: not a crash
                     dead.append(worker)
                 events.extend((worker, _load_reply(raw, worker)) for raw in raws)
             elif worker not in dead:
                 dead.append(worker)
-        for worker, event in events:  # whoever reads the events, a READY is never lost
-            if event[0] == READY:
+        for worker, event in events:  # whoever reads the events, a Ready is never lost
+            if type(event) is Ready:
                 worker.ready = True
         for worker in dict.fromkeys(dead):
             events.extend((worker, message) for message in _drain(worker))
@@ -269,7 +266,7 @@ class ProcessPool(WorkerSet[_Worker]):
             os.kill(worker.process.pid, signal.SIGKILL)
 
     def reap(self, worker: _Worker) -> int | None:
-        _park_if_exiting()  # the exit hook is closing this pool: leave the workers to it
+        park_if_exiting()  # the exit hook is closing this pool: leave the workers to it
         if worker.process.exitcode is None:  # declared dead for a bad message: make it so
             self.kill(worker)
         worker.process.join()
@@ -324,7 +321,7 @@ def _parent_ends() -> list[int]:
 def _widen(conn: Any) -> None:
     """Let a pipe hold PIPE_BYTES (Linux), so that a chunk or reply is written in one go."""
     with contextlib.suppress(OSError, ImportError, AttributeError):  # over the limit; not Linux
-        import fcntl
+        import fcntl  # lazily: not on every platform
 
         fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
@@ -356,12 +353,12 @@ def _main_importable() -> bool:
 
 
 def _load_reply(raw: bytes, worker: _Worker) -> Any:
-    """A worker's message, unpickled; what failed to unpickle here is the dispatcher's to
+    """A worker's message, unpickled; what failed to unpickle here is the scheduler's to
     report (the worker is not at fault: it is alive and sent a whole message)."""
     try:
         return sharedmem.load(raw, worker.lent)
     except Exception as exc:
-        return (UNREADABLE, exc)
+        return Unreadable(exc)
 
 
 def _forget_replies(worker: _Worker, prefix: str) -> None:
@@ -372,19 +369,17 @@ def _forget_replies(worker: _Worker, prefix: str) -> None:
 
 
 def _sweep_counters(exitcode: int | None) -> None:
-    """A worker that did not exit cleanly may have been the last holder of a shared counter:
-    unlink the counter files nobody holds any more. Only a caller that has used counters (and so
-    loaded their module) can have handed one to a worker."""
-    counters = sys.modules.get("parallelize._counter")
-    if exitcode != 0 and counters is not None:
+    """A worker that did not exit cleanly may have held resources (the last hold on a shared
+    counter): tell whoever registered for that."""
+    if exitcode != 0:
         # Not while this process forks a worker: the child would inherit the sweep's
         # descriptors, and with them the locks it holds for a moment, for its whole life.
         with _spawn_lock:
-            counters.sweep_orphans()
+            worker_lost()
 
 
 def _load_payload(call_id: int, blob: bytes) -> bytes:
-    return pickle.dumps((LOAD, call_id, _Blob(blob)), 5)
+    return pickle.dumps(Load(call_id, cast(Call, _Blob(blob))), 5)
 
 
 class _Blob:
@@ -428,9 +423,10 @@ class ProcessBackend(Backend):
                 after_in_parent=self._after_fork_in_parent,
                 after_in_child=self._after_fork_in_child,
             )
+        _backends.add(self)
 
-    def run(self, job: Job) -> Generator[Batch, None, None]:
-        options = job.options
+    @contextlib.contextmanager
+    def open(self, options: Resolved) -> Iterator[ProcessPool]:
         init_blob = None
         if options.initializer is not None:
             init_blob = dumps_function((options.initializer, options.initargs), options.initializer)
@@ -439,7 +435,7 @@ class ProcessBackend(Backend):
         )
         pool, shared = self._checkout(key)
         try:
-            yield from Dispatcher(pool, job, pool.new_task_id).run()
+            yield pool
         finally:
             self._checkin(pool, shared)
 
@@ -564,40 +560,16 @@ _parents_pools: list[ProcessPool] = []
 _spawn_lock = threading.Lock()
 
 
+# The process backend (one per interpreter, made by the backend registry).
+_backends: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
+
+
 def _shutdown_all() -> None:
-    _exiting.set()
-    for backend in loaded_backends():
+    """Stop every worker: the warm pool (after its idle timer) and the private ones."""
+    for backend in list(_backends):
         backend.shutdown()
     for pool in list(_all_pools):
         pool.close()
 
 
-# Set by the exit hook: pools are being closed under any map still running.
-_exiting = threading.Event()
-# How long a daemon thread's map waits at exit (see _park_if_exiting): far longer than the rest of
-# a normal exit takes, short enough that an exit handler joining that thread cannot hang.
-EXIT_PARK_SECONDS: Final = 10.0
-_parked = threading.local()
-
-
-def _park_if_exiting() -> None:
-    """At interpreter exit, a map still running in a daemon thread (the only kind still running
-    then) has lost its pool: it waits here, quietly, for the interpreter to discard the thread,
-    instead of reporting the workers the exit hook stopped as crashes. If the interpreter is
-    still there after ``EXIT_PARK_SECONDS`` (an exit handler waits for that thread), the thread
-    ends with ``SystemExit``, which threads end on silently."""
-    if not _exiting.is_set():  # first: this runs on every wait of every map
-        return
-    thread = threading.current_thread()
-    if not thread.daemon or thread is threading.main_thread():
-        return
-    if getattr(_parked, "done", False):
-        return  # parked once already: let it unwind
-    _parked.done = True
-    threading.Event().wait(EXIT_PARK_SECONDS)
-    raise SystemExit
-
-
-# Registered after multiprocessing.util's own exit hook, so it runs before it (atexit is LIFO):
-# otherwise multiprocessing joins our still-running workers first and interpreter exit hangs.
-atexit.register(_shutdown_all)
+at_exit(_shutdown_all)

@@ -5,8 +5,9 @@ It uses the running Ray session when there is one (``ray.is_initialized()``); ot
 sized to the usable CPUs, which it shuts down at interpreter exit. Ray allows one session per
 process, so a running session wins over an ``address`` option.
 
-The task body and the caller's loop are shared with the Dask backend (:mod:`._remote`). A
-``shared_counter`` that a map pickles moves into a Ray actor (:mod:`._counter_engines`).
+The task body and the worker set the scheduler drives are shared with the Dask backend
+(:mod:`._engine`). A ``shared_counter`` that a map pickles moves into a Ray actor
+(:mod:`parallelize._counter.engines`).
 Ray-specific choices:
 
 * a worker that dies is retried by Ray itself (``max_retries`` = the ``retries`` option);
@@ -20,30 +21,30 @@ Ray-specific choices:
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Generator
+from collections.abc import Iterator
 from typing import Any
 
+from .._counter.engines import RayCounters
 from .._cpu import usable_cpus
-from ._counter_engines import RayCounters
-from ._remote import Driver, EngineRun, Outcome, encode_call, run_remote, task_name
-from .base import Backend, Batch, Job, missing_engine
+from .._lifecycle import at_exit
+from .._options import Resolved
+from ._engine import EngineRun, EngineSet, Outcome, run_remote
+from .base import Backend, missing_engine
 
 
 # Ray's objects are Any here: its API is typed only in part.
 class _RayRun(EngineRun):
     name = "Ray"
 
-    def __init__(self, ray_module: Any, remote: Any, job: Job, blob: bytes, counters: RayCounters):
-        self.counters = counters
+    def __init__(self, ray_module: Any, remote: Any, options: Resolved, blob: bytes, name: str):
         self._ray = ray_module
-        options = job.options
         self.slots = int(ray_module.cluster_resources().get("CPU", 1))
         self._call = ray_module.put(blob)
-        self._remote = remote.options(max_retries=options.retries, name=task_name(job))
+        self._remote = remote.options(max_retries=options.retries, name=name)
         self._retries = options.retries
         self._timeout = options.timeout
         self._pending: set[Any] = set()  # ObjectRefs of the tasks not yet collected
@@ -101,15 +102,19 @@ class RayBackend(Backend):
         self._remote: Any = None
         self._started = False  # we called ray.init, so we shut it down
 
-    def run(self, job: Job) -> Generator[Batch, None, None]:
-        address = job.options.address
+    @contextlib.contextmanager
+    def open(self, options: Resolved) -> Iterator[EngineSet]:
+        address = options.address
         # The session starts before pickling only when a shared_counter needs an actor in it.
         counters = RayCounters(self._ray, lambda: self._ensure_session(address))
-        blob = encode_call(job, counters)
-        self._ensure_session(address)
-        if self._remote is None:
-            self._remote = self._ray.remote(num_cpus=1)(run_remote)
-        yield from Driver(_RayRun(self._ray, self._remote, job, blob, counters), job).run()
+
+        def connect(blob: bytes, name: str) -> EngineRun:
+            self._ensure_session(address)
+            if self._remote is None:
+                self._remote = self._ray.remote(num_cpus=1)(run_remote)
+            return _RayRun(self._ray, self._remote, options, blob, name)
+
+        yield EngineSet(options, counters, connect)
 
     def _ensure_session(self, address: str | None) -> None:
         with self._lock:
@@ -123,8 +128,8 @@ class RayBackend(Backend):
                     num_cpus=usable_cpus(), include_dashboard=False, logging_level=logging.ERROR
                 )
             self._started = True
-            # After ray.init registered its own exit hook, so ours runs first (atexit is LIFO).
-            atexit.register(self.shutdown)
+            # Registered after ray.init registered its own exit hook, so ours runs first.
+            at_exit(self.shutdown)
 
     def shutdown(self) -> None:
         with self._lock:

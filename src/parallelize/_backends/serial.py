@@ -1,15 +1,81 @@
 """The serial backend: every item in the caller's own thread, for debugging with pdb.
 
-Exceptions keep their live traceback. ``timeout`` cannot interrupt code running in the caller and is
-not enforced here; ``retries`` and ``on_error`` work as everywhere.
+One worker that runs each chunk (of one item) as it is sent, so the scheduler, the error policy
+and the results are those of every backend. Exceptions keep their live traceback. ``timeout``
+cannot interrupt code running in the caller and is not enforced here; ``retries`` and
+``on_error`` work as everywhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import contextlib
+import itertools
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
-from .._execute import Call, fresh_status, run_chunk
-from .base import Backend, Batch, Job
+from .._options import Resolved
+from .._wire.protocol import Call, Cancelled, Done, Task
+from .._worker.chunk import Status, run_chunk
+from .base import Backend, WorkerHandle, WorkerSet
+
+
+class _Caller(WorkerSet[WorkerHandle]):
+    """The caller itself, as the one worker of a map."""
+
+    depth: ClassVar[int] = 1  # an item runs only when the scheduler asks for it
+    watches_timeouts: ClassVar[bool] = False
+    graceful_cancel: ClassVar[bool] = False
+    max_chunk = 1  # each result reaches the caller as soon as it exists
+
+    def __init__(self) -> None:
+        self.size = 1
+        self.workers = []
+        self._ids = itertools.count(1)
+        self._call: Call | None = None
+        self._events: list[tuple[WorkerHandle, Any]] = []
+
+    def new_task_id(self) -> int:
+        return next(self._ids)
+
+    def spawn(self) -> WorkerHandle:
+        worker = WorkerHandle(Status(), None)
+        self.workers.append(worker)
+        return worker
+
+    def encode(self, task: Task) -> tuple[Task, None]:
+        return task, None
+
+    def load_message(self, call: Call) -> tuple[int, None]:
+        self._call = call
+        return 0, None
+
+    def send(self, worker: WorkerHandle, payload: Task) -> None:
+        assert self._call is not None
+        outcome = run_chunk(
+            self._call,
+            payload.task_id,
+            payload.start,
+            payload.items,
+            payload.retries,
+            worker.status,
+        )
+        if outcome is None:
+            self._events.append((worker, Cancelled(payload.task_id)))
+            return
+        values, seconds, failed = outcome
+        self._events.append((worker, Done(payload.task_id, payload.start, values, seconds, failed)))
+
+    def wait(self, timeout: float | None) -> list[tuple[WorkerHandle, Any]]:
+        events, self._events = self._events, []
+        return events
+
+    def kill(self, worker: WorkerHandle) -> None:
+        pass  # nothing runs while the scheduler does
+
+    def reap(self, worker: WorkerHandle) -> int | None:
+        if worker in self.workers:
+            self.workers.remove(worker)
+        return None
 
 
 class SerialBackend(Backend):
@@ -17,10 +83,6 @@ class SerialBackend(Backend):
 
     name = "serial"
 
-    def run(self, job: Job) -> Generator[Batch, None, None]:
-        call = Call(job.fn, job.star, job.options.on_error == "return", timed=False)
-        status = fresh_status(cancel=-1)
-        for index, item in enumerate(job.items):
-            outcome = run_chunk(call, index, index, [item], job.options.retries, status)
-            assert outcome is not None  # nothing cancels a serial chunk
-            yield Batch(index, outcome[0], failed=outcome[2])
+    @contextlib.contextmanager
+    def open(self, options: Resolved) -> Iterator[_Caller]:
+        yield _Caller()

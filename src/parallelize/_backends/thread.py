@@ -9,36 +9,42 @@ is abandoned, to end on its own when the item returns.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
 import threading
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
-from .._execute import CANCEL, Call, fresh_status
-from .._worker import INIT_FAILED, LOAD, run_initializer, serve
-from ._dispatch import Dispatcher, WorkerHandle, WorkerSet
-from .base import Backend, Batch, Job
+from .._options import Resolved
+from .._wire.protocol import Call, InitFailed, Load, Task
+from .._worker.chunk import Status
+from .._worker.init import run_initializer
+from .._worker.loop import serve
+from .base import Backend, WorkerHandle, WorkerSet
+
+# Abandoned threads skip every chunk still queued once their item returns.
+_SKIP_ALL = 1 << 62
 
 
 class _Thread(WorkerHandle):
     __slots__ = ("inbox",)
 
     def __init__(self) -> None:
-        super().__init__(fresh_status(), None)
+        super().__init__(Status(), None)
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
 
 class ThreadPool(WorkerSet[_Thread]):
     """The threads of one map."""
 
-    stopped = "its thread was abandoned, to end when the item returns, and replaced"
+    stopped: ClassVar[str] = "its thread was abandoned, to end when the item returns, and replaced"
 
-    def __init__(self, job: Job):
-        self.size = job.options.workers
+    def __init__(self, options: Resolved):
+        self.size = options.workers
         self.workers = []
-        self._initializer = job.options.initializer
-        self._initargs = job.options.initargs
+        self._initializer = options.initializer
+        self._initargs = options.initargs
         self._results: queue.SimpleQueue[tuple[_Thread, Any]] = queue.SimpleQueue()
         self._ids = itertools.count(1)
 
@@ -60,7 +66,7 @@ class ThreadPool(WorkerSet[_Thread]):
         if self._initializer is not None:
             failure = run_initializer(self._initializer, self._initargs)
             if failure is not None:
-                self._results.put((worker, (INIT_FAILED, failure)))
+                self._results.put((worker, InitFailed(failure)))
                 return
 
         def send(message: Any) -> None:
@@ -68,12 +74,12 @@ class ThreadPool(WorkerSet[_Thread]):
 
         serve(worker.inbox.get, send, worker.status, None)
 
-    def encode(self, message: tuple[Any, ...]) -> tuple[tuple[Any, ...], None]:
-        return message, None
+    def encode(self, task: Task) -> tuple[Task, None]:
+        return task, None
 
-    def load_message(self, call: Call) -> tuple[int, tuple[Any, ...]]:
+    def load_message(self, call: Call) -> tuple[int, Load]:
         call_id = self.new_task_id()
-        return call_id, (LOAD, call_id, call)
+        return call_id, Load(call_id, call)
 
     def send(self, worker: _Thread, payload: Any) -> None:
         worker.inbox.put(payload)
@@ -92,7 +98,7 @@ class ThreadPool(WorkerSet[_Thread]):
         return [(worker, event) for worker, event in events if worker in self.workers]
 
     def kill(self, worker: _Thread) -> None:
-        worker.status[CANCEL] = 1 << 62  # it skips everything still queued once its item returns
+        worker.status.cancel_up_to(_SKIP_ALL)
         worker.inbox.put(None)
 
     def reap(self, worker: _Thread) -> int | None:
@@ -111,9 +117,10 @@ class ThreadBackend(Backend):
 
     name = "thread"
 
-    def run(self, job: Job) -> Generator[Batch, None, None]:
-        pool = ThreadPool(job)
+    @contextlib.contextmanager
+    def open(self, options: Resolved) -> Iterator[ThreadPool]:
+        pool = ThreadPool(options)
         try:
-            yield from Dispatcher(pool, job, pool.new_task_id).run()
+            yield pool
         finally:
             pool.close()

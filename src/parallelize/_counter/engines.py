@@ -27,7 +27,7 @@ import threading
 import uuid
 from typing import Any, Final
 
-from .._counter import _MAX, _MIN, CounterStorage, _check_range
+from .local import MAX_VALUE, MIN_VALUE, CounterStorage, check_range
 
 # Tells apart processes that share a pid (on two machines, or after a pid is reused).
 _PROCESS_TOKEN: Final = secrets.token_hex(8)
@@ -76,7 +76,7 @@ class CounterHost:
         async with self._condition():
             await self._wait(who, None)
             value = self._value + delta
-            if not _MIN <= value <= _MAX:
+            if not MIN_VALUE <= value <= MAX_VALUE:
                 return _OVERFLOW
             self._value = value
             return value
@@ -125,7 +125,7 @@ class _ActorStorage(abc.ABC):
         return value
 
     def set(self, value: int) -> None:
-        self._call("set", _check_range(value), holder())
+        self._call("set", check_range(value), holder())
 
     def add(self, delta: int) -> int:
         value: int | None = self._call("add", delta, holder())

@@ -11,7 +11,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from ._options import Progress
+from .._options import Progress
 
 
 class Bar(Protocol):

@@ -1,40 +1,6 @@
-"""``shared_counter``: a locked 64-bit integer that every worker can reach, however it gets there.
+"""The shared counter on this machine: a file in ``/dev/shm``, its lock and its lifetime.
 
-``multiprocessing.Value`` can only travel by inheritance: pickling one into a task raises, and a
-worker started before the value existed can never see it. A :class:`SharedCounter` instead pickles
-to a *name*, and any process on the machine reopens the counter from that name. So it works as an
-argument, inside a closure, under every start method, and in a pool that was warm before the
-counter existed; nothing restarts.
-
-Design (one small file per counter, see ``docs/shared-state.md``):
-
-* The integer lives in a 32-byte file in ``/dev/shm`` (memory, not disk), mapped with ``mmap``.
-  Its name is the handle that crosses the pipe.
-* The counter's lock is ``flock(LOCK_EX)`` on a descriptor this process opened itself. It is a few
-  hundred nanoseconds when nobody else holds it, there is no semaphore to leak, and the kernel
-  drops it when its holder dies, so a worker killed mid-update (a timeout) cannot wedge the others.
-  ``flock`` belongs to an open file description, so threads are serialized by a per-process
-  ``threading.Lock`` first; an owner and a depth make the whole lock recursive, as the idiom
-  ``with c.get_lock(): c.value += 1`` needs.
-* Every process that holds the counter keeps a shared OFD lock on byte 0 of the file: a liveness
-  mark the kernel also drops at death. A process letting go (garbage collection, or its exit)
-  tries to turn its mark exclusive: if it can, no other process holds the counter and it unlinks
-  the file. Releases are serialized by an OFD lock on byte 1, so two leaving at once cannot both
-  miss being last.
-* Lifetime backstop: the creator registers the file with multiprocessing's resource tracker, so a
-  SIGKILLed creator's file is still removed when its process tree ends. When the creator lets go
-  cleanly it unregisters and the liveness marks take over. Only the creator registers (attaching
-  never does), which avoids the early unlink that ``SharedMemory`` suffers from before 3.13.
-* Fork: the child gets a fresh thread lock and no ownership (a lock held by the parent is not held
-  by the child). On first use it reopens the file through ``/proc/self/fd`` as its own open file
-  description, so its locks are its own, and only then counts as a holder.
-
-The seam for other engines: a :class:`SharedCounter` is a thin face over a storage object with
-``get``/``set``/``add`` and a recursive ``acquire``/``release`` (:class:`CounterStorage`).
-:class:`FileStorage` is the one for processes on this machine. A distributed backend pickles the
-user's function and items inside ``with crossing(engine):`` (a :class:`CounterEngine`); a counter
-pickled there first moves its value into a storage of that engine and points itself at it, so
-the caller's own counter and every task's copy reach the same integer, on any machine.
+See the package docstring for the design.
 """
 
 from __future__ import annotations
@@ -53,8 +19,10 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from multiprocessing import resource_tracker, util
+from multiprocessing import resource_tracker
 from typing import Any, Final, Protocol, final
+
+from .._lifecycle import at_exit, on_worker_lost
 
 __all__ = [
     "CounterEngine",
@@ -75,8 +43,8 @@ _PREFIX: Final = "parallelize-counter-"
 _VALUE, _TRACKED, _TRACKER, _MAGIC = 0, 1, 2, 3
 _SIZE: Final = 32
 _MAGIC_NUMBER: Final = int.from_bytes(b"pzcount1", "little")
-_MIN: Final = -(2**63)
-_MAX: Final = 2**63 - 1
+MIN_VALUE: Final = -(2**63)
+MAX_VALUE: Final = 2**63 - 1
 # Byte 0 carries the holders' liveness marks; byte 1 serializes the unlink decisions.
 _LIVE_BYTE, _RELEASE_BYTE = 0, 1
 # ``struct flock`` in native layout (l_type, l_whence, l_start, l_len, l_pid), padded at the end
@@ -91,9 +59,9 @@ _POLL_MAX: Final = 5e-3
 _ADOPT_PATIENCE: Final = 1.0
 # At exit, how long to wait for another thread of this process to leave a counter's lock.
 _EXIT_GRACE: Final = 1.0
-# Among multiprocessing's exit finalizers, negative ones run last, after children are joined: so
-# the creator usually lets go last and removes the file itself.
-_EXIT_PRIORITY: Final = -10
+# Counters are let go of at exit after the pools have closed (order 0) and their workers let go:
+# so the creator usually lets go last and removes the file itself.
+_EXIT_ORDER: Final = 10
 # mmap keeps a dup() of the descriptor unless told not to (3.13+): one descriptor per counter
 # instead of two.
 _MMAP_OPTIONS: Final[dict[str, Any]] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
@@ -166,8 +134,8 @@ def _integer(value: object, what: str) -> int:
         ) from None
 
 
-def _check_range(value: int) -> int:
-    if not _MIN <= value <= _MAX:
+def check_range(value: int) -> int:
+    if not MIN_VALUE <= value <= MAX_VALUE:
         raise OverflowError(f"{value} does not fit a shared counter (a signed 64-bit integer)")
     return value
 
@@ -251,7 +219,6 @@ class _Handle:
         self.view = memoryview(self.mm).cast("q")
         self.fd = fd
         self.pid = os.getpid()
-        _arm_exit_hook()
 
     def _drop_copies(self) -> None:
         self.view.release()
@@ -499,7 +466,7 @@ class FileStorage:
             self.release()
 
     def set(self, value: int) -> None:
-        _check_range(value)
+        check_range(value)
         if self._owner == threading.get_ident():
             self._view[_VALUE] = value
             return
@@ -511,7 +478,7 @@ class FileStorage:
 
     def add(self, delta: int) -> int:
         if self._owner == threading.get_ident():
-            value = self._view[_VALUE] = _check_range(self._view[_VALUE] + delta)
+            value = self._view[_VALUE] = check_range(self._view[_VALUE] + delta)
             return value
         # acquire() and release() inlined: this is the hot path, and nothing in it can recurse.
         tlock = self._tlock
@@ -521,8 +488,8 @@ class FileStorage:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 value = self._view[_VALUE] + delta
-                if not _MIN <= value <= _MAX:
-                    _check_range(value)
+                if not MIN_VALUE <= value <= MAX_VALUE:
+                    check_range(value)
                 self._view[_VALUE] = value
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -572,8 +539,6 @@ class _ThisProcess:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()  # guards _live's check-then-insert
-        self.exit_hook: util.Finalize | None = None
-        self.exit_hook_pid = -1
 
 
 _here = _ThisProcess()
@@ -588,7 +553,6 @@ def _remember(storage: FileStorage) -> FileStorage:
     if existing is not None:
         storage._close_at_exit()  # our duplicate: the other one keeps the liveness mark
         return existing
-    _arm_exit_hook()
     return storage
 
 
@@ -605,33 +569,10 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _arm_exit_hook() -> None:
-    """Make sure this process lets go of its counters when it exits.
-
-    multiprocessing runs its finalizers at the exit of every process it starts (which then end with
-    ``os._exit``, skipping ``atexit``) and at the main process's exit. A starting process clears
-    them after unpickling its arguments, so an after-fork callback arms the hook again.
-    """
-    hook = _here.exit_hook
-    if _here.exit_hook_pid == os.getpid() and hook is not None and hook.still_active():
-        return
-    _here.exit_hook = util.Finalize(None, _release_all, exitpriority=_EXIT_PRIORITY)
-    _here.exit_hook_pid = os.getpid()
-
-
-class _Anchor:
-    """A weak-referenceable object for multiprocessing's after-fork registry."""
-
-
-def _rearm(_: object) -> None:
-    if len(_live):
-        _arm_exit_hook()
-
-
-_ANCHOR: Final = _Anchor()
-util.register_after_fork(_ANCHOR, _rearm)
+# After the pools close (order 0); in a forked worker too, which holds its parent's counters.
+at_exit(_release_all, order=_EXIT_ORDER, in_workers=True)
+# A worker that did not exit cleanly may have been the last holder of a counter.
+on_worker_lost(sweep_orphans)
 
 
 @final
@@ -709,4 +650,4 @@ def shared_counter(value: int = 0) -> SharedCounter:
     >>> c
     SharedCounter(4)
     """
-    return SharedCounter(FileStorage.create(_check_range(_integer(value, "initial value"))))
+    return SharedCounter(FileStorage.create(check_range(_integer(value, "initial value"))))

@@ -1,43 +1,42 @@
-"""The scheduler shared by the process and thread backends.
+"""The scheduler: one class runs every map, on every backend.
 
-It runs in the caller's thread, inside the generator the backend returns: no scheduling thread to
-start, race with or leak. It hands out chunks (adaptive size, a bounded number queued per worker,
-the input read lazily), watches every worker's pipe and liveness in one ``wait``, and turns faults
-into per-item results:
+It runs in the caller's thread, inside the generator that yields the map's batches: no scheduling
+thread to start, race with or leak. It drives a :class:`~parallelize._backends.base.WorkerSet`
+(local processes, threads, the caller itself, or the tasks of a Dask or Ray cluster): it hands out
+chunks (adaptive size, a bounded number queued per worker, a bounded window when streaming in
+order, the input read lazily), waits for what the workers report, and turns faults into per-item
+results:
 
+* an argument that does not pickle fails its item alone; the rest of its chunk goes on;
 * a worker that dies takes only the item it was running with it (its index is read from the
-  worker's status slot); the rest of its chunk and its queued chunks run again elsewhere;
+  worker's status slot); the rest of its chunk and its queued chunks run again elsewhere. An
+  engine that cannot say which item killed its worker has the chunk's items run one by one, and
+  one that kills its worker once more, alone, fails;
 * an item past its ``timeout`` has its worker stopped and is treated like a crash, as a
-  ``TimeoutError``;
+  ``TimeoutError`` (engines time items out in the task itself);
 * a crashed or timed-out item is run again up to ``retries`` times before its error counts;
 * closing the generator cancels what is queued and gives running items a moment to finish, then
   stops their workers; Ctrl-C stops busy workers at once.
-
-The pool side (how workers start, talk and die) is a :class:`WorkerSet`.
 """
 
 from __future__ import annotations
 
-import abc
 import collections
 import signal
 import time
-from collections.abc import Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from collections.abc import Generator, Sequence
+from typing import TYPE_CHECKING, Any, Final, Generic
 
+from .._backends.base import Crashed, Dead, Unreadable, W, WorkerSet
 from .._chunking import ChunkSizer
-from .._errors import SerializationError
-from .._execute import CANCEL, INDEX, RETRIED, RETRIES, START_NS, TASK, Call, Status
-from .._serialization import Failure, unpicklable_argument
-from .._worker import CALL_CACHE, CANCELLED, DONE, INIT_FAILED, READY
-from .._worker import TASK as TASK_MESSAGE
-from .base import Batch, Job
+from .._errors import Failure, SerializationError, crash_error
+from .._wire.pickling import unpicklable_argument
+from .._wire.protocol import CALL_CACHE, Call, Cancelled, Done, InitFailed, Ready, Task
+from .job import Batch, Job
 
 if TYPE_CHECKING:
-    from .._crash import WorkerCrashedError
+    from .._errors import WorkerCrashedError
 
-# Chunks queued per worker: one running and one waiting, so no worker idles during a round trip.
-DEPTH: Final = 2
 # Ordered streaming: how many chunks per worker may run ahead of the oldest unfinished one, which
 # bounds the results buffered for reordering behind one slow item.
 WINDOW: Final = 4
@@ -47,109 +46,53 @@ CANCEL_GRACE: Final = 0.25
 MAX_UNSTARTED: Final = 3
 # Shortest wait when polling for timeouts, so a deadline just passed does not spin.
 MIN_POLL: Final = 0.001
-# Longest wait for a retiring worker's exit (which normally wakes the dispatcher by itself).
+# Longest wait for a retiring worker's exit (which normally wakes the scheduler by itself).
 RETIRE_POLL: Final = 0.1
-
-DEAD: Final = object()  # the event a WorkerSet reports for a worker that died
-# The kind of the event ``(UNREADABLE, exc)`` a WorkerSet reports for a message from a worker that
-# the caller could not unpickle (a result whose class fails to rebuild here, say).
-UNREADABLE: Final = "unreadable"
-
-
-class WorkerHandle:
-    """The dispatcher's view of one worker."""
-
-    __slots__ = ("budget", "loaded", "queue", "ready", "retiring", "status")
-
-    def __init__(self, status: Status, budget: int | None, *, ready: bool = True):
-        self.status = status
-        self.ready = ready  # it has started and may be sent work (a process says so once up)
-        self.queue: collections.deque[int] = collections.deque()  # ids of chunks sent, in order
-        self.loaded: collections.OrderedDict[int, None] = collections.OrderedDict()  # call ids
-        self.budget = budget  # items it may still run (max_tasks_per_worker)
-        self.retiring = False  # it will exit after its queued chunks
-
-
-W = TypeVar("W", bound=WorkerHandle)
-
-
-class WorkerSet(abc.ABC, Generic[W]):
-    """A set of workers as the dispatcher drives it."""
-
-    size: int
-    workers: list[W]
-    broken: bool = False  # discard this set after the map (an initializer failed)
-    # What kill() does to a worker that overran its timeout, as its TimeoutError says.
-    stopped: str = "its worker was stopped and replaced"
-
-    @abc.abstractmethod
-    def spawn(self) -> W:
-        """Start one more worker."""
-
-    def can_spawn(self) -> bool:
-        """Whether another worker may start now (retiring ones may still hold resources)."""
-        return True
-
-    @abc.abstractmethod
-    def encode(self, message: tuple[Any, ...]) -> tuple[Any, object]:
-        """A message ready to send, and what to :meth:`release` once its chunk is done (or None).
-
-        Raises if the message cannot be serialised.
-        """
-
-    def release(self, lease: object) -> None:
-        """Free what :meth:`encode` held for a chunk that is done, cancelled or lost."""
-
-    @abc.abstractmethod
-    def load_message(self, call: Call) -> tuple[int, Any]:
-        """An id for ``call`` and the encoded message that loads it into a worker."""
-
-    @abc.abstractmethod
-    def send(self, worker: W, payload: Any) -> None:
-        """Deliver an encoded message; OSError when the worker is gone."""
-
-    @abc.abstractmethod
-    def wait(self, timeout: float | None) -> list[tuple[W, Any]]:
-        """Messages that arrived and deaths (``DEAD``), waiting up to ``timeout`` for one."""
-
-    @abc.abstractmethod
-    def kill(self, worker: W) -> None:
-        """Stop a worker now, whatever it is doing."""
-
-    @abc.abstractmethod
-    def reap(self, worker: W) -> int | None:
-        """Forget a dead or killed worker; its exit code when it has one."""
 
 
 class _Task:
-    __slots__ = ("id", "items", "lease", "retries", "start", "unstarted")
+    """A chunk the scheduler owns: sent, waiting to be sent again, or split."""
 
-    def __init__(self, start: int, items: Sequence[Any], retries: int, unstarted: int = 0):
+    __slots__ = ("id", "items", "lease", "retries", "start", "suspect", "unstarted")
+
+    def __init__(
+        self,
+        start: int,
+        items: Sequence[Any],
+        retries: int,
+        unstarted: int = 0,
+        *,
+        suspect: bool = False,
+    ):
         self.id = 0  # assigned when sent
-        self.lease: object = None  # what the pool holds for it while in flight (shared memory)
+        self.lease: object = None  # what the worker set holds for it while in flight
         self.start = start
         self.items = items
         self.retries = retries
-        self.unstarted = unstarted
+        self.unstarted = unstarted  # times its worker died before it started
+        self.suspect = suspect  # its engine worker died once: it runs again alone, to be sure
 
     def covers(self, index: int) -> bool:
         return self.start <= index < self.start + len(self.items)
 
 
-class Dispatcher(Generic[W]):
-    """Runs one job on a worker set; iterate :meth:`run` for the batches."""
+class Scheduler(Generic[W]):
+    """Runs one job on a worker set; iterate :meth:`run` for the batches in completion order."""
 
-    def __init__(self, pool: WorkerSet[W], job: Job, next_task_id: Callable[[], int]):
+    def __init__(self, pool: WorkerSet[W], job: Job):
         options = job.options
         self._pool = pool
         self._job = job
-        self._call = Call(
-            job.fn, job.star, options.on_error == "return", options.timeout is not None
-        )
+        watched = options.timeout is not None and pool.watches_timeouts
+        self._call = Call(job.fn, job.star, options.on_error == "return", watched)
         self._call_id, self._load = pool.load_message(self._call)
-        self._new_id = next_task_id
-        self._sizer = ChunkSizer(workers=pool.size, fixed=options.chunksize)
-        self._timeout_ns = None if options.timeout is None else int(options.timeout * 1e9)
+        self._sizer = ChunkSizer(
+            workers=pool.size,
+            fixed=options.chunksize,
+            target=pool.target_seconds,
+            floor=pool.floor_seconds,
+        )
+        self._timeout_ns = int(options.timeout * 1e9) if watched and options.timeout else None
         self._bounded = options.ordered and job.stream
         self._tasks: dict[int, _Task] = {}
         self._retry: collections.deque[_Task] = collections.deque()
@@ -158,6 +101,7 @@ class Dispatcher(Generic[W]):
         self._exhausted = False
         self._ready: list[Batch] = []  # results and failures not yet yielded
         self._boot_failures = 0  # workers in a row that died before they were ready
+        self._alone = False  # a suspect chunk runs: nothing else is sent meanwhile
 
     # -- the loop --
 
@@ -182,31 +126,33 @@ class Dispatcher(Generic[W]):
             raise
 
     def _handle(self, worker: W, event: Any) -> None:
-        if event is DEAD:
+        kind = type(event)
+        if kind is Done:
+            worker.queue.remove(event.task_id)
+            self._forget(event.task_id)
+            self._sizer.record(items=len(event.values), seconds=event.seconds)
+            self._ready.append(Batch(event.start, event.values, event.failed))
+        elif kind is Cancelled:
+            worker.queue.remove(event.task_id)
+            self._forget(event.task_id)
+        elif kind is Dead:
             self._lost(worker, None)
-            return
-        kind = event[0]
-        if kind == DONE:
-            _, task_id, start, values, seconds, failed = event
-            worker.queue.remove(task_id)
-            self._forget(task_id)
-            self._sizer.record(items=len(values), seconds=seconds)
-            self._ready.append(Batch(start, values, failed))
-        elif kind == CANCELLED:
-            worker.queue.remove(event[1])
-            self._forget(event[1])
-        elif kind == UNREADABLE:
-            self._unreadable(worker, event[1])
-        elif kind == READY:  # the worker set has marked it ready
+        elif kind is Crashed:
+            worker.queue.remove(event.task_id)
+            self._isolate(self._forget(event.task_id), event.error)
+        elif kind is Unreadable:
+            self._unreadable(worker, event.error)
+        elif kind is Ready:  # the worker set has marked it ready
             self._boot_failures = 0
-        elif kind == INIT_FAILED:
+        elif kind is InitFailed:
             self._pool.broken = True
-            failure: Failure = event[1]
-            raise failure.exception()
+            raise event.failure.exception()
 
     def _forget(self, task_id: int) -> _Task:
         """A chunk is no longer in flight: drop it and what the pool held for it."""
         task = self._tasks.pop(task_id)
+        if task.suspect:
+            self._alone = False
         if task.lease is not None:
             self._pool.release(task.lease)
             task.lease = None
@@ -215,7 +161,12 @@ class Dispatcher(Generic[W]):
     # -- handing out work --
 
     def _fill(self) -> None:
-        while (worker := self._pick_worker()) is not None:
+        while not self._alone and (worker := self._pick_worker()) is not None:
+            if self._retry and self._retry[0].suspect:
+                if not self._tasks:  # it runs alone: wait until nothing else is in flight
+                    self._alone = True
+                    self._send(worker, self._retry.popleft())
+                return
             task = self._next_task(worker.budget)
             if task is None:
                 return
@@ -231,8 +182,9 @@ class Dispatcher(Generic[W]):
         for worker in ready:
             if not worker.queue:
                 return worker
+        depth = self._pool.depth
         for worker in ready:
-            if len(worker.queue) < DEPTH:
+            if len(worker.queue) < depth:
                 return worker
         return None
 
@@ -262,8 +214,9 @@ class Dispatcher(Generic[W]):
             return None
         total = self._job.total
         size = self._sizer.next_size(None if total is None else total - self._next_index)
-        if cap is not None:
-            size = min(size, cap)
+        for limit in (cap, self._pool.max_chunk):
+            if limit is not None:
+                size = min(size, limit)
         items = self._lookahead
         self._lookahead = ()
         if len(items) < size and not self._exhausted:
@@ -283,15 +236,8 @@ class Dispatcher(Generic[W]):
         return self._next_index - oldest >= limit
 
     def _send(self, worker: W, task: _Task) -> None:
-        task.id = self._new_id()
-        message = (
-            TASK_MESSAGE,
-            task.id,
-            self._call_id,
-            task.start,
-            task.items,
-            task.retries,
-        )
+        task.id = self._pool.new_task_id()
+        message = Task(task.id, self._call_id, task.start, task.items, task.retries)
         try:
             payload, task.lease = self._pool.encode(message)
         except Exception as exc:
@@ -303,7 +249,7 @@ class Dispatcher(Generic[W]):
             worker.budget -= len(task.items)
             worker.retiring = worker.budget <= 0
         try:
-            if self._call_id not in worker.loaded:
+            if self._load is not None and self._call_id not in worker.loaded:
                 self._pool.send(worker, self._load)
                 worker.loaded[self._call_id] = None
                 if len(worker.loaded) > CALL_CACHE:
@@ -338,8 +284,8 @@ class Dispatcher(Generic[W]):
             return
         running, waiting = tasks[0], tasks[1:]
         requeue: list[_Task] = []
-        started = status[TASK] == running.id
-        index = timed_out if timed_out is not None else status[INDEX]
+        started = status.task == running.id
+        index = timed_out if timed_out is not None else status.index
         if started and running.covers(index):
             offset = index - running.start
             before = running.items[:offset]
@@ -348,8 +294,7 @@ class Dispatcher(Generic[W]):
                 requeue.append(_Task(running.start, before, running.retries))
             # Retries the worker already spent on this item (it raised, then died or overran in
             # a retry) are spent: an item runs at most retries + 1 times in all.
-            spent = status[RETRIES] if status[RETRIED] == index else 0
-            left = running.retries - spent
+            left = running.retries - status.retries_spent(index)
             if left > 0:
                 requeue.append(_Task(index, [running.items[offset]], left - 1))
             else:
@@ -369,6 +314,27 @@ class Dispatcher(Generic[W]):
             self._ready.append(Batch(running.start, failures, True))
         requeue.extend(waiting)
         self._retry.extendleft(reversed(requeue))
+
+    def _isolate(self, task: _Task, error: BaseException) -> None:
+        """An engine lost the worker running ``task`` (after its own retries), without saying
+        which item did it, and may blame every task that was on that worker: the items run one
+        by one, and one that crashes once more alone fails, so only the culprit fails."""
+        if len(task.items) > 1:
+            singles = [
+                _Task(task.start + i, [item], task.retries) for i, item in enumerate(task.items)
+            ]
+            self._retry.extendleft(reversed(singles))
+            return
+        if not task.suspect:
+            self._retry.appendleft(_Task(task.start, task.items, task.retries, suspect=True))
+            return
+        crash = crash_error(
+            f"a {self._pool.engine_name} worker died while running the item at index "
+            f"{task.start} (after the engine's own retries): {error}",
+            index=task.start,
+        )
+        crash.__cause__ = error
+        self._ready.append(Batch(task.start, [Failure(crash, task.start)], True))
 
     def _unreadable(self, worker: W, exc: Exception) -> None:
         """A reply that failed to unpickle here holds the results of the worker's oldest chunk (a
@@ -390,9 +356,7 @@ class Dispatcher(Generic[W]):
         self._ready.append(Batch(task.start, [Failure(error, task.start)], True))
 
     def _never_ran(self, exitcode: int | None) -> WorkerCrashedError:
-        from .._crash import WorkerCrashedError  # see _crash: only paid once a worker died
-
-        return WorkerCrashedError(
+        return crash_error(
             f"worker processes {describe_exit(exitcode)} {MAX_UNSTARTED + 1} times before "
             "running any item. In a script, start the map under "
             "'if __name__ == \"__main__\":' (spawn and forkserver workers import the main "
@@ -407,9 +371,7 @@ class Dispatcher(Generic[W]):
                 f"the item at index {index} ran longer than the timeout of "
                 f"{self._job.options.timeout} s; {self._pool.stopped}"
             )
-        from .._crash import WorkerCrashedError
-
-        return WorkerCrashedError(
+        return crash_error(
             f"a worker process {describe_exit(exitcode)} while running the item at index {index}",
             index=index,
             exitcode=exitcode,
@@ -423,8 +385,8 @@ class Dispatcher(Generic[W]):
         now = time.monotonic_ns()
         soonest = self._timeout_ns
         for worker in self._pool.workers:
-            if worker.queue and worker.status[TASK] == worker.queue[0]:
-                soonest = min(soonest, worker.status[START_NS] + self._timeout_ns - now)
+            if worker.queue and worker.status.task == worker.queue[0]:
+                soonest = min(soonest, worker.status.started_ns + self._timeout_ns - now)
         return max(MIN_POLL, soonest / 1e9)
 
     def _expire(self) -> None:
@@ -435,11 +397,11 @@ class Dispatcher(Generic[W]):
                 continue
             task = self._tasks[worker.queue[0]]
             status = worker.status
-            index = status[INDEX]  # read before START_NS: see _execute's write order
+            index = status.index  # before started_ns: see Status.index
             if (
-                status[TASK] == task.id
+                status.task == task.id
                 and task.covers(index)
-                and now - status[START_NS] > self._timeout_ns
+                and now - status.started_ns > self._timeout_ns
             ):
                 self._pool.kill(worker)
                 self._lost(worker, index)
@@ -447,10 +409,8 @@ class Dispatcher(Generic[W]):
     def _cancel(self, *, now: bool) -> None:
         """Stop the work still outstanding; leave the pool clean for the next map."""
         busy = [w for w in self._pool.workers if w.queue]
-        if not busy:
-            return
         try:
-            if not now:
+            if busy and not now and self._pool.graceful_cancel:
                 self._let_finish(busy)
         finally:  # even if a second Ctrl-C cuts the grace short
             for worker in busy:
@@ -465,16 +425,17 @@ class Dispatcher(Generic[W]):
         """Tell busy workers to skip their queued chunks; wait a moment for the running ones."""
         last = max(self._tasks, default=0)
         for worker in busy:
-            worker.status[CANCEL] = last
+            worker.status.cancel_up_to(last)
         deadline = time.monotonic() + CANCEL_GRACE
         while (remaining := deadline - time.monotonic()) > 0 and any(w.queue for w in busy):
             for worker, event in self._pool.wait(remaining):
-                if event is DEAD:
+                kind = type(event)
+                if kind is Dead:
                     self._pool.reap(worker)
                     worker.queue.clear()
-                elif event[0] in (DONE, CANCELLED):
-                    worker.queue.remove(event[1])
-                elif event[0] == UNREADABLE and worker.queue:
+                elif kind is Done or kind is Cancelled:
+                    worker.queue.remove(event.task_id)
+                elif kind is Unreadable and worker.queue:
                     worker.queue.popleft()  # its oldest chunk's reply, which is dropped anyway
 
 

@@ -1,4 +1,4 @@
-"""Moving functions, items, results and exceptions between processes.
+"""Pickling what crosses between the caller and a worker: functions, items and results.
 
 * The user's function travels once per map through cloudpickle, so lambdas, closures and
   functions defined in ``__main__`` or interactively work under every start method. A function
@@ -7,30 +7,28 @@
   along, so a worker started before it changed still finds the user's modules.
 * Items and results use the standard pickler (protocol 5), which is fastest; only what it refuses
   falls back to cloudpickle.
-* A failure in a worker travels as a :class:`Failure`: the exception itself when it survives a
-  pickle round trip, else a :class:`RemoteError` stand-in that keeps its type name and message,
-  always with the worker's formatted traceback, which becomes ``__cause__`` at home.
+* An item whose argument or result does not pickle fails alone, as a ``SerializationError``
+  naming it (a :class:`~parallelize._errors.Failure` in its place).
 """
 
 from __future__ import annotations
 
-import builtins
 import functools
 import io
 import pickle
 import sys
 import types
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
-from ._errors import RemoteError, RemoteTraceback, SerializationError
+from .._errors import Failure, SerializationError
 
 PROTOCOL = 5  # out-of-band buffers and the fastest framing; every supported Python has it
 
 
 @functools.cache
 def _function_pickler() -> type[Any]:
-    """The pickler class for functions, made on first use: cloudpickle takes ~6 ms to import, and
+    """The pickler class for functions, made on first use: cloudpickle is slow to import, and
     a worker needs it only to load a function that travelled by value."""
     import cloudpickle
 
@@ -54,15 +52,29 @@ def _function_pickler() -> type[Any]:
     return FunctionPickler
 
 
-def _decorator_of(fn: types.FunctionType) -> Any:
-    from ._decorator import ParallelFunction, by_reference
+# The class attribute that marks a ``@parallel`` wrapper (the face sets it; the wire layer below
+# it must not import the face to recognise one).
+WRAPPER_MARK = "__parallelize_wrapper__"
 
+
+def _decorator_of(fn: types.FunctionType) -> Any:
     found: Any = sys.modules.get(fn.__module__)
     for part in fn.__qualname__.split("."):
         found = getattr(found, part, None)
-    if isinstance(found, ParallelFunction) and found.__wrapped__ is fn and by_reference(found):
-        return found
-    return None
+    wraps = getattr(type(found), WRAPPER_MARK, False) and found.__wrapped__ is fn
+    return found if wraps and by_reference(found) else None
+
+
+def by_reference(obj: Any) -> bool:
+    """Whether ``obj`` can travel as ``module.qualname``: the name finds it, and the module is one
+    a worker imports by name (not ``__main__``, whose worker copy is another script run)."""
+    module_name = getattr(obj, "__module__", None)
+    if module_name in (None, "__main__", "__mp_main__"):
+        return False
+    found: object = sys.modules.get(module_name)
+    for part in getattr(obj, "__qualname__", "<>").split("."):
+        found = getattr(found, part, None)
+    return found is obj
 
 
 def dumps_function(obj: Any, fn: Any) -> bytes:
@@ -126,7 +138,7 @@ def assigned_globals(initializer: Any) -> dict[str, Any]:
     initializer = _function_of(initializer)
     if not _is_main_function(initializer):
         return {}
-    import dis
+    import dis  # lazily: only an initializer of __main__ needs it, and workers start faster
 
     names: set[str] = set()
     codes = [initializer.__code__]
@@ -169,7 +181,7 @@ def dumps(obj: Any) -> bytes:
     try:
         return pickle.dumps(obj, PROTOCOL)
     except Exception:
-        import cloudpickle
+        import cloudpickle  # lazily: a worker's start-up need not pay for it
 
         data: bytes = cloudpickle.dumps(obj, PROTOCOL)
         return data
@@ -188,7 +200,7 @@ def dumps_for_engine(obj: Any) -> bytes:
 
 def dumps_by_value(obj: Any) -> bytes:
     """Pickle with cloudpickle, which sends what belongs to ``__main__`` by value."""
-    import cloudpickle
+    import cloudpickle  # lazily: a worker's start-up need not pay for it
 
     data: bytes = cloudpickle.dumps(obj, PROTOCOL)
     return data
@@ -209,9 +221,19 @@ def find_unpicklable(values: Sequence[Any], first_index: int) -> tuple[int, Exce
     return None
 
 
-def unpicklable_argument(
-    items: Sequence[Any], start: int, error: Exception
-) -> tuple[int, Failure]:
+def picklable_values(values: Sequence[Any], start: int) -> list[Any]:
+    """``values`` (of input indices from ``start``) with each one that does not pickle replaced by
+    its item's SerializationError, as a Failure."""
+    values = list(values)
+    while (found := find_unpicklable(values, start)) is not None:
+        index, exc = found
+        offset = index - start
+        error = unpicklable_error("result", index, values[offset], exc)
+        values[offset] = Failure.capture(error, index)
+    return values
+
+
+def unpicklable_argument(items: Sequence[Any], start: int, error: Exception) -> tuple[int, Failure]:
     """A chunk did not pickle: the offset of its first unpicklable item, and that item's failure.
 
     Re-raises ``error`` when every item pickles on its own (then the chunk as a whole is at fault).
@@ -231,109 +253,3 @@ def unpicklable_error(what: str, index: int, value: Any, exc: Exception) -> Seri
     )
     error.__cause__ = exc
     return error
-
-
-class Failure:
-    """One item's error, with the input index and the traceback text from where it was raised."""
-
-    __slots__ = ("_ready", "error", "index", "remote", "tb")
-
-    def __init__(
-        self, error: BaseException, index: int, tb: str | None = None, *, remote: bool = False
-    ):
-        self.error = error
-        self.index = index
-        self.tb = tb
-        self.remote = remote  # it crossed from another process
-        self._ready = False
-
-    @classmethod
-    def capture(cls, error: BaseException, index: int) -> Failure:
-        """Record ``error`` as raised now, formatting its traceback for a trip home."""
-        import traceback  # only when something failed
-
-        return cls(error, index, "".join(traceback.format_exception(error)))
-
-    def exception(self) -> BaseException:
-        """The exception to raise or return in the caller, with its note and remote traceback."""
-        if not self._ready:
-            self._ready = True
-            # An exception that crossed from a worker lost its frames (or, with tblib, has copies
-            # that an editor cannot open): the worker's formatted text is the cause. One raised
-            # in this process (threads, serial) keeps its frames and gets the same cause, unless
-            # it has one of its own, so that every backend reports alike.
-            error = self.error
-            own_cause = error.__cause__ is not None or error.__suppress_context__  # raise ... from
-            if self.tb is not None and (self.remote or not own_cause):
-                error.__cause__ = RemoteTraceback(self.tb)
-            where = f"by the item at index {self.index}" if self.index >= 0 else "at worker start"
-            error.add_note(f"(raised {where}, in a parallelize worker)")
-        return self.error
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_failure, (_portable(self.error), self.index, self.tb))
-
-    def __repr__(self) -> str:
-        return f"Failure({self.error!r}, index={self.index})"
-
-
-def _rebuild_failure(error: BaseException, index: int, tb: str | None) -> Failure:
-    return Failure(error, index, tb, remote=True)
-
-
-def _portable(error: BaseException) -> BaseException:
-    """``error`` when it survives a pickle round trip, else a stand-in of the same type name."""
-    try:
-        clone = pickle.loads(dumps(error))
-        if type(clone) is type(error):
-            return error
-    except Exception:
-        pass
-    return standin(type(error), str(error))
-
-
-def _builtin_base(cls: type[BaseException]) -> type[BaseException] | None:
-    for base in cls.__mro__:
-        if (
-            issubclass(base, BaseException)
-            and getattr(builtins, base.__name__, None) is base
-            and base not in (BaseException, Exception)
-        ):
-            return cast(type[BaseException], base)
-    return None
-
-
-_standin_classes: dict[type[BaseException], type[RemoteError]] = {}
-
-
-def _standin_class(base: type[BaseException] | None) -> type[RemoteError]:
-    if base is None:
-        return RemoteError
-    known = _standin_classes.get(base)
-    if known is not None:
-        return known
-    namespace = {
-        "__module__": RemoteError.__module__,
-        "__reduce__": lambda self: (standin_by_name, (self.type_name, self.message, base.__name__)),
-    }
-    try:
-        made: type[RemoteError] = type(
-            f"RemoteError_{base.__name__}", (RemoteError, base), namespace
-        )
-    except TypeError:  # a builtin whose memory layout cannot be mixed in
-        made = RemoteError
-    _standin_classes[base] = made
-    return made
-
-
-def standin(cls: type[BaseException], message: str) -> RemoteError:
-    """A RemoteError named after ``cls``, also an instance of its nearest builtin base class, so
-    that ``except ValueError`` still catches it."""
-    return _standin_class(_builtin_base(cls))(f"{cls.__module__}.{cls.__qualname__}", message)
-
-
-def standin_by_name(type_name: str, message: str, base_name: str | None) -> RemoteError:
-    base = getattr(builtins, base_name, None) if base_name else None
-    if not (isinstance(base, type) and issubclass(base, BaseException)):
-        base = None
-    return _standin_class(base)(type_name, message)

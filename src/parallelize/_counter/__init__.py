@@ -1,0 +1,42 @@
+"""``shared_counter``: a locked 64-bit integer that every worker can reach, however it gets there.
+
+``multiprocessing.Value`` can only travel by inheritance: pickling one into a task raises, and a
+worker started before the value existed can never see it. A :class:`SharedCounter` instead pickles
+to a *name*, and any process on the machine reopens the counter from that name. So it works as an
+argument, inside a closure, under every start method, and in a pool that was warm before the
+counter existed; nothing restarts.
+
+Design (one small file per counter, see ``docs/shared-state.md``):
+
+* The integer lives in a 32-byte file in ``/dev/shm`` (memory, not disk), mapped with ``mmap``.
+  Its name is the handle that crosses the pipe.
+* The counter's lock is ``flock(LOCK_EX)`` on a descriptor this process opened itself. It is a few
+  hundred nanoseconds when nobody else holds it, there is no semaphore to leak, and the kernel
+  drops it when its holder dies, so a worker killed mid-update (a timeout) cannot wedge the others.
+  ``flock`` belongs to an open file description, so threads are serialized by a per-process
+  ``threading.Lock`` first; an owner and a depth make the whole lock recursive, as the idiom
+  ``with c.get_lock(): c.value += 1`` needs.
+* Every process that holds the counter keeps a shared OFD lock on byte 0 of the file: a liveness
+  mark the kernel also drops at death. A process letting go (garbage collection, or its exit)
+  tries to turn its mark exclusive: if it can, no other process holds the counter and it unlinks
+  the file. Releases are serialized by an OFD lock on byte 1, so two leaving at once cannot both
+  miss being last.
+* Lifetime backstop: the creator registers the file with multiprocessing's resource tracker, so a
+  SIGKILLed creator's file is still removed when its process tree ends. When the creator lets go
+  cleanly it unregisters and the liveness marks take over. Only the creator registers (attaching
+  never does), which avoids the early unlink that ``SharedMemory`` suffers from before 3.13.
+* Fork: the child gets a fresh thread lock and no ownership (a lock held by the parent is not held
+  by the child). On first use it reopens the file through ``/proc/self/fd`` as its own open file
+  description, so its locks are its own, and only then counts as a holder.
+
+The seam for other engines: a :class:`SharedCounter` is a thin face over a storage object with
+``get``/``set``/``add`` and a recursive ``acquire``/``release`` (:class:`CounterStorage`).
+:class:`FileStorage` is the one for processes on this machine. A distributed backend pickles the
+user's function and items inside ``with crossing(engine):`` (a :class:`CounterEngine`); a counter
+pickled there first moves its value into a storage of that engine and points itself at it, so
+the caller's own counter and every task's copy reach the same integer, on any machine.
+"""
+
+from .local import CounterEngine, CounterStorage, SharedCounter, crossing, shared_counter
+
+__all__ = ["CounterEngine", "CounterStorage", "SharedCounter", "crossing", "shared_counter"]

@@ -1,0 +1,1 @@
+"""What crosses between the caller and a worker: pickling, shared memory, and the messages."""

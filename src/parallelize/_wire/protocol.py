@@ -1,0 +1,93 @@
+"""The messages between the caller and a worker, each a small named type, defined once here.
+
+Caller to worker: :class:`Load` once per map and worker, :class:`Task` per chunk,
+:class:`GiveBack` (to a process) for the reply segments the caller is done with, and ``None`` to
+stop. Worker to caller: :class:`Done` or :class:`Cancelled` per chunk, and from a process
+:class:`Ready` once it can take work or :class:`InitFailed` when its initializer raised.
+
+A process worker receives them pickled over its pipe; a thread worker receives the objects
+themselves. Whoever reads one tells the kind by its type (``type(message) is Done``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Final, NamedTuple
+
+from .._errors import Failure
+
+# How many maps' functions a worker keeps loaded; the scheduler mirrors it to know what to resend.
+CALL_CACHE: Final = 16
+
+
+class Call:
+    """What a worker needs to know about a map, sent once per map.
+
+    A plain class: a dataclass would make every worker import ``dataclasses`` (and ``inspect``)
+    at start-up.
+    """
+
+    __slots__ = ("fn", "keep_going", "star", "timed")
+
+    def __init__(self, fn: Callable[..., Any], star: bool, keep_going: bool, timed: bool):
+        self.fn = fn
+        self.star = star  # the items are argument tuples (several iterables)
+        self.keep_going = keep_going  # on_error="return": finish the chunk after a failure
+        self.timed = timed  # a timeout is set: keep the item's start time up to date
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Call, (self.fn, self.star, self.keep_going, self.timed))
+
+
+class Load(NamedTuple):
+    """Caller to worker: keep ``call`` under ``call_id`` for the chunks that name it."""
+
+    call_id: int
+    call: Call
+
+
+class Task(NamedTuple):
+    """Caller to worker: run ``items`` (input indices from ``start``) with the call ``call_id``,
+    retrying a failing item up to ``retries`` times."""
+
+    task_id: int
+    call_id: int
+    start: int
+    items: Sequence[Any]
+    retries: int
+
+
+class GiveBack(NamedTuple):
+    """Caller to a process worker: these reply segments may hold its next large results."""
+
+    names: list[str]
+
+
+class Done(NamedTuple):
+    """Worker to caller: a chunk's values (a :class:`Failure` in place of each item that failed),
+    the seconds it took, and whether any value is a failure."""
+
+    task_id: int
+    start: int
+    values: list[Any]
+    seconds: float
+    failed: bool
+
+
+class Cancelled(NamedTuple):
+    """Worker to caller: the chunk was skipped, its map having been cancelled."""
+
+    task_id: int
+
+
+class Ready(NamedTuple):
+    """Process worker to caller: started (and initialized); it may be sent work now."""
+
+
+class InitFailed(NamedTuple):
+    """Worker to caller: the initializer raised (or the worker could not read a message)."""
+
+    failure: Failure
+
+
+READY = Ready()

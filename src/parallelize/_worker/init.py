@@ -1,0 +1,72 @@
+"""The user's initializer: the one place a worker runs it.
+
+A process worker runs its pool's initializer once, at start. An engine worker process (Dask, Ray)
+runs a map's initializer before that map's first chunk there, and again only when another map's
+initializer ran there since (like a process pool, a process has one initializer at a time). A
+thread worker runs it once per thread.
+
+An initializer from ``__main__`` travels by value with its own copy of the script's globals, and
+so does a mapped function of ``__main__``: what the initializer assigned (``global model``) is
+handed to the mapped function (see :func:`~parallelize._wire.pickling.assigned_globals`), so the
+``multiprocessing.Pool`` idiom works.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .._errors import Failure
+from .._wire.pickling import assigned_globals, share_globals
+
+
+def run_initializer(initializer: Callable[..., object], initargs: Sequence[Any]) -> Failure | None:
+    """Run the user's initializer; its failure, if it raised."""
+    try:
+        initializer(*initargs)
+    except BaseException as exc:
+        return Failure.capture(exc, -1)
+    return None
+
+
+class _ProcessInit:
+    """The initializer this process ran last (its pickle), what it assigned in ``__main__``, and
+    how many have run here."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # held while one runs: once, even with tasks in threads
+        self.blob: bytes | None = None
+        self.assigned: dict[str, Any] = {}
+        self.runs = 0
+
+
+_here = _ProcessInit()
+
+
+def initialize(init_blob: bytes) -> Failure | None:
+    """Run the pickled ``(initializer, initargs)`` in this worker process, unless it is the one
+    that ran here last. Its failure, if it raised (then it counts as not run)."""
+    with _here.lock:
+        if _here.blob == init_blob:
+            return None
+        initializer, initargs = pickle.loads(init_blob)
+        failure = run_initializer(initializer, initargs)
+        if failure is not None:
+            _here.blob = None
+            return failure
+        _here.blob, _here.assigned = init_blob, assigned_globals(initializer)
+        _here.runs += 1
+    return None
+
+
+def initialized_runs() -> int:
+    """How many initializers have run in this process: a new one means new globals to hand to
+    the mapped functions."""
+    return _here.runs
+
+
+def hand_globals(fn: Callable[..., Any]) -> None:
+    """Give a mapped function of ``__main__`` the globals its process's initializer assigned."""
+    share_globals(fn, _here.assigned)
