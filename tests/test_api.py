@@ -1,4 +1,7 @@
-"""The behaviour suite of pmap, imap and @parallel, run on every local backend and start method."""
+"""The API's own checks: validation, options, the decorator, pickling errors, exports.
+
+What every backend and start method must do alike is the behaviour suite, ``behaviour/``.
+"""
 
 from __future__ import annotations
 
@@ -45,12 +48,6 @@ class NeedsTwoArgs(Exception):
         self.lock = threading.Lock()
 
 
-def raise_value_error(x: int) -> int:
-    if x == 3:
-        raise ValueError(f"bad item {x}")
-    return x
-
-
 def raise_unpicklable(x: int) -> int:
     if x == 2:
         raise NeedsTwoArgs(1, 2)
@@ -83,34 +80,6 @@ def nested(x: int) -> list[int]:
 # -- results --
 
 
-def test_results_in_input_order(engine: dict[str, Any]) -> None:
-    assert pmap(square, range(100), **engine) == [x * x for x in range(100)]
-
-
-def test_unordered_gives_every_result(engine: dict[str, Any]) -> None:
-    assert sorted(pmap(square, range(100), ordered=False, **engine)) == [x * x for x in range(100)]
-    assert sorted(imap(square, range(50), ordered=False, **engine)) == [x * x for x in range(50)]
-
-
-def test_several_iterables_zip_to_the_shortest(engine: dict[str, Any]) -> None:
-    assert pmap(add, range(10), range(5), **engine) == list(map(add, range(10), range(5)))
-    assert list(imap(add, [1, 2], iter([10, 20, 30]), [100, 200], **engine)) == [111, 222]
-
-
-def test_range_and_list_inputs_of_every_shape(engine: dict[str, Any]) -> None:
-    for items in (range(-7, 50, 3), range(30, 0, -4), range(0), [*range(40)]):
-        assert pmap(square, items, chunksize=4, **engine) == [x * x for x in items]
-        assert pmap(square, items, **engine) == [x * x for x in items]
-        assert list(imap(square, items, **engine)) == [x * x for x in items]
-
-
-def test_a_range_too_long_for_len(engine: dict[str, Any]) -> None:
-    """len(range(2**70)) overflows; like the builtin map, imap walks it anyway."""
-    stream = imap(square, range(2**70), **engine)
-    assert [next(stream) for _ in range(3)] == [0, 1, 4]
-    stream.close()
-
-
 def test_a_range_travels_as_range_slices() -> None:
     """Chunks of a range are ranges: three numbers to pickle, whatever their length."""
     from parallelize._api import prepare
@@ -122,40 +91,6 @@ def test_a_range_travels_as_range_slices() -> None:
     assert job.take(5) == range(100, 100, 2)
     walked = prepare(square, ([1, 2, 3],), Options(), stream=True)  # imap walks a list
     assert not walked.sliced and walked.take(2) == [1, 2]
-
-
-def test_empty_input(engine: dict[str, Any]) -> None:
-    assert pmap(square, [], **engine) == []
-    assert list(imap(square, iter([]), **engine)) == []
-
-
-def test_lambdas_closures_and_partials(engine: dict[str, Any]) -> None:
-    offset = 7
-    assert pmap(lambda x: x + offset, range(5), **engine) == [7, 8, 9, 10, 11]
-
-    def closure(x: int) -> int:
-        return x * offset
-
-    assert pmap(closure, [1, 2], **engine) == [7, 14]
-    assert pmap(functools.partial(add, z=100), [1], [2], **engine) == [103]
-
-
-def test_unpicklable_items_fall_back_to_cloudpickle(engine: dict[str, Any]) -> None:
-    functions = [lambda: 1, lambda: 2]
-    assert pmap(lambda f: f(), functions, **engine) == [1, 2]
-
-
-def test_generator_input_and_chunksize(engine: dict[str, Any]) -> None:
-    items = (x for x in range(37))
-    assert pmap(square, items, chunksize=5, **engine) == [x * x for x in range(37)]
-
-
-def test_decorated_function(engine: dict[str, Any]) -> None:
-    fast = scaled.options(**engine)
-    assert fast([1, 2, 3]) == [1.0, 2.0, 3.0]
-    assert fast([1, 2], weight=2.0) == [2.0, 4.0]
-    assert list(fast.imap([1, 2], weight=3.0)) == [3.0, 6.0]
-    assert fast.__wrapped__(5, weight=2.0) == 10.0
 
 
 def test_decorated_function_keeps_metadata() -> None:
@@ -193,33 +128,6 @@ def test_module_functions_run_in_other_processes(start_method: str) -> None:
 
 
 # -- errors from the user's function ---------------------------------------------------------------
-
-
-def test_exception_keeps_its_type_with_cause_and_note(engine: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="bad item 3") as caught:
-        pmap(raise_value_error, range(10), **engine)
-    error = caught.value
-    assert any("index 3" in note for note in error.__notes__)
-    assert isinstance(error.__cause__, parallelize.RemoteTraceback)
-    assert "raise_value_error" in str(error.__cause__)
-    if engine["backend"] != "process":
-        assert error.__traceback__ is not None  # and its own frames, in this process
-
-
-def test_on_error_return_puts_the_exception_in_place(engine: dict[str, Any]) -> None:
-    results = pmap(raise_value_error, range(6), on_error="return", **engine)
-    assert results[:3] == [0, 1, 2] and results[4:] == [4, 5]
-    assert isinstance(results[3], ValueError)
-    streamed = list(imap(raise_value_error, range(6), on_error="return", **engine))
-    assert isinstance(streamed[3], ValueError)
-
-
-def test_imap_raises_at_the_failing_item(engine: dict[str, Any]) -> None:
-    seen = []
-    with pytest.raises(ValueError):
-        for value in imap(raise_value_error, range(10), chunksize=1, **engine):
-            seen.append(value)
-    assert seen == [0, 1, 2]
 
 
 def test_unpicklable_exception_becomes_a_standin(start_method: str) -> None:
@@ -297,56 +205,7 @@ def test_unpicklable_function_is_a_clear_error() -> None:
         pmap(lambda x: (lock, x), [1], workers=1)
 
 
-def test_pool_stays_usable_after_errors(start_method: str) -> None:
-    for _ in range(3):
-        with pytest.raises(ValueError):
-            pmap(raise_value_error, range(10), workers=2, start_method=start_method)
-        assert pmap(square, range(10), workers=2, start_method=start_method)[-1] == 81
-
-
-# -- streaming --
-
-
-def naturals() -> Any:
-    n = 0
-    while True:
-        yield n
-        n += 1
-
-
-def test_imap_consumes_an_endless_generator_lazily(engine: dict[str, Any]) -> None:
-    out = []
-    for value in imap(square, naturals(), **engine):
-        out.append(value)
-        if len(out) == 500:
-            break
-    assert out == [x * x for x in range(500)]
-
-
-def test_imap_reads_input_lazily() -> None:
-    pulled = []
-
-    def source() -> Any:
-        for n in range(10_000):
-            pulled.append(n)
-            yield n
-
-    stream = imap(square, source(), workers=2, chunksize=10)
-    assert pulled == []  # nothing is read before the first result is asked for
-    assert next(stream) == 0
-    assert len(pulled) < 1000
-    stream.close()
-
-
 # -- progress --
-
-
-def test_progress_bar_counts_items(
-    engine: dict[str, Any], capfd: pytest.CaptureFixture[str]
-) -> None:
-    pmap(square, range(57), progress=True, **engine)
-    err = capfd.readouterr().err
-    assert "57/57" in err
 
 
 def test_progress_description_and_kwargs(capfd: pytest.CaptureFixture[str]) -> None:
@@ -489,55 +348,3 @@ def test_crash_errors_pickled_by_0_1_0_still_load() -> None:
     assert (str(error), error.index, error.exitcode) == ("gone", 3, -9)
 
 
-@pytest.mark.timeout(120)
-def test_items_of_a_class_from_an_interactive_main(start_method: str) -> None:
-    """In a notebook, a REPL or ``python -c``, spawned workers cannot import ``__main__``: items
-    whose class is defined there travel by value."""
-    import subprocess
-    import sys
-
-    code = (
-        "from parallelize import pmap\n"
-        "class Point:\n"
-        "    def __init__(self, x):\n"
-        "        self.x = x\n"
-        f"options = dict(workers=2, start_method={start_method!r})\n"
-        "print(pmap(lambda p: p.x, [Point(1), Point(2)], **options))\n"
-        "print([p.x for p in pmap(Point, [3], **options)])\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=100, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["[1,", "2]", "[3]"]
-
-
-@pytest.mark.timeout(120)
-def test_items_of_a_class_from_a_package_main(start_method: str, tmp_path: Path) -> None:
-    """``python -m pkg``: spawned workers skip a package's ``__main__`` too."""
-    import subprocess
-    import sys
-
-    package = tmp_path / "pointpkg"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "__main__.py").write_text(
-        "from parallelize import pmap\n"
-        "class Point:\n"
-        "    def __init__(self, x):\n"
-        "        self.x = x\n"
-        "def x_of(p):\n"
-        "    return p.x\n"
-        "if __name__ == '__main__':\n"
-        f"    print(pmap(x_of, [Point(1), Point(2)], workers=2, start_method={start_method!r}))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "pointpkg"],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[1, 2]"

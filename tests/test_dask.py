@@ -1,4 +1,6 @@
-"""The behaviour suite and Dask specifics on a real ``distributed.LocalCluster`` of processes.
+"""Dask specifics on a real ``distributed.LocalCluster`` of processes.
+
+The behaviour every backend keeps runs on Dask in the behaviour suite, ``behaviour/``.
 
 Skipped without the dask extra (``pip install "parallelize[dask]"``); CI installs it and runs these.
 Deselect with ``-m "not dask"``. One cluster serves the whole module and is shut down at its end, so
@@ -16,7 +18,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -24,17 +26,11 @@ distributed = pytest.importorskip("distributed")
 
 import dask  # noqa: E402 - installed with distributed
 
+from behaviour.workloads import bump, nap, square, tally  # noqa: E402 - after the skip above
 from parallelize import WorkerCrashedError, imap, pmap, shared_counter  # noqa: E402
 from parallelize._backends import _engine, get_backend  # noqa: E402
 from parallelize._backends import dask as dask_backend  # noqa: E402
 from parallelize._lifecycle import in_worker  # noqa: E402
-from test_threads import (  # noqa: E402 - after the skip above
-    Behaviour,
-    CounterBehaviour,
-    bump,
-    nap,
-    square,
-)
 
 pytestmark = [pytest.mark.dask, pytest.mark.timeout(60)]
 
@@ -75,14 +71,17 @@ def test_plain_script_exits_quietly_with_its_own_cluster(tmp_path: Path) -> None
 
 
 @pytest.mark.usefixtures("cluster")
-class TestDaskBehaviour(Behaviour):
-    options: ClassVar[dict[str, Any]] = {"backend": "dask"}
-
-
-@pytest.mark.usefixtures("cluster")
-class TestDaskCounter(CounterBehaviour):
-    options: ClassVar[dict[str, Any]] = {"backend": "dask"}
-    storage: ClassVar[str | None] = "DaskStorage"
+def test_a_counter_moves_into_a_dask_actor_once() -> None:
+    """The first map that pickles a counter moves it into an actor; every later map uses that
+    actor, however the counter travels (argument, keyword argument, closure)."""
+    counter = shared_counter(0)
+    pmap(bump, [counter] * 6, [40] * 6, chunksize=1, backend="dask")
+    moved = counter._storage  # type: ignore[attr-defined]
+    assert type(moved).__name__ == "DaskStorage"
+    tally.options(chunksize=1, backend="dask")([40] * 6, by=counter)
+    pmap(lambda n: bump(counter, n), [40] * 6, chunksize=1, backend="dask")
+    assert counter._storage is moved  # type: ignore[attr-defined]
+    assert counter.value == 3 * 240
 
 
 def test_a_counter_that_crossed_leaves_dev_shm(cluster: Any) -> None:

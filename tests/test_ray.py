@@ -1,4 +1,6 @@
-"""The behaviour suite and Ray specifics on a real local Ray session.
+"""Ray specifics on a real local Ray session.
+
+The behaviour every backend keeps runs on Ray in the behaviour suite, ``behaviour/``.
 
 Skipped without the ray extra (``pip install "parallelize[ray]"``); CI installs it and runs these.
 Deselect with ``-m "not ray"``. One session serves the whole module and is shut down at its end, so
@@ -15,21 +17,16 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
 ray = pytest.importorskip("ray")
 
-from parallelize import WorkerCrashedError, imap, pmap  # noqa: E402
+from behaviour.workloads import bump, nap, square, tally  # noqa: E402 - after the skip above
+from parallelize import WorkerCrashedError, imap, pmap, shared_counter  # noqa: E402
 from parallelize._backends import _engine  # noqa: E402 - the worker set Ray shares with Dask
 from parallelize._lifecycle import in_worker  # noqa: E402
-from test_threads import (  # noqa: E402 - after the skip above
-    Behaviour,
-    CounterBehaviour,
-    nap,
-    square,
-)
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(60)]
 
@@ -61,14 +58,17 @@ def test_plain_script_exits_quietly_with_its_own_session(tmp_path: Path) -> None
 
 
 @pytest.mark.usefixtures("session")
-class TestRayBehaviour(Behaviour):
-    options: ClassVar[dict[str, Any]] = {"backend": "ray"}
-
-
-@pytest.mark.usefixtures("session")
-class TestRayCounter(CounterBehaviour):
-    options: ClassVar[dict[str, Any]] = {"backend": "ray"}
-    storage: ClassVar[str | None] = "RayStorage"
+def test_a_counter_moves_into_a_ray_actor_once() -> None:
+    """The first map that pickles a counter moves it into an actor; every later map uses that
+    actor, however the counter travels (argument, keyword argument, closure)."""
+    counter = shared_counter(0)
+    pmap(bump, [counter] * 6, [40] * 6, chunksize=1, backend="ray")
+    moved = counter._storage  # type: ignore[attr-defined]
+    assert type(moved).__name__ == "RayStorage"
+    tally.options(chunksize=1, backend="ray")([40] * 6, by=counter)
+    pmap(lambda n: bump(counter, n), [40] * 6, chunksize=1, backend="ray")
+    assert counter._storage is moved  # type: ignore[attr-defined]
+    assert counter.value == 3 * 240
 
 
 def _nested(n: int) -> tuple[list[int], bool]:

@@ -1,9 +1,10 @@
 """The serial backend: every item in the caller's own thread, for debugging with pdb.
 
 One worker that runs each chunk (of one item) as it is sent, so the scheduler, the error policy
-and the results are those of every backend. Exceptions keep their live traceback. ``timeout``
-cannot interrupt code running in the caller and is not enforced here; ``retries`` and
-``on_error`` work as everywhere.
+and the results are those of every backend. The caller is that worker: ``initializer`` runs in
+the caller, once per map, before its first item. Exceptions keep their live traceback.
+``timeout`` cannot interrupt code running in the caller and is not enforced here; ``retries``
+and ``on_error`` work as everywhere.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from .._options import Resolved
-from .._wire.protocol import Call, Cancelled, Done, Task
+from .._wire.protocol import Call, Cancelled, Done, InitFailed, Task
 from .._worker.chunk import Status, run_chunk
+from .._worker.init import run_initializer
 from .base import Backend, WorkerHandle, WorkerSet
 
 
@@ -27,12 +29,14 @@ class _Caller(WorkerSet[WorkerHandle]):
     graceful_cancel: ClassVar[bool] = False
     max_chunk = 1  # each result reaches the caller as soon as it exists
 
-    def __init__(self) -> None:
+    def __init__(self, options: Resolved) -> None:
         self.size = 1
         self.workers = []
         self._ids = itertools.count(1)
         self._call: Call | None = None
         self._events: list[tuple[WorkerHandle, Any]] = []
+        self._initializer = options.initializer
+        self._initargs = options.initargs
 
     def new_task_id(self) -> int:
         return next(self._ids)
@@ -40,6 +44,10 @@ class _Caller(WorkerSet[WorkerHandle]):
     def spawn(self) -> WorkerHandle:
         worker = WorkerHandle(Status(), None)
         self.workers.append(worker)
+        if self._initializer is not None:
+            failure = run_initializer(self._initializer, self._initargs)
+            if failure is not None:
+                self._events.append((worker, InitFailed(failure)))
         return worker
 
     def encode(self, task: Task) -> tuple[Task, None]:
@@ -85,4 +93,4 @@ class SerialBackend(Backend):
 
     @contextlib.contextmanager
     def open(self, options: Resolved) -> Iterator[_Caller]:
-        yield _Caller()
+        yield _Caller(options)

@@ -1,0 +1,104 @@
+"""``imap`` as a stream: it reads its input lazily, and leaving it early stops the work."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from parallelize import imap, pmap
+
+from .conftest import Backend
+from .workloads import Counted, logged_nap, nap, naturals, square
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_imap_reads_an_endless_input_lazily(backend_options: dict[str, Any]) -> None:
+    """An endless generator works, and the input is read only a bounded way ahead of the
+    consumer: nothing more is read while the consumer does not ask."""
+    out = []
+    for value in imap(square, naturals(), **backend_options):
+        out.append(value)
+        if len(out) == 500:
+            break
+    assert out == [x * x for x in range(500)]
+
+    source = Counted()
+    stream = imap(square, source, chunksize=10, **backend_options)
+    assert source.read == 0  # nothing is read before the first result is asked for
+    assert next(stream) == 0
+    assert source.read < 1000
+    assert [next(stream) for _ in range(4)] == [1, 4, 9, 16]
+    read = source.read
+    time.sleep(0.2)  # nothing reads ahead while the consumer does not ask for more
+    assert source.read == read
+    # Ahead of the consumer: a few chunks per worker, each of at most ~0.1 s of work.
+    assert read < 1_000_000
+    stream.close()
+
+
+def _live_children() -> int:
+    """Child processes of this one (workers, a fork server), zombies left out."""
+    alive = 0
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):  # it ended meanwhile
+            alive += child.status() != psutil.STATUS_ZOMBIE
+    return alive
+
+
+def _settle(measure: Callable[[], int], *, quiet: float = 1.0, limit: float = 20.0) -> int:
+    """``measure()`` once it has not changed for ``quiet`` seconds (or after ``limit``)."""
+    deadline = time.monotonic() + limit
+    last, since = measure(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = measure()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last
+
+
+def _at_most(measure: Callable[[], int], bound: int, limit: float = 10.0) -> int:
+    """``measure()`` as soon as it is at most ``bound`` (or its value after ``limit``)."""
+    deadline = time.monotonic() + limit
+    while (value := measure()) > bound and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
+@pytest.mark.timeout(90)
+def test_breaking_out_of_imap_stops_the_work(
+    backend: Backend, backend_options: dict[str, Any], tmp_path: Path
+) -> None:
+    """``break`` in an ``imap`` loop cancels the queued items and stops the running ones (or,
+    where they cannot be stopped, lets them end): no work goes on behind the caller's back, no
+    worker is left over, and the next map runs at once."""
+    items = 60  # of 0.2 s each: 6 s of work on 2 workers if nothing stopped them
+    pmap(nap, [0.2] * 4, chunksize=1, **backend_options)  # a warm pool, every worker started
+    children, threads = _live_children(), threading.active_count()
+
+    log = tmp_path / "started"
+    log.touch()
+    for _ in imap(functools.partial(logged_nap, str(log)), [0.2] * items, chunksize=1,
+                  **backend_options):
+        break
+    started = _settle(lambda: len(log.read_text()))
+    assert started < items / 2, f"{started} of {items} items started after the break"
+
+    began = time.monotonic()
+    assert pmap(square, range(10), **backend_options) == [x * x for x in range(10)]
+    assert time.monotonic() - began < 10
+    if backend.child_processes:  # no worker beyond the warm pool's
+        assert _at_most(_live_children, children) <= children
+    if backend.in_caller:  # no thread left running an item
+        assert _at_most(threading.active_count, threads) <= threads

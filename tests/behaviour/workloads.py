@@ -1,0 +1,170 @@
+"""The functions the behaviour cells map: module level, so every worker can import them by name.
+
+Whatever a cell must observe across processes (attempts, started items, which worker ran an
+initializer) is written to files under the test's ``tmp_path``, which every process can read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+from parallelize import SharedCounter, parallel
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(x: int, y: int, z: int = 0) -> int:
+    return x + y + z
+
+
+def fail_on_three(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def logged_nap(log: str, seconds: float) -> float:
+    """Notes in ``log`` that it started, then sleeps."""
+    with open(log, "a") as f:
+        f.write(".")
+    return nap(seconds)
+
+
+@parallel
+def weighted(item: float, *, weight: float = 1.0, offset: float = 0.0) -> float:
+    return item * weight + offset
+
+
+# -- attempts, counted in files --
+
+
+def attempt(log: str) -> int:
+    """This call's attempt number, counted in a file that every process and thread can see."""
+    with open(log, "a") as f:
+        f.write("x")
+    with open(log) as f:
+        return len(f.read())
+
+
+def flaky(folder: str, fails: int, x: int) -> int:
+    """Raises OSError on each item's first ``fails`` attempts, counted in ``folder/attempts-x``."""
+    tries = attempt(os.path.join(folder, f"attempts-{x}"))
+    if tries <= fails:
+        raise OSError(f"transient failure {tries} of item {x}")
+    return x
+
+
+def overrun_then_raise(log: str) -> int:
+    """Its first attempt runs past any short timeout; every later one raises."""
+    tries = attempt(log)
+    if tries == 1:
+        time.sleep(2.0)
+        return 0
+    raise ValueError(f"attempt {tries}")
+
+
+def raise_then_overrun(log: str) -> int:
+    """Its first attempt raises; every later one runs past any short timeout."""
+    tries = attempt(log)
+    if tries == 1:
+        raise ValueError(f"attempt {tries}")
+    time.sleep(2.0)
+    return 0
+
+
+# -- initializers --
+
+TAG: str | None = None  # set by an initializer in each worker
+
+
+def set_tag(tag: str) -> None:
+    global TAG
+    TAG = tag
+
+
+def read_tag(_: object) -> str | None:
+    return TAG
+
+
+def refuse_to_start() -> None:
+    raise LookupError("no database")
+
+
+def whoami() -> tuple[int, int]:
+    """The process and thread running this call."""
+    return os.getpid(), threading.get_ident()
+
+
+def record_worker(log: str) -> None:
+    """An initializer that notes in ``log`` which process and thread ran it."""
+    pid, thread = whoami()
+    with open(log, "a") as f:
+        f.write(f"{pid} {thread}\n")
+
+
+def worker_of(seconds: float) -> tuple[int, int]:
+    """The process and thread that ran this item, after ``seconds`` of work."""
+    time.sleep(seconds)
+    return whoami()
+
+
+# -- shared counters --
+
+
+def bump(counter: SharedCounter, times: int) -> int:
+    for _ in range(times):
+        counter.increment()
+    return times
+
+
+def bump_locked(counter: SharedCounter, times: int) -> None:
+    for _ in range(times):
+        with counter.get_lock():  # the seed idiom from the multiprocessing docs
+            counter.value += 1
+
+
+@parallel
+def tally(times: int, *, by: SharedCounter) -> None:
+    for _ in range(times):
+        by.increment()
+
+
+def try_lock(counter: SharedCounter) -> tuple[bool, bool]:
+    """Whether the counter's lock could be had at once, and within 0.2 s (released again)."""
+    lock = counter.get_lock()
+    results = []
+    for got in (lock.acquire(block=False), lock.acquire(timeout=0.2)):
+        if got:
+            lock.release()
+        results.append(got)
+    return results[0], results[1]
+
+
+# -- inputs --
+
+
+class Counted:
+    """An endless input that counts how many items were read from it."""
+
+    def __init__(self) -> None:
+        self.read = 0
+
+    def __iter__(self) -> Iterator[int]:
+        for i in itertools.count():
+            self.read = i + 1
+            yield i
+
+
+def naturals() -> Iterator[int]:
+    yield from itertools.count()
