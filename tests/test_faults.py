@@ -730,3 +730,68 @@ def test_concurrent_maps_with_retiring_workers(start_method: str) -> None:
     for thread in threads:
         thread.join()
     assert failures == []
+
+
+def exit_in_initializer() -> None:
+    os._exit(3)
+
+
+def test_an_initializer_that_dies_is_named(start_method: str) -> None:
+    """A worker that dies in its initializer gives an error saying so (not a hint about a
+    missing ``__main__`` guard), at once, and the next map starts afresh."""
+    with pytest.raises(WorkerCrashedError, match=r"while running the initializer exit_in_init"):
+        pmap(my_pid, range(4), workers=2, initializer=exit_in_initializer,
+             start_method=start_method)
+    assert len(pmap(my_pid, range(4), workers=2, start_method=start_method)) == 4
+
+
+def test_ctrl_c_stops_a_hanging_initializer_at_once(start_method: str, tmp_path: Path) -> None:
+    """Without ``timeout=``, a map whose initializer never returns still stops at the first
+    Ctrl-C, and leaves no worker behind."""
+    body = f"""
+    def stuck():
+        with open(os.path.join(sys.argv[1], f"pid-{{os.getpid()}}"), "w"):
+            pass
+        time.sleep(3600)
+
+    if __name__ == "__main__":
+        print("ready", flush=True)
+        pmap(abs, range(10), workers=2, initializer=stuck, start_method={start_method!r})
+    """
+    path = tmp_path / "interrupt.py"
+    path.write_text(SCRIPT_HEADER + textwrap.dedent(body))
+    proc = subprocess.Popen(
+        [sys.executable, str(path), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        deadline = time.monotonic() + 30
+        while len(list(tmp_path.glob("pid-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = [int(p.name[4:]) for p in tmp_path.glob("pid-*")]
+        assert len(workers) == 2
+        began = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - began < PROMPT
+    finally:
+        proc.kill()
+    assert "KeyboardInterrupt" in err
+    assert not wait_gone(workers)
+
+
+def map_in_a_pool_worker(n: int) -> list[int]:
+    return pmap(abs, range(-n, 0))
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn", "forkserver"])
+def test_a_map_in_a_multiprocessing_pool_worker_runs_serially(context: str) -> None:
+    """A daemonic process cannot start workers: a map there runs serially, as in our own
+    workers, instead of failing with 'daemonic processes are not allowed to have children'."""
+    import multiprocessing
+
+    with multiprocessing.get_context(context).Pool(2) as pool:
+        assert pool.map(map_in_a_pool_worker, [2, 3]) == [[2, 1], [3, 2, 1]]

@@ -7,6 +7,7 @@ Everything a user can get wrong is checked here, before any worker starts. How t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sized
+from multiprocessing import current_process
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack, overload
 
 from ._backends import get_backend
@@ -128,10 +129,11 @@ def prepare(
         except OverflowError:  # range(2**70): it has no length that fits
             total = None
     resolved = options.resolve()
-    # In a worker (ours, or a Dask or Ray task) a nested map runs serially: a process pool cannot
-    # start in a daemonic worker, and a task that waits on tasks of its own engine can wait for
-    # ever for a free slot. Threads are fine.
-    if in_worker() and resolved.backend != "thread":
+    # In a worker (ours, a Dask or Ray task, or any daemonic process such as a
+    # multiprocessing.Pool worker) a nested map runs serially: a daemonic process cannot start a
+    # process pool, and a task that waits on tasks of its own engine can wait for ever for a free
+    # slot. Threads are fine.
+    if (in_worker() or current_process().daemon) and resolved.backend != "thread":
         resolved = resolved.replace(backend="serial")
     get_backend(resolved.backend)  # a missing engine fails now, not at the first result
     star = len(iterators) > 1

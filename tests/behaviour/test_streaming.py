@@ -16,7 +16,7 @@ import pytest
 from parallelize import imap, pmap
 
 from .conftest import Backend
-from .workloads import Counted, logged_nap, nap, naturals, square
+from .workloads import Counted, broken_input, logged_nap, nap, naturals, square
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -102,3 +102,21 @@ def test_breaking_out_of_imap_stops_the_work(
         assert _at_most(_live_children, children) <= children
     if backend.in_caller:  # no thread left running an item
         assert _at_most(threading.active_count, threads) <= threads
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_an_input_that_raises_loses_no_result(
+    backend_options: dict[str, Any], ordered: bool
+) -> None:
+    """Like the builtin ``map``: every result of an item read before the input raised is
+    delivered (in order, when ordered), then the input's own exception, with a note saying where
+    it came from; ``pmap`` raises it once the map has stopped."""
+    out = []
+    with pytest.raises(LookupError, match="broke after 50 items") as raised:
+        for value in imap(abs, broken_input(50), ordered=ordered, **backend_options):
+            out.append(value)
+    assert (out if ordered else sorted(out)) == list(range(50))
+    assert any("input of the map at position 50" in note for note in raised.value.__notes__)
+    with pytest.raises(LookupError, match="broke after 7 items"):
+        pmap(abs, broken_input(7), ordered=ordered, **backend_options)
+    assert pmap(abs, range(3), **backend_options) == [0, 1, 2]  # and the next map runs

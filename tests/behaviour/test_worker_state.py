@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from .workloads import (
     record_worker,
     refuse_to_start,
     set_tag,
+    sleep_forever,
     square,
     tally,
     try_lock,
@@ -160,3 +162,16 @@ def test_counter_lock_errors_and_range_after_a_map(backend_options: dict[str, An
     with pytest.raises(OverflowError):
         counter.increment()
     assert counter.value == 2**63 - 1
+
+
+def test_an_initializer_past_the_timeout_fails_the_map(
+    backend_options: dict[str, Any], differs: Callable[[str], None]
+) -> None:
+    """With ``timeout=``, an initializer that never returns fails the map with a TimeoutError
+    naming it, instead of hanging; the next map runs."""
+    differs("initializer_timeout")
+    began = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"initializer sleep_forever\(\) ran longer"):
+        pmap(square, range(4), initializer=sleep_forever, timeout=1, **backend_options)
+    assert time.monotonic() - began < 30
+    assert pmap(square, range(3), **backend_options) == [0, 1, 4]

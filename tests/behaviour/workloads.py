@@ -168,3 +168,14 @@ class Counted:
 
 def naturals() -> Iterator[int]:
     yield from itertools.count()
+
+
+def broken_input(good: int) -> Iterator[int]:
+    """``good`` items, then the input itself raises."""
+    yield from range(good)
+    raise LookupError(f"the input broke after {good} items")
+
+
+def sleep_forever() -> None:
+    """An initializer that never returns."""
+    time.sleep(3600)

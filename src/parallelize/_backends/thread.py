@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from .._options import Resolved
-from .._wire.protocol import Call, InitFailed, Load, Task
+from .._wire.protocol import READY, Call, InitFailed, Load, Ready, Task
 from .._worker.chunk import Status
 from .._worker.init import run_initializer
 from .._worker.loop import serve
@@ -30,8 +30,8 @@ _SKIP_ALL = 1 << 62
 class _Thread(WorkerHandle):
     __slots__ = ("inbox",)
 
-    def __init__(self) -> None:
-        super().__init__(Status(), None)
+    def __init__(self, *, ready: bool) -> None:
+        super().__init__(Status(), None, ready=ready)
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
 
@@ -52,7 +52,7 @@ class ThreadPool(WorkerSet[_Thread]):
         return next(self._ids)
 
     def spawn(self) -> _Thread:
-        worker = _Thread()
+        worker = _Thread(ready=self._initializer is None)  # else once its initializer returned
         threading.Thread(
             target=self._main,
             args=(worker,),
@@ -64,10 +64,13 @@ class ThreadPool(WorkerSet[_Thread]):
 
     def _main(self, worker: _Thread) -> None:
         if self._initializer is not None:
+            worker.status.begin_initializer()
             failure = run_initializer(self._initializer, self._initargs)
             if failure is not None:
                 self._results.put((worker, InitFailed(failure)))
                 return
+            worker.status.end_initializer()
+            self._results.put((worker, READY))
 
         def send(message: Any) -> None:
             self._results.put((worker, message))
@@ -95,7 +98,11 @@ class ThreadPool(WorkerSet[_Thread]):
             except queue.Empty:
                 break
         # Replies from abandoned threads (timed out, or cancelled) are no longer wanted.
-        return [(worker, event) for worker, event in events if worker in self.workers]
+        events = [(worker, event) for worker, event in events if worker in self.workers]
+        for worker, event in events:  # whoever reads the events, a Ready is never lost
+            if type(event) is Ready:
+                worker.ready = True
+        return events
 
     def kill(self, worker: _Thread) -> None:
         worker.status.cancel_up_to(_SKIP_ALL)

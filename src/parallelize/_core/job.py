@@ -15,7 +15,17 @@ from .._options import Resolved
 class Job:
     """One map: ``fn`` over ``items``, item ``i`` being input index ``i``."""
 
-    __slots__ = ("_source", "_taken", "fn", "items", "options", "star", "stream", "total")
+    __slots__ = (
+        "_source",
+        "_taken",
+        "fn",
+        "input_error",
+        "items",
+        "options",
+        "star",
+        "stream",
+        "total",
+    )
 
     def __init__(
         self,
@@ -34,7 +44,10 @@ class Job:
         self.options = options
         self.stream = stream  # results are consumed as they come (imap): bounded look-ahead
         self._source = source  # the input itself, when it is a list or range that ``items`` walks
-        self._taken = 0
+        self._taken = 0  # items read so far
+        # What the input raised (its note says where): raised once every item read before it
+        # has its result delivered.
+        self.input_error: Exception | None = None
 
     @property
     def sliced(self) -> bool:
@@ -42,14 +55,25 @@ class Job:
         return self._source is not None
 
     def take(self, count: int) -> Sequence[Any]:
-        """The next ``count`` items (fewer at the end).
+        """The next ``count`` items (fewer at the end, or where the input raised).
 
         From a list, a slice: far cheaper than pulling them one by one through its iterator, for
         the caller's every item. From a range, a range: three numbers to pickle and unpickle,
-        whatever the chunk's length.
+        whatever the chunk's length. An input that raises ends the items there; the error is kept
+        in :attr:`input_error`, with the items read before it.
         """
         if self._source is None:
-            return list(itertools.islice(self.items, count))
+            taken: list[Any] = []
+            try:
+                taken.extend(itertools.islice(self.items, count))  # keeps what came before a raise
+            except Exception as exc:
+                exc.add_note(
+                    f"(raised by the input of the map at position {self._taken + len(taken)}; "
+                    "the results of the items before it were delivered first)"
+                )
+                self.input_error = exc
+            self._taken += len(taken)
+            return taken
         chunk = self._source[self._taken : self._taken + count]
         self._taken += len(chunk)
         return chunk

@@ -118,6 +118,8 @@ class Scheduler(Generic[W]):
                     if self._timeout_ns is not None:
                         self._expire()
                 elif not self._ready:
+                    if self._job.input_error is not None:  # after every result before it
+                        raise self._job.input_error
                     return
                 ready, self._ready = self._ready, []
                 yield from ready
@@ -197,7 +199,7 @@ class Scheduler(Generic[W]):
             assert self._job.total is not None
             return self._next_index < self._job.total
         self._lookahead = self._job.take(1)
-        self._exhausted = not self._lookahead
+        self._exhausted = not self._lookahead or self._job.input_error is not None
         return bool(self._lookahead)
 
     def _next_task(self, cap: int | None) -> _Task | None:
@@ -222,7 +224,7 @@ class Scheduler(Generic[W]):
         if len(items) < size and not self._exhausted:
             wanted = size - len(items)
             more = self._job.take(wanted)
-            self._exhausted = len(more) < wanted
+            self._exhausted = len(more) < wanted or self._job.input_error is not None
             items = [*items, *more] if items else more  # a slice (of a range: a range) as it is
         if not items:
             return None
@@ -274,6 +276,14 @@ class Scheduler(Generic[W]):
         """Account for a worker that died (or was stopped because item ``timed_out`` overran)."""
         status = worker.status
         exitcode = self._pool.reap(worker)
+        if not worker.ready and status.initializing:
+            self._pool.broken = True
+            raise crash_error(
+                f"a worker process {describe_exit(exitcode)} while running the initializer "
+                f"{self._initializer_name()}",
+                index=None,
+                exitcode=exitcode,
+            )
         if not worker.ready:  # it died starting up (a missing __main__ guard, say)
             self._boot_failures += 1
             if self._boot_failures > MAX_UNSTARTED:
@@ -385,13 +395,27 @@ class Scheduler(Generic[W]):
         now = time.monotonic_ns()
         soonest = self._timeout_ns
         for worker in self._pool.workers:
-            if worker.queue and worker.status.task == worker.queue[0]:
-                soonest = min(soonest, worker.status.started_ns + self._timeout_ns - now)
+            status = worker.status
+            running = worker.queue and status.task == worker.queue[0]
+            if running or (not worker.ready and status.initializing):
+                soonest = min(soonest, status.started_ns + self._timeout_ns - now)
         return max(MIN_POLL, soonest / 1e9)
 
     def _expire(self) -> None:
         assert self._timeout_ns is not None
         now = time.monotonic_ns()
+        for worker in self._pool.workers:
+            status = worker.status
+            if (
+                not worker.ready
+                and status.initializing
+                and now - status.started_ns > self._timeout_ns
+            ):
+                self._stop_starting()
+                raise TimeoutError(
+                    f"the initializer {self._initializer_name()} ran longer than the timeout "
+                    f"of {self._job.options.timeout} s in a worker; the map was stopped"
+                )
         for worker in list(self._pool.workers):
             if not worker.queue:
                 continue
@@ -406,8 +430,22 @@ class Scheduler(Generic[W]):
                 self._pool.kill(worker)
                 self._lost(worker, index)
 
+    def _initializer_name(self) -> str:
+        initializer = self._job.options.initializer
+        name = getattr(initializer, "__qualname__", None)
+        return f"{name}()" if name else repr(initializer)
+
+    def _stop_starting(self) -> None:
+        """Stop the workers still starting (in their initializer, say): the set is spoilt."""
+        self._pool.broken = True
+        for worker in [w for w in self._pool.workers if not w.ready]:
+            self._pool.kill(worker)
+            self._pool.reap(worker)
+
     def _cancel(self, *, now: bool) -> None:
         """Stop the work still outstanding; leave the pool clean for the next map."""
+        if now:  # Ctrl-C: a worker stuck starting up must not outlive it either
+            self._stop_starting()
         busy = [w for w in self._pool.workers if w.queue]
         try:
             if busy and not now and self._pool.graceful_cancel:

@@ -24,6 +24,8 @@ _CANCEL: Final = 3  # written by the caller: chunks with an id up to this one ar
 _RETRIED: Final = 4  # the index of the chunk's item that raised and is being retried (-1: none)
 _RETRIES: Final = 5  # retries spent on that item: a timeout or crash during one grants none anew
 SLOT_WIDTH: Final = 6
+# In the task field: the worker is running its initializer (since the start field's time).
+_INITIALIZING: Final = -2
 
 
 # A list (threads, engine tasks, the caller) or a view of shared memory (processes).
@@ -63,6 +65,22 @@ class Status:
     def started_ns(self) -> int:
         """When that item started (``time.monotonic_ns()``), kept up only for a timed map."""
         return self.fields[_START_NS]
+
+    @property
+    def initializing(self) -> bool:
+        """Whether the worker is running its initializer (since :attr:`started_ns`)."""
+        return self.fields[_TASK] == _INITIALIZING
+
+    def begin_initializer(self) -> None:
+        """The worker starts its initializer: the scheduler may time it, and names it if the
+        worker dies in it."""
+        fields = self.fields
+        fields[_START_NS] = time.monotonic_ns()
+        fields[_TASK] = _INITIALIZING
+
+    def end_initializer(self) -> None:
+        """The initializer returned."""
+        self.fields[_TASK] = -1
 
     def retries_spent(self, index: int) -> int:
         """Retries the worker spent on the item at ``index`` (it raised, then ran again)."""

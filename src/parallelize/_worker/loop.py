@@ -134,11 +134,15 @@ def process_main(
     view = memoryview(status_array).cast("B").cast("q")
     status = Status(view[slot * SLOT_WIDTH : (slot + 1) * SLOT_WIDTH])
 
-    if init_blob is not None and (failure := initialize(init_blob)) is not None:
-        # The caller may have closed this pipe already: another worker's report came first.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            conn.send_bytes(dumps(InitFailed(failure)))
-        return
+    if init_blob is not None:
+        status.begin_initializer()
+        failure = initialize(init_blob)
+        if failure is not None:
+            # The caller may have closed this pipe already: another worker's report came first.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                conn.send_bytes(dumps(InitFailed(failure)))
+            return
+        status.end_initializer()
 
     # Only now is this worker sent work, so a short map is not held up by a slow-starting one.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the caller is gone
