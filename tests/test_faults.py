@@ -795,3 +795,41 @@ def test_a_map_in_a_multiprocessing_pool_worker_runs_serially(context: str) -> N
 
     with multiprocessing.get_context(context).Pool(2) as pool:
         assert pool.map(map_in_a_pool_worker, [2, 3]) == [[2, 1], [3, 2, 1]]
+
+
+@pytest.mark.parametrize("gap", [0.03, 0.1])
+def test_a_second_ctrl_c_while_stopping_shows_one_interrupt(
+    start_method: str, gap: float, tmp_path: Path
+) -> None:
+    """Ctrl-C in an ``imap`` loop gives busy workers a moment to finish; a second Ctrl-C in that
+    moment ends the cleanup at once: one KeyboardInterrupt, no second traceback, no worker
+    left."""
+    body = f"""
+    def busy(x):
+        if x > 0:
+            time.sleep(60)
+        return x
+
+    if __name__ == "__main__":
+        for _ in imap(busy, range(10), workers=2, chunksize=1, start_method={start_method!r}):
+            print("ready", flush=True)
+            time.sleep(60)
+    """
+    path = tmp_path / "twice.py"
+    path.write_text(SCRIPT_HEADER + textwrap.dedent(body))
+    proc = subprocess.Popen(
+        [sys.executable, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        time.sleep(0.5)  # both workers are in busy()
+        workers = [child.pid for child in psutil.Process(proc.pid).children(recursive=True)]
+        proc.send_signal(signal.SIGINT)
+        time.sleep(gap)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert err.count("KeyboardInterrupt") == 1, err
+    assert "During handling" not in err and "Exception ignored" not in err, err
+    assert not wait_gone(workers)

@@ -124,7 +124,13 @@ class Scheduler(Generic[W]):
                 ready, self._ready = self._ready, []
                 yield from ready
         except BaseException as exc:
-            self._cancel(now=isinstance(exc, KeyboardInterrupt))
+            now = isinstance(exc, KeyboardInterrupt)
+            if now and isinstance(exc.__context__, KeyboardInterrupt):
+                exc.__context__ = None  # two Ctrl-C at once: one traceback says it all
+            try:
+                self._cancel(now=now)
+            except KeyboardInterrupt:  # another Ctrl-C while cleaning up: no more patience
+                self._abort()
             raise
 
     def _handle(self, worker: W, event: Any) -> None:
@@ -441,6 +447,17 @@ class Scheduler(Generic[W]):
         for worker in [w for w in self._pool.workers if not w.ready]:
             self._pool.kill(worker)
             self._pool.reap(worker)
+
+    def _abort(self) -> None:
+        """Stop every worker still busy or starting, now, without waiting for any: the set is
+        discarded after the map, which reaps them."""
+        self._pool.broken = True
+        for worker in list(self._pool.workers):
+            if worker.queue or not worker.ready:
+                self._pool.kill(worker)
+                worker.queue.clear()
+        for task_id in list(self._tasks):
+            self._forget(task_id)
 
     def _cancel(self, *, now: bool) -> None:
         """Stop the work still outstanding; leave the pool clean for the next map."""
