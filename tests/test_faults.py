@@ -207,7 +207,7 @@ def test_retries_rerun_a_crashed_item(start_method: str, tmp_path: Path) -> None
 
 def test_retries_count_overruns_and_raises_alike(tmp_path: Path) -> None:
     """retries=1 with a timeout: two attempts in all, whichever of them raised or ran too long
-    (the worker's own retry of a raising item counts when the dispatcher times the item out)."""
+    (the worker's own retry of a raising item counts when the scheduler times the item out)."""
     from behaviour.workloads import overrun_then_raise, raise_then_overrun
 
     first, second = tmp_path / "overrun-first", tmp_path / "raise-first"

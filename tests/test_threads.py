@@ -41,7 +41,7 @@ def overrun_and_raise(log: str) -> int:
 
 def test_an_abandoned_thread_spends_no_more_retries(tmp_path: Path) -> None:
     """A timed-out item's thread cannot be killed: when its attempt finally raises, it must not
-    retry on its own while the dispatcher runs the item's next attempt elsewhere."""
+    retry on its own while the scheduler runs the item's next attempt elsewhere."""
     log = tmp_path / "attempts"
     out = pmap(overrun_and_raise, [str(log)], backend="thread", timeout=0.3, retries=1,
                on_error="return")

@@ -20,8 +20,8 @@ third of a worker's start-up, and only a caller whose worker died needs it.
 from __future__ import annotations
 
 import builtins
-import functools
 import pickle
+import threading
 from typing import TYPE_CHECKING, Any, cast
 
 
@@ -67,7 +67,12 @@ if TYPE_CHECKING:
     from concurrent.futures.process import BrokenProcessPool
 
     class WorkerCrashedError(ParallelizeError, BrokenProcessPool):
-        """A worker process died while it ran an item (made by :func:`_crash_error_class`)."""
+        """A worker process died while it ran an item (signal, ``os._exit``, segfault, OOM killer).
+
+        ``index`` is the input index of the item it was running, or None when that is unknown;
+        ``exitcode`` is the process exit code, negative for a signal as in ``Process.exitcode``.
+        The dead worker is replaced, so the next map works.
+        """
 
         index: int | None
         exitcode: int | None
@@ -77,8 +82,19 @@ if TYPE_CHECKING:
         ): ...
 
 
-@functools.cache
+_crash_class: type[WorkerCrashedError] | None = None
+_crash_lock = threading.Lock()  # two threads' first crashes must not make two classes
+
+
 def _crash_error_class() -> type[WorkerCrashedError]:
+    global _crash_class
+    with _crash_lock:
+        if _crash_class is None:
+            _crash_class = _make_crash_error_class()
+        return _crash_class
+
+
+def _make_crash_error_class() -> type[WorkerCrashedError]:
     from concurrent.futures.process import BrokenProcessPool  # lazily: see the module docstring
 
     class _WorkerCrashedError(ParallelizeError, BrokenProcessPool):

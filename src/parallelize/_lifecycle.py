@@ -3,12 +3,15 @@
 * **Worker state.** :func:`in_worker` is true in a worker process (ours, or a Dask or Ray one)
   and in a thread running an engine task; a map nested there runs serially instead of starting a
   pool inside a worker.
-* **One exit hook.** Pools, engine sessions and shared counters register what to release with
-  :func:`at_exit`; one hook runs it all, once per process, in ``order``. In the caller it is an
-  ``atexit`` hook kept registered after everyone else's (``atexit`` runs hooks last in, first
-  out), so pools close before ``multiprocessing`` joins their workers and engine sessions close
-  before their engine's own hooks tear them down. In a process that ``multiprocessing`` started
-  (which ends with ``os._exit``, skipping ``atexit``), a ``multiprocessing`` finalizer runs it.
+* **Exit.** Pools, engine sessions and shared counters register what to release at exit with
+  :func:`at_exit`, the one way parallelize hooks into a process's end. A callback registered
+  plainly is an ``atexit`` hook of its own, registered when it is, so it keeps its place among
+  the user's and the engines' hooks (``atexit`` runs the last registered first): the process
+  pool's runs after a user's exit handler that maps, and an engine session's before its engine's
+  own hooks tear it down. A callback registered with ``last=True`` (a counter's release) runs as
+  ``multiprocessing``'s very last finalizer, in the caller and in every process
+  ``multiprocessing`` starts (which end with ``os._exit``, skipping ``atexit``). Every callback
+  runs once per process, and one that raises does not stop the others.
 * **A worker lost.** :func:`worker_lost` tells whoever registered with :func:`on_worker_lost`
   (the counter sweep) that a worker process ended without exiting cleanly.
 """
@@ -18,13 +21,15 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from multiprocessing import util
 from typing import Final
 
-# Priority of the exit finalizer in processes that multiprocessing started: after the finalizers
-# of priority >= 0 and the join of the process's own children.
+# Priority of the finalizer that runs the last=True callbacks: negative ones run last, after the
+# finalizers of priority >= 0 and the join of the process's children (so a counter's creator
+# usually lets go last and removes the file itself).
 _FINALIZER_PRIORITY: Final = -10
 # How long a daemon thread's map waits at exit (see park_if_exiting): far longer than the rest of
 # a normal exit takes, short enough that an exit handler joining that thread cannot hang.
@@ -62,62 +67,53 @@ def engine_task() -> Iterator[None]:
 
 # -- exit ---------------------------------------------------------------------------------------
 
-# (order, callback, whether worker processes run it too)
-_callbacks: list[tuple[int, Callable[[], None], bool]] = []
-_ran_in: int | None = None  # the pid whose exit has run the callbacks
-_armed_in: int | None = None  # the pid whose finalizer is registered
-_lock = threading.Lock()
-# Set once the exit hook starts: pools are being closed under any map still running.
+# Set once an exit callback starts: pools are being closed under any map still running.
 exiting = threading.Event()
 _parked = threading.local()
+# The callbacks with last=True, run by one finalizer per process.
+_last: list[Callable[[], None]] = []
+_armed_in: int | None = None  # the pid whose finalizer is registered
+_lock = threading.Lock()
 
 
-def at_exit(callback: Callable[[], None], order: int = 0, *, in_workers: bool = False) -> None:
-    """Run ``callback`` when this process exits, before callbacks of a higher ``order``.
-
-    With ``in_workers``, a worker process that ``multiprocessing`` started runs it at its exit
-    too (a counter it holds is its own to let go of); pools and engine sessions are the caller's.
-    """
+def at_exit(callback: Callable[[], None], *, last: bool = False) -> None:
+    """Run ``callback`` once when this process exits (see the module docstring for when)."""
+    if not last:
+        atexit.register(_run, callback)
+        return
     with _lock:
-        _callbacks.append((order, callback, in_workers))
+        _last.append(callback)
         _arm()
 
 
 def _arm() -> None:
-    # Re-registered on every new callback: it stays the last registered, so it runs first.
-    atexit.unregister(_run)
-    atexit.register(_run)
     global _armed_in
-    if _armed_in != os.getpid() and any(in_workers for _, _, in_workers in _callbacks):
-        util.Finalize(None, _run_in_worker, exitpriority=_FINALIZER_PRIORITY)
+    if _armed_in != os.getpid():
+        util.Finalize(None, _run_last, exitpriority=_FINALIZER_PRIORITY)
         _armed_in = os.getpid()
 
 
-def _run() -> None:
-    """Release everything registered, once per process (``atexit``; a child made by ``os.fork``
-    inherits the hook and runs it too, like every other ``atexit`` hook)."""
-    _run_some(workers_only=False)
-
-
-def _run_in_worker() -> None:
-    """At the exit of a process multiprocessing started, which skips ``atexit``; in the caller,
-    ``atexit`` has run everything by then."""
-    _run_some(workers_only=True)
-
-
-def _run_some(*, workers_only: bool) -> None:
-    global _ran_in
-    if _ran_in == os.getpid():
-        return
-    _ran_in = os.getpid()
+def _run(callback: Callable[[], None]) -> None:
+    """An ``atexit`` hook: a child made by ``os.fork`` inherits it, and runs it too, as it runs
+    every hook it inherits; the callbacks handle that (a pool forgets its parent's workers)."""
     exiting.set()
-    for _, callback, in_workers in sorted(_callbacks, key=_order):
-        if in_workers or not workers_only:
-            callback()
+    _call(callback)
 
 
-def _order(entry: tuple[int, Callable[[], None], bool]) -> int:
-    return entry[0]
+def _run_last() -> None:
+    for callback in list(_last):
+        _call(callback)
+
+
+def _call(callback: Callable[[], None]) -> None:
+    """Run one exit callback; an error is reported, as ``atexit`` does, and the others still run."""
+    try:
+        callback()
+    except Exception:
+        import traceback  # lazily: only when an exit callback failed
+
+        print(f"Exception ignored in parallelize exit callback {callback!r}:", file=sys.stderr)
+        traceback.print_exc()
 
 
 class _Anchor:
@@ -129,7 +125,7 @@ def _rearm(_: object) -> None:
     global _lock, _armed_in
     _lock = threading.Lock()
     _armed_in = None
-    if _callbacks:
+    if _last:
         _arm()
 
 

@@ -31,7 +31,7 @@ from .._options import Resolved
 from .._wire.pickling import dumps, dumps_for_engine, dumps_function, picklable_values
 from .._wire.protocol import Call, Done, InitFailed, Task
 from .._worker.chunk import Status, run_chunk
-from .._worker.init import hand_globals, initialize, initialized_runs
+from .._worker.init import initialize_for
 from .base import Crashed, WorkerHandle, WorkerSet
 
 # A task costs milliseconds of scheduling on an engine (against tens of microseconds on the local
@@ -116,14 +116,8 @@ def _load_call(blob: bytes) -> _Loaded:
 def _initialize(loaded: _Loaded, init_blob: bytes) -> Failure | None:
     """Run the map's initializer in this process unless it ran here last (see
     :mod:`parallelize._worker.init`), then hand its globals to the map's function once per run."""
-    failure = initialize(init_blob)
-    if failure is not None:
-        return failure
-    runs = initialized_runs()
-    if loaded.shared_run != runs:  # once per run: the function may rebind them after
-        hand_globals(loaded.call.fn)
-        loaded.shared_run = runs
-    return None
+    failure, loaded.shared_run = initialize_for(loaded.call.fn, init_blob, loaded.shared_run)
+    return failure
 
 
 def run_remote(
@@ -142,7 +136,7 @@ def run_remote(
         loaded = _load_call(blob)
         call, init_blob = loaded.call, loaded.init_blob
         if init_blob is not None and (failure := _initialize(loaded, init_blob)) is not None:
-            return Outcome(start, [failure], 0.0, True)  # index -1: the driver raises it
+            return Outcome(start, [failure], 0.0, True)  # index -1: InitFailed in the caller
         items: Sequence[Any] = pickle.loads(payload)
         if timeout is None:
             outcome = run_chunk(call, _TASK_ID, start, items, retries, Status())
@@ -230,8 +224,9 @@ class EngineRun(abc.ABC):
         """Start a task running ``run_remote`` on the chunk; its key."""
 
     @abc.abstractmethod
-    def wait(self) -> list[tuple[Any, Outcome | BaseException]]:
-        """Block until some tasks finish; each one's key and outcome, or the error that ended it."""
+    def wait(self, block: bool) -> list[tuple[Any, Outcome | BaseException]]:
+        """The tasks that finished, each one's key and outcome or the error that ended it;
+        with ``block``, wait until there is one."""
 
     @abc.abstractmethod
     def crashed(self, error: BaseException) -> bool:
@@ -308,7 +303,9 @@ class EngineSet(WorkerSet[WorkerHandle]):
         if self._run is None or not self._owners:
             return []
         events: list[tuple[WorkerHandle, Any]] = []
-        for key, result in self._run.wait():
+        # A timeout of 0 asks for what is done already; the scheduler waits without a timeout
+        # otherwise, since items time out inside the tasks.
+        for key, result in self._run.wait(block=timeout != 0):
             owner = self._owners.pop(key, None)
             if owner is None:  # a task of a worker cancelled meanwhile
                 continue
@@ -329,7 +326,12 @@ class EngineSet(WorkerSet[WorkerHandle]):
         raise result
 
     def kill(self, worker: WorkerHandle) -> None:
-        keys = [self._keys.pop(task_id) for task_id in worker.queue if task_id in self._keys]
+        self.kill_all([worker])
+
+    def kill_all(self, workers: list[WorkerHandle]) -> None:
+        """Drop the tasks of these slots, with one cancel for them all."""
+        ids = [task_id for worker in workers for task_id in worker.queue]
+        keys = [self._keys.pop(task_id) for task_id in ids if task_id in self._keys]
         for key in keys:
             del self._owners[key]
         if keys and self._run is not None:

@@ -126,6 +126,11 @@ class WorkerSet(abc.ABC, Generic[W]):
     def kill(self, worker: W) -> None:
         """Stop a worker now, whatever it is doing (or drop what it runs, if it cannot stop)."""
 
+    def kill_all(self, workers: list[W]) -> None:
+        """Stop these workers now (a set may do it in one go)."""
+        for worker in workers:
+            self.kill(worker)
+
     @abc.abstractmethod
     def reap(self, worker: W) -> int | None:
         """Forget a dead or killed worker; its exit code when it has one."""

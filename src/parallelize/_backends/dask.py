@@ -47,7 +47,7 @@ class _DaskTask:
     __slots__ = ("future", "key", "lost", "payload", "start")
 
     def __init__(self, key: int, start: int, payload: bytes):
-        self.key = key  # the Driver's key: stays the same when the task is submitted again
+        self.key = key  # the engine set's key: stays the same when the task is submitted again
         self.start = start
         self.payload = payload
         self.lost = 0  # times it was cancelled by the scheduler, not by us
@@ -94,10 +94,10 @@ class _DaskRun(EngineRun):
         self._tasks[task.future.key] = task
         self._completed.add(task.future)
 
-    def wait(self) -> list[tuple[Any, Outcome | BaseException]]:
+    def wait(self, block: bool) -> list[tuple[Any, Outcome | BaseException]]:
         results: list[tuple[Any, Outcome | BaseException]] = []
         while not results:
-            done = [f for f in self._completed.next_batch(block=True) if f.key in self._tasks]
+            done = [f for f in self._completed.next_batch(block=block) if f.key in self._tasks]
             tasks = [self._tasks.pop(f.key) for f in done]
             finished = [t for t in tasks if t.future.status == "finished"]
             try:
@@ -117,6 +117,8 @@ class _DaskRun(EngineRun):
                     self._launch(task)
                     continue
                 results.append((task.key, _result(task.future)))
+            if not block:
+                break
         return results
 
     def crashed(self, error: BaseException) -> bool:

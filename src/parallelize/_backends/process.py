@@ -572,4 +572,6 @@ def _shutdown_all() -> None:
         pool.close()
 
 
+# Registered now, after multiprocessing's own exit hook (imported above), so it runs before it:
+# otherwise multiprocessing joins our still-running workers first and interpreter exit hangs.
 at_exit(_shutdown_all)

@@ -60,9 +60,11 @@ class _RayRun(EngineRun):
         self._pending.add(ref)
         return ref
 
-    def wait(self) -> list[tuple[Any, Outcome | BaseException]]:
+    def wait(self, block: bool) -> list[tuple[Any, Outcome | BaseException]]:
         refs = list(self._pending)
-        ready, rest = self._ray.wait(refs, num_returns=1)
+        if not refs:
+            return []
+        ready, rest = self._ray.wait(refs, num_returns=1, timeout=None if block else 0)
         if rest:  # collect whatever else is done too, without waiting
             more, _ = self._ray.wait(rest, num_returns=len(rest), timeout=0)
             ready += more

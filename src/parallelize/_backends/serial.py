@@ -47,6 +47,7 @@ class _Caller(WorkerSet[WorkerHandle]):
         if self._initializer is not None:
             failure = run_initializer(self._initializer, self._initargs)
             if failure is not None:
+                worker.ready = False  # it runs no item: the map raises the failure instead
                 self._events.append((worker, InitFailed(failure)))
         return worker
 

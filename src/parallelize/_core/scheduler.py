@@ -172,8 +172,9 @@ class Scheduler(Generic[W]):
         while not self._alone and (worker := self._pick_worker()) is not None:
             if self._retry and self._retry[0].suspect:
                 if not self._tasks:  # it runs alone: wait until nothing else is in flight
-                    self._alone = True
-                    self._send(worker, self._retry.popleft())
+                    suspect = self._retry.popleft()
+                    self._send(worker, suspect)
+                    self._alone = suspect.id in self._tasks  # unless it could not be sent
                 return
             task = self._next_task(worker.budget)
             if task is None:
@@ -452,10 +453,10 @@ class Scheduler(Generic[W]):
         """Stop every worker still busy or starting, now, without waiting for any: the set is
         discarded after the map, which reaps them."""
         self._pool.broken = True
-        for worker in list(self._pool.workers):
-            if worker.queue or not worker.ready:
-                self._pool.kill(worker)
-                worker.queue.clear()
+        stopping = [w for w in self._pool.workers if w.queue or not w.ready]
+        self._pool.kill_all(stopping)
+        for worker in stopping:
+            worker.queue.clear()
         for task_id in list(self._tasks):
             self._forget(task_id)
 
@@ -468,11 +469,11 @@ class Scheduler(Generic[W]):
             if busy and not now and self._pool.graceful_cancel:
                 self._let_finish(busy)
         finally:  # even if a second Ctrl-C cuts the grace short
-            for worker in busy:
-                if worker.queue and worker in self._pool.workers:
-                    self._pool.kill(worker)
-                    self._pool.reap(worker)
-                    worker.queue.clear()
+            stopping = [w for w in busy if w.queue and w in self._pool.workers]
+            self._pool.kill_all(stopping)
+            for worker in stopping:
+                self._pool.reap(worker)
+                worker.queue.clear()
             for task_id in list(self._tasks):
                 self._forget(task_id)
 

@@ -59,9 +59,6 @@ _POLL_MAX: Final = 5e-3
 _ADOPT_PATIENCE: Final = 1.0
 # At exit, how long to wait for another thread of this process to leave a counter's lock.
 _EXIT_GRACE: Final = 1.0
-# Counters are let go of at exit after the pools have closed (order 0) and their workers let go:
-# so the creator usually lets go last and removes the file itself.
-_EXIT_ORDER: Final = 10
 # mmap keeps a dup() of the descriptor unless told not to (3.13+): one descriptor per counter
 # instead of two.
 _MMAP_OPTIONS: Final[dict[str, Any]] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
@@ -569,8 +566,8 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-# After the pools close (order 0); in a forked worker too, which holds its parent's counters.
-at_exit(_release_all, order=_EXIT_ORDER, in_workers=True)
+# Last of all at exit, in the caller and in every worker (which may hold the caller's counters).
+at_exit(_release_all, last=True)
 # A worker that did not exit cleanly may have been the last holder of a counter.
 on_worker_lost(sweep_orphans)
 

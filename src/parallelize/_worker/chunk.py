@@ -38,9 +38,9 @@ class Status:
     __slots__ = ("fields",)
     fields: Fields
 
-    def __init__(self, fields: Fields | None = None, *, cancel: int = 0):
-        if fields is None:
-            fields = [0, -1, -1, cancel, -1, 0]
+    def __init__(self, fields: Fields | None = None):
+        if fields is None:  # a fresh slot: no chunk, no item, nothing cancelled
+            fields = [0, -1, -1, 0, -1, 0]
         self.fields = fields
 
     def reset(self) -> None:
@@ -150,8 +150,8 @@ def _run_tracked(
     status: Status,
     values: list[Any],
 ) -> bool:
-    """Run ``items[done:]`` checking for cancellation and keeping START_NS for timeouts; False
-    when the chunk was cancelled."""
+    """Run ``items[done:]`` checking for cancellation and keeping the start time for timeouts;
+    False when the chunk was cancelled."""
     fn, star, timed, append = call.fn, call.star, call.timed, values.append
     fields = status.fields
     index = start + done
@@ -201,7 +201,7 @@ def _retry(
             break
         if call.timed:
             fields[_START_NS] = time.monotonic_ns()
-        fields[_RETRIES] = spent  # before the index: who then reads that index reads this count
+        fields[_RETRIES] = spent  # before _RETRIED: who then reads that index there reads this
         fields[_RETRIED] = index
         try:
             return call.fn(*item) if call.star else call.fn(item)

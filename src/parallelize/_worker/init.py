@@ -49,22 +49,36 @@ def initialize(init_blob: bytes) -> Failure | None:
     """Run the pickled ``(initializer, initargs)`` in this worker process, unless it is the one
     that ran here last. Its failure, if it raised (then it counts as not run)."""
     with _here.lock:
-        if _here.blob == init_blob:
-            return None
-        initializer, initargs = pickle.loads(init_blob)
-        failure = run_initializer(initializer, initargs)
+        return _run_unless_last(init_blob)
+
+
+def initialize_for(
+    fn: Callable[..., Any], init_blob: bytes, handed: int
+) -> tuple[Failure | None, int]:
+    """:func:`initialize`, then hand its globals to ``fn`` unless ``fn`` got them from this
+    initializer's run already (``handed``: the run it got them from; it may rebind them since).
+    The failure, if any, and the run whose globals ``fn`` now has. One lock for both, so that
+    two maps' tasks in threads of one process never cross their globals."""
+    with _here.lock:
+        failure = _run_unless_last(init_blob)
         if failure is not None:
-            _here.blob = None
-            return failure
-        _here.blob, _here.assigned = init_blob, assigned_globals(initializer)
-        _here.runs += 1
+            return failure, handed
+        if handed != _here.runs:
+            share_globals(fn, _here.assigned)
+        return None, _here.runs
+
+
+def _run_unless_last(init_blob: bytes) -> Failure | None:
+    if _here.blob == init_blob:
+        return None
+    initializer, initargs = pickle.loads(init_blob)
+    failure = run_initializer(initializer, initargs)
+    if failure is not None:
+        _here.blob = None
+        return failure
+    _here.blob, _here.assigned = init_blob, assigned_globals(initializer)
+    _here.runs += 1
     return None
-
-
-def initialized_runs() -> int:
-    """How many initializers have run in this process: a new one means new globals to hand to
-    the mapped functions."""
-    return _here.runs
 
 
 def hand_globals(fn: Callable[..., Any]) -> None:
