@@ -151,9 +151,9 @@ def _where_it_can_run(resolved: Resolved, where: str) -> Resolved:
     process pool, and a task that waits on tasks of its own engine can wait for ever for a free
     slot. So does a map that a module runs as it is imported by a spawn or forkserver worker, which
     runs the caller's script again as it starts: ``multiprocessing`` refuses to start processes
-    then, and the worker needs the module's results to finish starting. A map at the top level of
-    the script itself is refused instead, as the script's own work (it belongs under the
-    ``__main__`` guard). Threads are fine everywhere.
+    then, and the worker needs the module's results to finish starting. A map that would start
+    workers at the top level of the script itself is refused instead: it is the script's own work,
+    which belongs under the ``__main__`` guard. Threads are fine everywhere.
     """
     if resolved.backend in ("thread", "serial"):
         return resolved

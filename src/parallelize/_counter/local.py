@@ -584,7 +584,8 @@ class _Deferred:
     its arguments) and that is usually never used. Its :class:`FileStorage` is created when it is
     first used or pickled; until then it is only ``value``, in this object, so no other process
     can have seen it, and a worker that never uses it leaves no file and tells no resource tracker.
-    The counters of the caller itself are created at once, and their hot path is unchanged.
+    (A child forked before then gets a copy of the value, not the counter: this copy was never
+    shared.) The counters of the caller itself are created at once; their hot path is unchanged.
     """
 
     __slots__ = ("_file", "_value")
