@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import multiprocessing
 import os
 import pickle
 import threading
@@ -120,6 +121,34 @@ def test_options_override_keeps_the_rest() -> None:
 
 def test_nested_map_runs_serially_in_the_worker(start_method: str) -> None:
     assert pmap(nested, [3, 4], workers=2, start_method=start_method) == [[0, 1, 4], [0, 1, 4, 9]]
+
+
+def run_at_import(module: str, code: str) -> dict[str, Any]:
+    """Run ``code`` as the top level of ``module`` while multiprocessing bootstraps this process
+    (as a spawn or forkserver worker does when it runs the caller's script again)."""
+    process = multiprocessing.current_process()
+    namespace: dict[str, Any] = {"__name__": module, "pmap": pmap, "tagged": tagged, "os": os}
+    process._inheriting = True  # type: ignore[attr-defined]  # multiprocessing's own mark
+    try:
+        exec(compile(code, f"{module}.py", "exec"), namespace)
+    finally:
+        del process._inheriting  # type: ignore[attr-defined]
+    return namespace
+
+
+def test_a_map_in_a_module_imported_while_bootstrapping_runs_serially() -> None:
+    done = run_at_import("mylib", "PIDS = pmap(lambda _: os.getpid(), range(3), workers=2)\n"
+                                  "TAGS = tagged(range(3))\n")
+    assert done["PIDS"] == [os.getpid()] * 3
+    assert done["TAGS"] == [(item, os.getpid()) for item in range(3)]
+
+
+def test_a_map_in_the_script_run_again_while_bootstrapping_is_refused() -> None:
+    code = "def main():\n    pmap(abs, range(3))\n\nmain()\n"
+    where = r"top level of the main script \(__mp_main__.py, line 4\)"  # the line of main()
+    with pytest.raises(RuntimeError, match=where):
+        run_at_import("__mp_main__", code)
+    run_at_import("__mp_main__", "pmap(abs, range(3), backend='thread')\n")  # no process: fine
 
 
 def test_module_functions_run_in_other_processes(start_method: str) -> None:

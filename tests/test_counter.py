@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import json
 import multiprocessing
 import os
 import pickle
@@ -190,7 +191,69 @@ def test_last_holder_frees_the_file() -> None:
         pickle.loads(blob)
 
 
+def files_of_this_process() -> set[str]:
+    prefix = f"parallelize-counter-{os.getpid()}-"
+    return {name for name in os.listdir("/dev/shm") if name.startswith(prefix)}
+
+
+def made_while_bootstrapping(value: int = 0) -> SharedCounter:
+    """A counter made as a spawn or forkserver worker makes it while it runs the script again."""
+    process = multiprocessing.current_process()
+    process._inheriting = True  # type: ignore[attr-defined]  # multiprocessing's own mark
+    try:
+        return shared_counter(value)
+    finally:
+        del process._inheriting  # type: ignore[attr-defined]
+
+
+def test_a_counter_made_while_bootstrapping_has_no_file_until_used() -> None:
+    before = files_of_this_process()
+    counter = made_while_bootstrapping(5)
+    assert files_of_this_process() == before
+    assert counter.increment() == 6
+    assert len(files_of_this_process() - before) == 1
+    with counter.get_lock():
+        counter.value += 1
+    assert counter.value == 7
+    assert pickle.loads(pickle.dumps(counter)).increment() == 8  # the same counter
+    assert repr(counter) == "SharedCounter(8)"
+    del counter
+    gc.collect()
+    assert files_of_this_process() == before
+    made_while_bootstrapping()  # never used, dropped: nothing to clean up
+    assert files_of_this_process() == before
+
+
+def test_a_counter_made_while_bootstrapping_is_created_once_by_racing_threads() -> None:
+    before = files_of_this_process()
+    counter = made_while_bootstrapping()
+    start = threading.Barrier(8)
+
+    def race() -> None:
+        start.wait()
+        for _ in range(INCREMENTS):
+            counter.increment()
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert counter.value == 8 * INCREMENTS
+    assert len(files_of_this_process() - before) == 1
+
+
 # --- processes ----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_a_counter_made_while_bootstrapping_reaches_workers(start_method: str) -> None:
+    """Pickling creates its file, so it travels as an argument or in a closure like any other."""
+    counter = made_while_bootstrapping()
+    options: dict[str, Any] = {"workers": 2, "start_method": start_method, "chunksize": 5}
+    pmap(bump_and_count, [counter] * 50, range(50), **options)
+    pmap(lambda item: counter.increment(), range(50), **options)
+    assert counter.value == 100
 
 
 @pytest.mark.timeout(120)
@@ -406,12 +469,17 @@ if __name__ == "__main__":
 """
 
 
+# Warnings are errors, but the resource tracker's leak warning must reach stderr: its process
+# swallows an exception raised by warnings.warn, so under a bare -W error it would never show.
+SEE_TRACKER_WARNINGS = ["-W", "error", "-W", "always::UserWarning:multiprocessing.resource_tracker"]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_no_leaks_and_no_tracker_warnings(script: Path) -> None:
     script.write_text(textwrap.dedent(LEAK_SCRIPT), encoding="utf-8")
     result = subprocess.run(
-        [sys.executable, "-W", "error", str(script)],
+        [sys.executable, *SEE_TRACKER_WARNINGS, str(script)],
         capture_output=True, text=True, timeout=150, check=False, cwd=script.parent,
     )
     assert result.returncode == 0, result.stderr
@@ -421,6 +489,52 @@ def test_no_leaks_and_no_tracker_warnings(script: Path) -> None:
     assert len(names) == 3 * (3 + 4)
     left = [name for name in names if os.path.exists(f"/dev/shm/{name}")]
     assert not left, "counter files were left in /dev/shm"
+
+
+MODULE_LEVEL_SCRIPT = """
+import json, os, sys, time
+from parallelize import pmap, shared_counter
+
+done = shared_counter()  # at module level, as in docs/shared-state.md
+
+def count(item):
+    if item == 3:
+        time.sleep(60)  # past the timeout: parallelize kills this worker
+    done.increment()
+    files = [n for n in os.listdir("/dev/shm") if n.startswith("parallelize-counter-")]
+    return os.getpid(), os.getppid(), files
+
+if __name__ == "__main__":
+    seen = pmap(count, range(12), workers=2, chunksize=1, timeout=2, on_error="return",
+                start_method=sys.argv[1])
+    print(json.dumps({"pid": os.getpid(), "name": done._storage.name, "value": done.value,
+                      "seen": [s for s in seen if isinstance(s, tuple)]}))
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_module_level_counter_makes_no_copies_in_workers(script: Path, method: str) -> None:
+    """Workers that run the script again as they start (spawn, forkserver) make no counter file
+    of their own for the module-level ``shared_counter()``, and one of them killed by a timeout
+    leaves no file and no resource-tracker warning behind."""
+    script.write_text(textwrap.dedent(MODULE_LEVEL_SCRIPT), encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, *SEE_TRACKER_WARNINGS, str(script), method],
+        capture_output=True, text=True, timeout=100, check=False, cwd=script.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "resource_tracker" not in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    out = json.loads(result.stdout)
+    assert out["value"] == 11 == len(out["seen"])  # exact, the killed item aside
+    ours = {out["pid"]} | {pid for pid, _, _ in out["seen"]} | {ppid for _, ppid, _ in out["seen"]}
+    made_by_us = {  # other programs on this machine may have counters of their own
+        name for _, _, files in out["seen"] for name in files
+        if int(name.removeprefix("parallelize-counter-").split("-")[0]) in ours
+    }
+    assert made_by_us == {out["name"]}, "workers made counters of their own"
+    assert wait_until_gone(f"/dev/shm/{out['name']}")
 
 
 KILLED_CREATOR_SCRIPT = """

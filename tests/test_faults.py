@@ -487,6 +487,62 @@ def test_decorated_function_in_a_script(method: str, script: Path) -> None:
     assert done.stderr == ""
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_module_that_maps_when_imported(method: str, tmp_path: Path) -> None:
+    """A module that runs a map as it is imported needs no guard: the workers that import it as
+    they start (they run the guarded script again) run that map serially instead of trying to
+    start workers of their own, and every worker has the module's result."""
+    (tmp_path / "mylib.py").write_text(textwrap.dedent(f"""
+        from parallelize import imap, parallel, pmap
+
+        def sq(x):
+            return x * x
+
+        @parallel(workers=2, start_method={method!r})
+        def cube(x):
+            return x ** 3
+
+        TABLE = pmap(sq, range(5), workers=2, start_method={method!r})
+        STREAMED = list(imap(sq, range(3), workers=2, start_method={method!r}))
+        CUBES = cube(range(3))
+    """))
+    body = f"""
+    import mylib
+
+    def look_up(i):
+        return mylib.TABLE[i] + mylib.STREAMED[i % 3] + mylib.CUBES[i % 3]
+
+    if __name__ == "__main__":
+        print(mylib.TABLE, pmap(look_up, range(5), workers=2, start_method={method!r}))
+    """
+    done = run_script(tmp_path / "main.py", body, timeout=100)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0, 1, 4, 9, 16] [0, 3, 16, 9, 18]"
+    assert done.stderr == ""
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_map_at_the_top_level_of_a_script_is_refused_naming_the_line(
+    method: str, script: Path
+) -> None:
+    """The script's own top-level map (even through a function it calls) is the script's work,
+    which workers must not run again: each worker says where it is, the caller names the guard."""
+    body = f"""
+    def main():
+        pmap(abs, range(5), workers=2, start_method={method!r})
+
+    main()
+    """
+    done = run_script(script, body)
+    assert done.returncode == 1
+    line = script.read_text().splitlines().index("main()") + 1
+    assert f"pmap() runs at the top level of the main script ({script}, line {line})" in (
+        done.stderr
+    )
+    assert "WorkerCrashedError" in done.stderr and "__main__" in done.stderr
+
+
 def test_ctrl_c_interrupts_promptly_and_leaves_nothing(start_method: str, tmp_path: Path) -> None:
     body = f"""
     def busy(x):

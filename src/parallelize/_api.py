@@ -6,6 +6,7 @@ Everything a user can get wrong is checked here, before any worker starts. How t
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sized
 from multiprocessing import current_process
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack, overload
@@ -18,8 +19,8 @@ from ._backends import get_backend
 from ._backends import process as _default_backend  # noqa: F401
 from ._core.job import Job
 from ._core.results import run_list, run_stream
-from ._lifecycle import in_worker
-from ._options import Options
+from ._lifecycle import bootstrapping, in_worker
+from ._options import Options, Resolved
 
 if TYPE_CHECKING:
     from ._mapoptions import MapOptions
@@ -128,13 +129,7 @@ def prepare(
             total = min(len(iterable) for iterable in iterables)  # type: ignore[arg-type]
         except OverflowError:  # range(2**70): it has no length that fits
             total = None
-    resolved = options.resolve()
-    # In a worker (ours, a Dask or Ray task, or any daemonic process such as a
-    # multiprocessing.Pool worker) a nested map runs serially: a daemonic process cannot start a
-    # process pool, and a task that waits on tasks of its own engine can wait for ever for a free
-    # slot. Threads are fine.
-    if (in_worker() or current_process().daemon) and resolved.backend != "thread":
-        resolved = resolved.replace(backend="serial")
+    resolved = _where_it_can_run(options.resolve(), where)
     get_backend(resolved.backend)  # a missing engine fails now, not at the first result
     star = len(iterators) > 1
     items: Iterator[Any] = zip(*iterators, strict=False) if star else iterators[0]
@@ -146,3 +141,45 @@ def prepare(
     if sliceable and total is not None and not star:
         source = first  # type: ignore[assignment]
     return Job(fn, items, star, total, resolved, stream, source)
+
+
+def _where_it_can_run(resolved: Resolved, where: str) -> Resolved:
+    """The serial backend where a map must not start workers; ``resolved`` elsewhere.
+
+    In a worker (ours, a Dask or Ray task, or any daemonic process such as a
+    ``multiprocessing.Pool`` worker) a nested map runs serially: a daemonic process cannot start a
+    process pool, and a task that waits on tasks of its own engine can wait for ever for a free
+    slot. So does a map that a module runs as it is imported by a spawn or forkserver worker, which
+    runs the caller's script again as it starts: ``multiprocessing`` refuses to start processes
+    then, and the worker needs the module's results to finish starting. A map that would start
+    workers at the top level of the script itself is refused instead: it is the script's own work,
+    which belongs under the ``__main__`` guard. Threads are fine everywhere.
+    """
+    if resolved.backend in ("thread", "serial"):
+        return resolved
+    if in_worker() or current_process().daemon:
+        return resolved.replace(backend="serial")
+    if bootstrapping():
+        _refuse_in_the_script(where)
+        return resolved.replace(backend="serial")
+    return resolved
+
+
+def _refuse_in_the_script(where: str) -> None:
+    """RuntimeError if the map runs in the top-level code of the main script (``__mp_main__``).
+
+    The nearest module-level frame says whose top level runs the map: the script's, even through
+    functions it calls, or that of a module being imported.
+    """
+    frame = sys._getframe(1)
+    while frame.f_code.co_name != "<module>":
+        if frame.f_back is None:
+            return
+        frame = frame.f_back
+    if frame.f_globals.get("__name__") != "__mp_main__":
+        return
+    raise RuntimeError(
+        f"{where}() runs at the top level of the main script ({frame.f_code.co_filename}, line "
+        f"{frame.f_lineno}), which spawn and forkserver workers run again as they start: "
+        "start the map under 'if __name__ == \"__main__\":'"
+    )

@@ -2,7 +2,9 @@
 
 * **Worker state.** :func:`in_worker` is true in a worker process (ours, or a Dask or Ray one)
   and in a thread running an engine task; a map nested there runs serially instead of starting a
-  pool inside a worker.
+  pool inside a worker. :func:`bootstrapping` is true while ``multiprocessing`` starts a process
+  by running the caller's main script again: what runs then is a copy of the caller's
+  module-level code.
 * **Exit.** Pools, engine sessions and shared counters register what to release at exit with
   :func:`at_exit`, the one way parallelize hooks into a process's end. A callback registered
   plainly is an ``atexit`` hook of its own, registered when it is, so it keeps its place among
@@ -24,7 +26,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from multiprocessing import util
+from multiprocessing import current_process, util
 from typing import Final
 
 # Priority of the finalizer that runs the last=True callbacks: negative ones run last, after the
@@ -48,6 +50,20 @@ def enter_worker() -> None:
     """Mark this process as a worker (ours, or a Dask or Ray one): nested maps run serially."""
     global _in_worker
     _in_worker = True
+
+
+def bootstrapping() -> bool:
+    """True while ``multiprocessing`` prepares this process: a spawn or forkserver worker (or the
+    fork server) running the caller's main script again, as ``__mp_main__``, and so importing
+    every module the script imports.
+
+    Module-level code that runs then is a copy of the caller's, not a program of its own: a map
+    there must not start processes (``multiprocessing`` refuses to), and a counter made there is
+    not the caller's counter. ``_inheriting`` is ``multiprocessing``'s own mark for this phase
+    (set in ``spawn._main`` and in the fork server's import of ``__main__``), the one its
+    ``_check_not_importing_main`` reads to refuse starting a process.
+    """
+    return bool(getattr(current_process(), "_inheriting", False))
 
 
 @contextlib.contextmanager

@@ -28,6 +28,11 @@ Design (one small file per counter, see ``docs/shared-state.md``):
 * Fork: the child gets a fresh thread lock and no ownership (a lock held by the parent is not held
   by the child). On first use it reopens the file through ``/proc/self/fd`` as its own open file
   description, so its locks are its own, and only then counts as a holder.
+* A counter made while ``multiprocessing`` bootstraps a process (a spawn or forkserver worker
+  running the caller's script again, or a module that script imports) is the worker's copy of a
+  module-level counter, not the caller's: the caller's arrives pickled. It creates its file when
+  first used or pickled (``_Deferred``), so a copy nobody uses costs no file, no tracker entry and
+  no leak warning when its worker is killed. The caller's counters are created at once.
 
 The seam for other engines: a :class:`SharedCounter` is a thin face over a storage object with
 ``get``/``set``/``add`` and a recursive ``acquire``/``release`` (:class:`CounterStorage`).

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from multiprocessing import resource_tracker
 from typing import Any, Final, Protocol, final
 
-from .._lifecycle import at_exit, on_worker_lost
+from .._lifecycle import at_exit, bootstrapping, on_worker_lost
 
 __all__ = [
     "CounterEngine",
@@ -536,6 +536,7 @@ class _ThisProcess:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()  # guards _live's check-then-insert
+        self.birth = threading.Lock()  # one file per deferred counter (see _Deferred)
 
 
 _here = _ThisProcess()
@@ -561,6 +562,7 @@ def _release_all() -> None:
 
 def _after_fork_in_child() -> None:
     _here.lock = threading.Lock()
+    _here.birth = threading.Lock()
     for storage in list(_live.values()):
         storage._forked()
 
@@ -570,6 +572,65 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 at_exit(_release_all, last=True)
 # A worker that did not exit cleanly may have been the last holder of a counter.
 on_worker_lost(sweep_orphans)
+
+
+@final
+class _Deferred:
+    """The storage of a counter made while ``multiprocessing`` bootstraps this process.
+
+    A spawn or forkserver worker runs the caller's script again, and imports what the script
+    imports, so a ``shared_counter()`` at module level is made again there: a copy that is not
+    the caller's counter (the caller's reaches the worker pickled, with the function's globals or
+    its arguments) and that is usually never used. Its :class:`FileStorage` is created when it is
+    first used or pickled; until then it is only ``value``, in this object, so no other process
+    can have seen it, and a worker that never uses it leaves no file and tells no resource tracker.
+    (A child forked before then gets a copy of the value, not the counter: this copy was never
+    shared.) The counters of the caller itself are created at once; their hot path is unchanged.
+    """
+
+    __slots__ = ("_file", "_value")
+
+    def __init__(self, value: int):
+        self._value = value
+        self._file: FileStorage | None = None
+
+    def _born(self) -> FileStorage:
+        file = self._file
+        if file is None:
+            with _here.birth:
+                file = self._file
+                if file is None:
+                    file = self._file = FileStorage.create(self._value)
+        return file
+
+    def get(self) -> int:
+        return self._born().get()
+
+    def set(self, value: int) -> None:
+        self._born().set(value)
+
+    def add(self, delta: int) -> int:
+        return self._born().add(delta)
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        return self._born().acquire(block, timeout)
+
+    def release(self) -> None:
+        self._born().release()
+
+    def __enter__(self) -> bool:
+        return self._born().acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._born().release()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self._born().__reduce__()
+
+    def __repr__(self) -> str:
+        if self._file is None:
+            return f"_Deferred(value={self._value})"
+        return f"_Deferred({self._file!r})"
 
 
 @final
@@ -647,4 +708,7 @@ def shared_counter(value: int = 0) -> SharedCounter:
     >>> c
     SharedCounter(4)
     """
-    return SharedCounter(FileStorage.create(check_range(_integer(value, "initial value"))))
+    start = check_range(_integer(value, "initial value"))
+    if bootstrapping():  # a worker running the caller's module-level code again: see _Deferred
+        return SharedCounter(_Deferred(start))
+    return SharedCounter(FileStorage.create(start))
