@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from parallelize.__main__ import build_parser, main
+from parallelize.__main__ import build_parser, busy_note, main
+from parallelize._cpu import usable_cpus
 
 # Seconds a small CLI run may take: interpreter start, a pool start and a fraction of a second of
 # work, on a loaded 2-core machine.
@@ -33,6 +34,58 @@ def test_demo_small_runs_and_reports_a_speedup() -> None:
     assert "x with 2 worker(s)" in result.stdout
     assert "20/20" in result.stderr  # the progress bar, on stderr, counting items
     assert "Traceback" not in result.stderr
+
+
+def test_busy_note_is_silent_on_a_quiet_machine() -> None:
+    assert busy_note(item_share=0.97, loop_share=0.99, workers=2, cpus=2, load=1.9) is None
+    # Too little work to measure (None) is not taken for a busy machine.
+    assert busy_note(item_share=None, loop_share=None, workers=2, cpus=2, load=9.0) is None
+    # More workers than CPUs share the cores by design: 45% each of 2 CPUs among 4 is as expected.
+    assert busy_note(item_share=0.45, loop_share=0.95, workers=4, cpus=2, load=4.0) is None
+
+
+@pytest.mark.parametrize(
+    ("item_share", "loop_share", "says"),
+    [
+        (0.5, 0.99, "the mapped items got 50% of a CPU each"),
+        (0.99, 0.6, "the serial loop got 60% of a CPU"),
+        (0.3, 0.7, "items got 30% of a CPU each while they ran and the serial loop got 70%"),
+    ],
+)
+def test_busy_note_says_what_was_starved(item_share: float, loop_share: float, says: str) -> None:
+    note = busy_note(item_share=item_share, loop_share=loop_share, workers=2, cpus=2, load=3.5)
+    assert note is not None
+    assert "busy" in note and says in note and "load average 3.5 on 2 usable CPU(s)" in note
+    without_load = busy_note(
+        item_share=item_share, loop_share=loop_share, workers=2, cpus=2, load=None
+    )
+    assert without_load is not None and "load average" not in without_load
+
+
+# Seconds the CPU hogs of the busy-machine test may run: the demo it competes with takes ~2 s.
+HOG_SECONDS = CLI_TIMEOUT
+
+
+@pytest.mark.timeout(CLI_TIMEOUT + 30)
+def test_demo_says_when_the_machine_is_too_busy() -> None:
+    """With one busy loop per usable CPU running, a worker gets about half a CPU: the demo says
+    its speed-up means little, rather than reporting it as parallelize's."""
+    cpus = usable_cpus()
+    hog = f"import time\nend = time.monotonic() + {HOG_SECONDS}\nwhile time.monotonic() < end: pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(cpus)]
+    try:
+        result = run_cli(
+            "demo", "--items", "24", "--size", "8000", "--workers", str(cpus), "--no-progress"
+        )
+    finally:
+        for process in hogs:
+            process.kill()
+            process.wait()
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stdout.split())  # the note is wrapped
+    assert "speed-up:" in said
+    assert "note: this machine was busy: the mapped items got" in said, result.stdout
+    assert "Run the demo again when the machine is quieter." in said
 
 
 @pytest.mark.timeout(CLI_TIMEOUT + 30)

@@ -13,6 +13,7 @@ import importlib
 import os
 import pkgutil
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -132,3 +133,84 @@ def test_doctests(name: str) -> None:
         runner.run(test)
     failed, _ = runner.summarize(verbose=False)
     assert failed == 0, f"{failed} doctest example(s) failed in {name}; see the output above"
+
+
+# -- installing: the package is not on a public index yet --
+
+README = ROOT / "README.md"
+# The README's test command, which .ci/run checks for verbatim.
+README_TESTS = 'python -m pip install -e ".[test,dask,ray]" && python -m pytest'
+_SHELL_BLOCK = re.compile(r"^```(?:bash|sh|shell|console)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+# ``pip install parallelize`` or ``pip install "parallelize[dask]"``: what works only from an index.
+_FROM_AN_INDEX = re.compile(r"pip install (?:-\S+ )*[\"']?parallelize(?:\[[^\]]*\])?[\"']?(?:\s|$)")
+
+
+def _section(text: str, heading: str) -> str:
+    """The text under ``heading`` (a ``## `` line) up to the next heading of that level."""
+    start = text.index(f"\n{heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def test_readme_quick_start_makes_a_virtual_environment_first() -> None:
+    quick = _section(README.read_text(encoding="utf-8"), "## Quick start")
+    commands = "\n".join(_SHELL_BLOCK.findall(quick))
+    assert "python -m venv" in commands and "activate" in commands, commands
+    assert commands.index("python -m venv") < commands.index("pip install"), commands
+    # Two commands: one runs the demo, one runs the tests (verbatim, as .ci/run expects).
+    assert 'python -m pip install . && python -m parallelize demo' in commands
+    assert README_TESTS in commands
+
+
+@pytest.mark.parametrize("page", ["getting-started.md", "index.md"])
+def test_install_sections_tell_how_to_install_from_a_checkout_or_git(page: str) -> None:
+    install = _section((ROOT / "docs" / page).read_text(encoding="utf-8"), "## Install")
+    commands = "\n".join(_SHELL_BLOCK.findall(install))
+    assert "python -m venv" in commands
+    assert "python -m pip install ." in commands  # a checkout
+    assert "parallelize @ git+" in commands  # a git URL
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_no_command_installs_from_an_index(page: Path) -> None:
+    """Every install command a reader may paste works today: none asks an index for the package."""
+    for block in _SHELL_BLOCK.findall(page.read_text(encoding="utf-8")):
+        for line in block.splitlines():
+            command = line.split(" #")[0]
+            if " @ " not in command:  # "parallelize @ git+<url>" is a direct reference
+                assert not _FROM_AN_INDEX.search(command), f"{page.name}: {line}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_install_from_a_git_url(tmp_path: Path) -> None:
+    """The documented ``pip install "parallelize @ git+<url>"`` builds an importable package (from
+    this repository, by a ``file://`` URL; pip clones it as it would a remote one)."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    target = tmp_path / "site"
+    install = subprocess.run(
+        [
+            sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+            str(target), f"parallelize[dask] @ git+{ROOT.as_uri()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stdout + install.stderr
+    env = {**os.environ, "PYTHONPATH": str(target)}  # this one, not the checkout's src
+    run = subprocess.run(
+        [sys.executable, "-m", "parallelize", "--version"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("parallelize ")
+    assert (target / "parallelize" / "py.typed").exists()

@@ -6,10 +6,13 @@ generous because a 2-core CI machine is noisy.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import faulthandler
 import functools
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,6 +47,10 @@ def exit_at_5(x: int) -> int:
 
 def segfault_at_2(x: int) -> int:
     if x == 2:
+        # A fork worker inherits pytest's faulthandler, which would dump every thread's stack into
+        # the test output. The crash is what is tested, not the dump: a user's own faulthandler
+        # in workers is theirs to keep, so the library leaves it alone and the test turns it off.
+        faulthandler.disable()
         ctypes.string_at(0)
     return x
 
@@ -138,6 +145,24 @@ def test_segfault_in_native_code(start_method: str) -> None:
     with pytest.raises(WorkerCrashedError, match="SIGSEGV") as caught:
         pmap(segfault_at_2, range(6), workers=2, start_method=start_method, chunksize=3)
     assert caught.value.index == 2
+
+
+@pytest.mark.timeout(120)
+def test_segfault_test_prints_no_fatal_error_dump() -> None:
+    """The segfault test's output stays clean: its forked worker does not dump every thread's
+    stack through the faulthandler it inherits from pytest (60 lines of ``Fatal Python error``)."""
+    cell = f"{Path(__file__).name}::test_segfault_in_native_code[fork]"
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", cell],
+        cwd=Path(__file__).parent,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 passed" in run.stdout
+    assert "Fatal Python error" not in run.stdout + run.stderr, run.stdout + run.stderr
 
 
 def test_only_the_crashed_item_is_lost(start_method: str) -> None:
@@ -337,6 +362,110 @@ def test_faults_leak_no_processes_or_descriptors(start_method: str) -> None:
     # A pool refills lazily, so it may hold fewer workers (and their pipes) than before: never more.
     assert open_fds() <= fds
     assert len(children()) <= procs
+
+
+# -- processes the mapped function starts (docs/errors.md, "Processes your function starts") --
+
+# Seconds the command a test's item starts would run: far longer than the test, so that one
+# still running at the end was left running, not slow to finish.
+CHILD_SECONDS = 300
+
+
+def start_child_then(x: int, folder: str, then: str, pdeathsig: bool = False) -> int:
+    """Item 1 starts a long command, records its pid and its worker's, then: "timeout" (overruns),
+    "crash" (SIGKILL of its worker) or "return" (leaves it running)."""
+    if x == 1:
+        command = ["sleep", str(CHILD_SECONDS)]
+        if pdeathsig:
+            command = ["setpriv", "--pdeathsig", "KILL", "--", *command]
+        child = subprocess.Popen(command)
+        if pdeathsig:  # running: setpriv has asked for the signal and made way for the command
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{child.pid}/comm").read_text().strip() != "sleep":
+                assert time.monotonic() < deadline, "setpriv did not start the command"
+                time.sleep(0.001)
+        Path(folder, "pids").write_text(f"{os.getpid()} {child.pid}")
+        if then == "timeout":
+            time.sleep(60)
+        elif then == "crash":
+            os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def sigint_ignored_by_a_child(_: int) -> bool:
+    """Whether a command started here starts with SIGINT ignored."""
+    child = subprocess.Popen(["sleep", str(CHILD_SECONDS)])
+    try:
+        with open(f"/proc/{child.pid}/status") as status:
+            ignored = next(line for line in status if line.startswith("SigIgn:"))
+    finally:
+        child.kill()
+        child.wait()
+    return bool(int(ignored.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+
+
+def _map_leaving_a_child(
+    folder: Path, start_method: str, then: str, pdeathsig: bool = False
+) -> tuple[list[Any], int, int]:
+    """Run item 1 of a map as ``then`` says; the results, its worker's pid and its child's."""
+    task = functools.partial(start_child_then, folder=str(folder), then=then, pdeathsig=pdeathsig)
+    results = pmap(
+        task,
+        range(3),
+        workers=2,
+        chunksize=1,
+        start_method=start_method,
+        timeout=1.0,
+        on_error="return",
+        max_tasks_per_worker=1 if then == "return" else None,  # then the worker exits
+    )
+    worker, child = (int(pid) for pid in (folder / "pids").read_text().split())
+    return results, worker, child
+
+
+@pytest.mark.parametrize(
+    ("then", "error"),
+    [("timeout", TimeoutError), ("crash", WorkerCrashedError), ("return", None)],
+)
+def test_a_child_outlives_its_worker(
+    start_method: str, then: str, error: type[Exception] | None, tmp_path: Path
+) -> None:
+    """A command an item started keeps running, orphaned, after its worker was killed (timeout),
+    died (crash) or exited (replaced by max_tasks_per_worker): the documented behaviour."""
+    results, worker, child = _map_leaving_a_child(tmp_path, start_method, then)
+    try:
+        assert results[1] == 1 if error is None else isinstance(results[1], error), results
+        assert wait_gone([worker]) == []
+        # Adopted by init or a subreaper once the worker's last thread has gone.
+        deadline = time.monotonic() + PROMPT
+        while psutil.Process(child).ppid() == worker and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert psutil.Process(child).ppid() != worker
+        assert pids_alive([child]) == [child]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+@pytest.mark.parametrize("then", ["timeout", "crash"])
+def test_a_child_started_with_pdeathsig_dies_with_its_worker(then: str, tmp_path: Path) -> None:
+    """The remedy the docs give: ``setpriv --pdeathsig KILL`` ends the command with its worker."""
+    results, worker, child = _map_leaving_a_child(tmp_path, "forkserver", then, pdeathsig=True)
+    try:
+        assert isinstance(results[1], TimeoutError if then == "timeout" else WorkerCrashedError)
+        assert wait_gone([worker]) == []
+        assert wait_gone([child], seconds=PROMPT) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_children_of_process_workers_ignore_sigint(start_method: str) -> None:
+    """Workers ignore SIGINT and the commands they start inherit that, so Ctrl-C does not reach
+    them (documented); on threads they are the caller's children and Ctrl-C reaches them."""
+    assert pmap(sigint_ignored_by_a_child, [0], workers=1, start_method=start_method) == [True]
+    assert pmap(sigint_ignored_by_a_child, [0], backend="thread") == [False]
 
 
 # -- whole interpreters --

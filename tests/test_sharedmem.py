@@ -44,6 +44,79 @@ def test_large_arrays_both_ways(start_method: str) -> None:
     assert arrays[1][1] == 1.0
 
 
+def backing(a: object) -> str:
+    """Where an array's data lives in this process: "shm" (a /dev/shm segment) or "private"."""
+    if isinstance(a, dict):
+        a = a["array"]
+    address = np.asarray(a).__array_interface__["data"][0]
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            low, high = (int(bound, 16) for bound in fields[0].split("-"))
+            if low <= address < high:
+                return "shm" if len(fields) > 5 and fields[5].startswith("/dev/shm/") else "private"
+    return "private"
+
+
+def test_large_arguments_are_views_of_shared_memory(start_method: str) -> None:
+    """What docs/faq.md and docs/comparison.md say: an item's array of 1 MiB or more, even inside
+    a dict or a list, reaches the worker through shared memory; a smaller one, and one the function
+    carries (a closure, ``functools.partial``), are pickled."""
+    big = np.ones(2 * MB // 8)
+    small = np.ones(MB // 8 // 2)  # 512 KiB: below the threshold
+    items = [big, small, {"array": big}]
+    assert pmap(backing, items, workers=2, start_method=start_method) == ["shm", "private", "shm"]
+    carried = pmap(lambda _: backing(big), [0], workers=1, start_method=start_method)
+    assert carried == ["private"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "method",
+    [
+        pytest.param(
+            "fork",
+            marks=pytest.mark.xfail(
+                reason="fork workers started before the caller's resource tracker runs cannot "
+                "register segments, so their results come through the pipe (docs/faq.md says so)",
+                strict=True,
+            ),
+        ),
+        "forkserver",
+        "spawn",
+    ],
+)
+def test_large_results_are_views_of_shared_memory(method: str, tmp_path: Path) -> None:
+    """A worker's result of 1 MiB or more reaches the caller through shared memory. In a fresh
+    interpreter, as a user's first map: a pool started later in this one may behave otherwise."""
+    script = tmp_path / "results.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import numpy as np
+        from parallelize import pmap
+        from test_sharedmem import backing
+
+        def make(i):
+            return np.full(300_000, i, dtype=np.float64)
+
+        if __name__ == "__main__":
+            print(*[backing(a) for a in pmap(make, range(2), workers=2, start_method={method!r})])
+    """)
+    )
+    tests = str(Path(__file__).parent)  # for backing(), by name in spawned workers too
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["shm", "shm"]
+
+
 def test_big_bytes_and_small_buffers_mixed() -> None:
     items = [b"x" * (3 * MB), b"small", bytearray(2 * MB)]
     assert pmap(len, items, workers=2) == [3 * MB, 5, 2 * MB]

@@ -1,8 +1,10 @@
 """The command line: ``python -m parallelize demo`` and ``python -m parallelize bench``.
 
 ``demo`` maps a CPU-bound function over a few hundred items with a progress bar and prints the
-speed-up over a plain loop; ``bench`` times a plain loop, parallelize and ``multiprocessing.Pool``
-on a tiny and a CPU-bound workload and prints the ratios. Both need nothing but the package.
+speed-up over a plain loop, with a note when the machine was too busy for that speed-up to mean
+anything (its processes got too little of a CPU while they ran); ``bench`` times a plain loop,
+parallelize and ``multiprocessing.Pool`` on a tiny and a CPU-bound workload and prints the
+ratios. Both need nothing but the package.
 
 Exit codes: 0 success, 1 a check failed (results differ) or stdout was closed, 2 bad usage,
 130 interrupted.
@@ -18,14 +20,17 @@ import math
 import multiprocessing
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from . import __version__, pmap
 from ._cpu import usable_cpus
 from ._options import ENV_WORKERS, default_start_method
+
+R = TypeVar("R")
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -41,6 +46,10 @@ DEMO_SIZE: Final = 5_000
 BENCH_TINY_ITEMS: Final = 100_000
 BENCH_CPU_ITEMS: Final = 200
 BENCH_REPEAT: Final = 3
+# A CPU-bound item running alone on a core gets ~97-100% of it (its wall time is its CPU time).
+# Below 80%, the demo's processes waited for a CPU a fifth of the time or more: other programs
+# were competing for the cores, and the speed-up measures them as much as it measures parallelize.
+BUSY_CPU_SHARE: Final = 0.8
 
 
 # -- workloads ---------------------------------------------------------------------------------
@@ -68,6 +77,21 @@ def count_primes(block: int, size: int = DEMO_SIZE) -> int:
     return found
 
 
+def timed_count_primes(block: int, size: int = DEMO_SIZE) -> tuple[int, float, float]:
+    """``count_primes(block, size)``, with the CPU seconds and the wall seconds it took.
+
+    An item that got a core to itself took as much CPU time as wall time; one that waited for a
+    CPU (a busy machine) took more wall time than CPU time.
+
+    >>> count, cpu, wall = timed_count_primes(0, 100)
+    >>> count, 0 <= cpu, 0 <= wall
+    (25, True, True)
+    """
+    cpu, wall = time.thread_time(), time.perf_counter()
+    count = count_primes(block, size)
+    return count, time.thread_time() - cpu, time.perf_counter() - wall
+
+
 def square(x: int) -> int:
     """The tiny workload: so little work that only the overhead of a map is measured."""
     return x * x
@@ -88,17 +112,20 @@ def _workloads() -> ModuleType:
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Map ``count_primes`` over ``args.items`` blocks in parallel, then in a loop; compare."""
+    """Map ``count_primes`` over ``args.items`` blocks in parallel, then in a loop; compare.
+
+    The items measure the CPU time they got, so the demo can tell when the machine was too busy
+    for its speed-up to say anything about parallelize (see ``busy_note``).
+    """
     work = _workloads()
     blocks = list(range(args.items))
     print(
         f"parallelize {__version__} demo: counting primes in {args.items} blocks of "
         f"{args.size:,} numbers on {args.workers} worker(s) ({args.backend} backend)"
     )
-    func = _bind_size(work.count_primes, args.size)
     started = time.perf_counter()
-    parallel = pmap(
-        func,
+    timed = pmap(
+        _bind_size(work.timed_count_primes, args.size),
         blocks,
         workers=args.workers,
         backend=args.backend,
@@ -106,22 +133,97 @@ def demo(args: argparse.Namespace) -> int:
     )
     parallel_seconds = time.perf_counter() - started
     print(f"  parallelize: {parallel_seconds:7.2f} s")
-    started = time.perf_counter()
+    func = _bind_size(work.count_primes, args.size)
+    started, started_cpu = time.perf_counter(), time.process_time()
     serial = [func(block) for block in blocks]
     serial_seconds = time.perf_counter() - started
+    serial_cpu = time.process_time() - started_cpu
     print(f"  serial loop: {serial_seconds:7.2f} s")
-    if parallel != serial:
+    if [count for count, _, _ in timed] != serial:
         print("error: the parallel results differ from the serial ones", file=sys.stderr)
         return EXIT_FAILED
     speedup = serial_seconds / parallel_seconds
+    cpus = usable_cpus()
     print(
         f"  speed-up:    {speedup:7.2f}x with {args.workers} worker(s) "
-        f"on {usable_cpus()} usable CPU(s); {sum(serial):,} primes found"
+        f"on {cpus} usable CPU(s); {sum(serial):,} primes found"
     )
+    # On threads, items of pure Python wait for the GIL, not for a CPU: their share says nothing
+    # about the machine.
+    item_share = (
+        None
+        if args.backend == "thread"
+        else _share(sum(cpu for _, cpu, _ in timed), sum(wall for _, _, wall in timed))
+    )
+    note = busy_note(
+        item_share=item_share,
+        loop_share=_share(serial_cpu, serial_seconds),
+        workers=args.workers if args.backend == "process" else 1,
+        cpus=cpus,
+        load=_load_average(),
+    )
+    if note:
+        print(textwrap.fill(note, width=96, initial_indent="  ", subsequent_indent="  "))
     return EXIT_OK
 
 
-def _bind_size(fn: Callable[..., int], size: int) -> Callable[[int], int]:
+def _share(cpu_seconds: float, wall_seconds: float) -> float | None:
+    """The fraction of a CPU that work got while it ran, or None when it was too short to say."""
+    # Below 10 ms of wall time the clocks' granularity and a single context switch dominate.
+    if wall_seconds < 0.01:
+        return None
+    return min(1.0, cpu_seconds / wall_seconds)
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (runnable processes, ours included), where the OS has one."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_note(
+    *,
+    item_share: float | None,
+    loop_share: float | None,
+    workers: int,
+    cpus: int,
+    load: float | None,
+) -> str | None:
+    """What to say about a speed-up measured on a busy machine, or None when it was quiet.
+
+    ``item_share`` is the fraction of a CPU the mapped items got while they ran, ``loop_share``
+    the same for the serial loop. With more workers than CPUs the workers share the cores by
+    design, so the items' share is judged against ``cpus / workers``.
+
+    >>> busy_note(item_share=0.99, loop_share=0.98, workers=2, cpus=2, load=2.1) is None
+    True
+    >>> print(busy_note(item_share=0.55, loop_share=0.97, workers=2, cpus=2, load=3.9))
+    note: this machine was busy: the mapped items got 55% of a CPU each while they ran (load average
+    3.9 on 2 usable CPU(s)), so the speed-up measures the other programs running here as much as
+    parallelize. Run the demo again when the machine is quieter.
+    >>> busy_note(item_share=0.45, loop_share=0.97, workers=4, cpus=2, load=4.0) is None
+    True
+    """
+    expected = min(1.0, cpus / max(1, workers))
+    starved = []
+    if item_share is not None and item_share < BUSY_CPU_SHARE * expected:
+        each = " each" if workers > 1 else ""
+        starved.append(f"the mapped items got {item_share:.0%} of a CPU{each} while they ran")
+    if loop_share is not None and loop_share < BUSY_CPU_SHARE:
+        starved.append(f"the serial loop got {loop_share:.0%} of a CPU")
+    if not starved:
+        return None
+    where = f" (load average {load:.1f} on {cpus} usable CPU(s))" if load is not None else ""
+    return (
+        f"note: this machine was busy: {' and '.join(starved)}{where}, so the speed-up measures "
+        "the other programs running here as much as parallelize. Run the demo again when the "
+        "machine is quieter."
+    )
+
+
+def _bind_size(fn: Callable[..., R], size: int) -> Callable[[int], R]:
     return functools.partial(fn, size=size)
 
 
