@@ -73,3 +73,14 @@ assert_type(imap(lambda x, y: x * y, [1], [2.5]), Iterator[float])
 pmap(length, ["a"], workerz=2)  # type: ignore[call-overload]
 pmap(length, ["a"], backend="gpu")  # type: ignore[call-overload]
 shout.options(ordered="yes")  # type: ignore[arg-type]
+shout.options(workers=2.5)  # type: ignore[arg-type]
+
+
+# A count takes any integer, such as numpy.int64: anything with __index__.
+class Count:
+    def __index__(self) -> int:
+        return 2
+
+
+assert_type(shout.options(workers=Count(), chunksize=Count()), ParallelFunction[str, [], str])
+assert_type(pmap(length, ["a"], workers=Count(), max_tasks_per_worker=Count()), list[int])
