@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import inspect
 import multiprocessing
 import os
 import pickle
@@ -14,6 +15,7 @@ import re
 import subprocess
 import sys
 import threading
+import types
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +128,80 @@ def test_parallel_as_a_call() -> None:
 def test_decorated_function_pickles_by_reference() -> None:
     clone = pickle.loads(pickle.dumps(scaled))
     assert clone.__wrapped__ is scaled.__wrapped__
+
+
+class Meter:
+    """``@parallel`` on methods, for the checks of binding and pickling (the behaviour suite,
+    ``behaviour/test_methods.py``, maps them on every backend)."""
+
+    def __init__(self, unit: str):
+        self.unit = unit
+
+    @parallel
+    def show(self, x: int, *, digits: int = 0) -> str:
+        return f"{x:.{digits}f} {self.unit}"
+
+    @classmethod
+    @parallel(backend="thread")
+    def kind(cls, x: int) -> str:
+        return f"{cls.__name__}:{x}"
+
+    @parallel(backend="thread")
+    @classmethod
+    def make(cls, unit: str) -> Meter:
+        return cls(unit)
+
+    @parallel
+    @staticmethod
+    def half(x: float) -> float:
+        return x / 2
+
+    plain_abs = parallel(abs, backend="thread")  # a builtin does not bind, as in a plain class
+
+
+def test_a_method_binds_like_a_function() -> None:
+    meter = Meter("m")
+    assert isinstance(meter.show, ParallelFunction) and meter.show.__self__ is meter
+    assert meter.show.__wrapped__(2) == "2 m"
+    assert meter.show.__name__ == "show" and meter.show.__qualname__ == "Meter.show"
+    assert str(inspect.signature(meter.show)) == "(x: 'int', *, digits: 'int' = 0) -> 'str'"
+    assert meter.show.options(backend="serial")([1.25], digits=1) == ["1.2 m"]
+    assert Meter.show is Meter.__dict__["show"]  # on the class: unbound, the object itself
+    assert repr(meter.show).startswith("<parallel <bound method Meter.show of <")
+    assert [m.unit for m in Meter.make(["s", "kg"])] == ["s", "kg"]
+    assert Meter.half([3]) == meter.half([3]) == [1.5]
+    assert meter.plain_abs([-1]) == [1] and Meter.plain_abs([-2, 3]) == [2, 3]
+
+
+def test_a_method_misused_points_to_options() -> None:
+    with pytest.raises(TypeError, match=r"show\.options\(workers=2\)"):
+        Meter("m").show([1], workers=2)
+    with pytest.raises(TypeError, match="missing a required argument: 'x'"):
+        Meter.show([1])  # unbound: the first iterable is the instances
+
+
+def test_methods_pickle_by_reference() -> None:
+    """Unbound, a decorated method pickles by name (a classmethod too, which looking it up would
+    bind); bound, as its function and its instance."""
+    assert pickle.loads(pickle.dumps(Meter.show)) is Meter.show
+    stored = Meter.__dict__["make"]  # @parallel above @classmethod: the object the class holds
+    assert pickle.loads(pickle.dumps(stored)) is stored
+    inner = Meter.__dict__["kind"].__func__  # @parallel under @classmethod
+    assert pickle.loads(pickle.dumps(inner)) is inner
+    assert pickle.loads(pickle.dumps(Meter.__dict__["half"])) is Meter.__dict__["half"]
+    bound = pickle.loads(pickle.dumps(Meter("cm").show))
+    assert bound.__self__.unit == "cm" and bound.__wrapped__(3) == "3 cm"
+    assert pickle.loads(pickle.dumps(Meter.make)).__self__ is Meter
+
+
+def test_a_classmethod_above_parallel_without_descriptor_chaining() -> None:
+    """Python 3.13 dropped classmethod's call of ``__get__`` on what it wraps: it calls
+    ``f(cls, items)`` instead. The call still binds the class; ``.imap`` cannot, and says why."""
+    inner = Meter.__dict__["kind"].__func__
+    as_313 = types.MethodType(inner, Meter)  # what Python 3.13's classmethod returns
+    assert as_313([1, 2]) == ["Meter:1", "Meter:2"]
+    with pytest.raises(TypeError, match="put @parallel above @classmethod"):
+        as_313.imap([1])
 
 
 def test_options_override_keeps_the_rest() -> None:
