@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import collections
 import functools
+import inspect
 import multiprocessing
 import os
 import pickle
+import re
+import subprocess
+import sys
 import threading
+import types
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +83,18 @@ def nested(x: int) -> list[int]:
     return pmap(square, range(x))
 
 
+TAG: str | None = None  # set by an initializer
+
+
+def set_tag(tag: str) -> None:
+    global TAG
+    TAG = tag
+
+
+def read_tag(_: object) -> str | None:
+    return TAG
+
+
 # -- results --
 
 
@@ -111,6 +128,80 @@ def test_parallel_as_a_call() -> None:
 def test_decorated_function_pickles_by_reference() -> None:
     clone = pickle.loads(pickle.dumps(scaled))
     assert clone.__wrapped__ is scaled.__wrapped__
+
+
+class Meter:
+    """``@parallel`` on methods, for the checks of binding and pickling (the behaviour suite,
+    ``behaviour/test_methods.py``, maps them on every backend)."""
+
+    def __init__(self, unit: str):
+        self.unit = unit
+
+    @parallel
+    def show(self, x: int, *, digits: int = 0) -> str:
+        return f"{x:.{digits}f} {self.unit}"
+
+    @classmethod
+    @parallel(backend="thread")
+    def kind(cls, x: int) -> str:
+        return f"{cls.__name__}:{x}"
+
+    @parallel(backend="thread")
+    @classmethod
+    def make(cls, unit: str) -> Meter:
+        return cls(unit)
+
+    @parallel
+    @staticmethod
+    def half(x: float) -> float:
+        return x / 2
+
+    plain_abs = parallel(abs, backend="thread")  # a builtin does not bind, as in a plain class
+
+
+def test_a_method_binds_like_a_function() -> None:
+    meter = Meter("m")
+    assert isinstance(meter.show, ParallelFunction) and meter.show.__self__ is meter
+    assert meter.show.__wrapped__(2) == "2 m"
+    assert meter.show.__name__ == "show" and meter.show.__qualname__ == "Meter.show"
+    assert str(inspect.signature(meter.show)) == "(x: 'int', *, digits: 'int' = 0) -> 'str'"
+    assert meter.show.options(backend="serial")([1.25], digits=1) == ["1.2 m"]
+    assert Meter.show is Meter.__dict__["show"]  # on the class: unbound, the object itself
+    assert repr(meter.show).startswith("<parallel <bound method Meter.show of <")
+    assert [m.unit for m in Meter.make(["s", "kg"])] == ["s", "kg"]
+    assert Meter.half([3]) == meter.half([3]) == [1.5]
+    assert meter.plain_abs([-1]) == [1] and Meter.plain_abs([-2, 3]) == [2, 3]
+
+
+def test_a_method_misused_points_to_options() -> None:
+    with pytest.raises(TypeError, match=r"show\.options\(workers=2\)"):
+        Meter("m").show([1], workers=2)
+    with pytest.raises(TypeError, match="missing a required argument: 'x'"):
+        Meter.show([1])  # unbound: the first iterable is the instances
+
+
+def test_methods_pickle_by_reference() -> None:
+    """Unbound, a decorated method pickles by name (a classmethod too, which looking it up would
+    bind); bound, as its function and its instance."""
+    assert pickle.loads(pickle.dumps(Meter.show)) is Meter.show
+    stored = Meter.__dict__["make"]  # @parallel above @classmethod: the object the class holds
+    assert pickle.loads(pickle.dumps(stored)) is stored
+    inner = Meter.__dict__["kind"].__func__  # @parallel under @classmethod
+    assert pickle.loads(pickle.dumps(inner)) is inner
+    assert pickle.loads(pickle.dumps(Meter.__dict__["half"])) is Meter.__dict__["half"]
+    bound = pickle.loads(pickle.dumps(Meter("cm").show))
+    assert bound.__self__.unit == "cm" and bound.__wrapped__(3) == "3 cm"
+    assert pickle.loads(pickle.dumps(Meter.make)).__self__ is Meter
+
+
+def test_a_classmethod_above_parallel_without_descriptor_chaining() -> None:
+    """Python 3.13 dropped classmethod's call of ``__get__`` on what it wraps: it calls
+    ``f(cls, items)`` instead. The call still binds the class; ``.imap`` cannot, and says why."""
+    inner = Meter.__dict__["kind"].__func__
+    as_313 = types.MethodType(inner, Meter)  # what Python 3.13's classmethod returns
+    assert as_313([1, 2]) == ["Meter:1", "Meter:2"]
+    with pytest.raises(TypeError, match="put @parallel above @classmethod"):
+        as_313.imap([1])
 
 
 def test_options_override_keeps_the_rest() -> None:
@@ -267,6 +358,17 @@ def test_no_output_without_progress(capfd: pytest.CaptureFixture[str]) -> None:
         ({"retries": -1}, ValueError, "retries must be >= 0"),
         ({"on_error": "ignore"}, ValueError, "unknown on_error"),
         ({"colour": "red"}, TypeError, "unexpected option"),
+        ({"workers": True}, TypeError, "workers must be an int >= 1"),
+        ({"retries": 1.0}, TypeError, "retries must be an int >= 0"),
+        ({"progress": {"total": "x"}}, TypeError, r"progress\['total'\] must be a number"),
+        ({"progress": {"ncols": -1}}, ValueError, r"progress\['ncols'\] must be an int >= 0"),
+        ({"progress": {"smoothing": 2}}, ValueError, r"progress\['smoothing'\]"),
+        ({"progress": {"mininterval": "1s"}}, TypeError, r"progress\['mininterval'\]"),
+        ({"progress": {"file": "out.txt"}}, TypeError, r"progress\['file'\] must be a file"),
+        ({"progress": {"leave": "no"}}, TypeError, r"progress\['leave'\]"),
+        ({"progress": {"colour_": "red"}}, TypeError, "'colour_' is not a tqdm option"),
+        ({"progress": {"iterable": [1]}}, TypeError, "'iterable' is not a tqdm option"),
+        ({"progress": {1: "one"}}, TypeError, "1 is not a tqdm option"),
     ],
 )
 def test_bad_options_fail_at_call_time(kwargs: dict[str, Any], error: type, match: str) -> None:
@@ -276,6 +378,162 @@ def test_bad_options_fail_at_call_time(kwargs: dict[str, Any], error: type, matc
         imap(square, [1], **kwargs)
     with pytest.raises(error, match=match):
         parallel(**kwargs)
+
+
+class Index:
+    """An integer that is not an int (as numpy's are): it only has ``__index__``."""
+
+    def __init__(self, value: int):
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+def test_any_integer_is_taken_for_a_count() -> None:
+    """``numpy.int64(2)``, or anything with ``__index__``, is a count; it is kept as a plain
+    int (which is what the workers and the chunk sizer receive)."""
+    from parallelize._options import Options
+
+    numpy = pytest.importorskip("numpy")
+    options = Options(
+        workers=numpy.int64(2),
+        chunksize=numpy.int32(3),
+        max_tasks_per_worker=Index(50),
+        retries=numpy.uint8(1),
+        timeout=numpy.int64(30),
+    )
+    given = options.given()
+    assert given == {
+        "workers": 2, "chunksize": 3, "timeout": 30, "retries": 1, "max_tasks_per_worker": 50
+    }  # fmt: skip
+    assert {type(value) for value in given.values()} == {int}
+    assert tagged.options(workers=numpy.int64(2), chunksize=Index(2))(range(6))[5][0] == 5
+    assert pmap(square, range(5), workers=numpy.int64(2), retries=Index(1)) == [0, 1, 4, 9, 16]
+    with pytest.raises(ValueError, match="workers must be >= 1, got "):
+        pmap(square, [1], workers=numpy.int64(0))
+    with pytest.raises(TypeError, match="chunksize must be an int >= 1 or None"):
+        pmap(square, [1], chunksize=numpy.float64(2.0))
+
+
+@pytest.mark.parametrize(
+    ("options", "names"),
+    [
+        ({"backend": "thread", "start_method": "spawn"}, ("start_method", "backend='thread'")),
+        ({"backend": "serial", "start_method": "fork"}, ("start_method", "backend='serial'")),
+        ({"backend": "dask", "start_method": "spawn"}, ("start_method", "backend='dask'")),
+        ({"backend": "ray", "start_method": "forkserver"}, ("start_method", "backend='ray'")),
+        ({"backend": "process", "address": "tcp://h:8786"}, ("address", "backend='process'")),
+        ({"backend": "thread", "address": "tcp://h:8786"}, ("address", "backend='thread'")),
+        ({"address": "tcp://h:8786"}, ("address", "backend='process' (the default)")),
+        ({"initargs": ("db",)}, ("initargs", "initializer")),
+        ({"initargs": ("db",), "initializer": None}, ("initargs", "initializer")),
+    ],
+)
+def test_options_that_cannot_apply_together(
+    options: dict[str, Any], names: tuple[str, str]
+) -> None:
+    """An option that cannot apply with another one given (or with the default backend) is a
+    ValueError naming both, raised by the call before any worker starts."""
+    pattern = ".*".join(map(re.escape, names))
+    with pytest.raises(ValueError, match=pattern):
+        pmap(square, [1], **options)
+    with pytest.raises(ValueError, match=pattern):
+        imap(square, [1], **options)  # at the call, not at the first result
+    with pytest.raises(ValueError, match=pattern):
+        parallel(**options)(square)([1])
+
+
+def test_contradictions_across_decorator_options_and_call() -> None:
+    """Options merge (decorator, then ``.options()``): the contradiction is in the merged ones,
+    and it fails as soon as both are given."""
+    threaded = parallel(square, backend="thread")
+    with pytest.raises(ValueError, match="start_method='fork' cannot apply with backend='thread'"):
+        threaded.options(start_method="fork")
+    spawning = parallel(square, start_method="spawn")
+    with pytest.raises(ValueError, match="start_method='spawn' cannot apply with backend='serial'"):
+        spawning.options(backend="serial")
+    # An option that a later one completes is not a contradiction, and None undoes one.
+    assert spawning.options(backend="serial", start_method=None)([3]) == [9]
+    needs_init = parallel(read_tag, initargs=("given later",), backend="thread")
+    with pytest.raises(ValueError, match=r"initargs=.*initializer"):
+        needs_init([1])
+    assert needs_init.options(initializer=set_tag)([1]) == ["given later"]
+    assert parallel(square, address="tcp://h:8786").options(address=None)([2]) == [4]
+    # The defaults themselves never contradict.
+    assert pmap(square, [2], backend="thread", start_method=None, address=None, initargs=()) == [4]
+
+
+def test_a_backend_from_the_environment_never_contradicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``PARALLELIZE_BACKEND`` moves a map elsewhere; options written for the process backend (or
+    for a cluster) must still run there."""
+    monkeypatch.setenv("PARALLELIZE_BACKEND", "thread")
+    pids = {pid for _, pid in tagged.options(start_method="spawn")(range(4))}
+    assert pids == {os.getpid()}  # it ran on threads
+    assert pmap(square, [3], address="tcp://h:8786") == [9]
+    monkeypatch.setenv("PARALLELIZE_BACKEND", "serial")
+    assert pmap(square, [4], start_method="fork", address="tcp://h:8786") == [16]
+    # An explicit backend is the user's again.
+    with pytest.raises(ValueError, match="backend='thread'"):
+        pmap(square, [1], backend="thread", start_method="spawn")
+
+
+def spawn_nested(x: int) -> list[int]:
+    """A nested map written for the process backend: in a worker it runs serially."""
+    return pmap(square, range(x), backend="process", start_method="spawn", workers=2)
+
+
+def test_nested_maps_turning_serial_is_not_a_contradiction() -> None:
+    assert pmap(spawn_nested, [2, 3], workers=2) == [[0, 1], [0, 1, 4]]
+
+
+def test_progress_options_are_checked_without_importing_tqdm() -> None:
+    """A progress mapping is checked when the options are made (the decorator runs in every
+    spawned worker that imports it), and that needs no tqdm: only a bar imports it."""
+    code = (
+        "import sys\n"
+        "from parallelize import parallel, pmap\n"
+        "f = parallel(abs, progress={'desc': 'd', 'total': 3, 'ncols': 80, 'leave': False})\n"
+        "try:\n"
+        "    parallel(abs, progress={'total': 'x'})\n"
+        "except TypeError as error:\n"
+        "    print(error)\n"
+        "print(pmap(abs, [-1], backend='serial'), 'tqdm' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "progress['total'] must be a number >= 0 or None, got 'x'",
+        "[1] False",
+    ]
+
+
+def test_progress_keys_are_the_tqdm_options() -> None:
+    """The keys a progress mapping may hold are tqdm's keyword arguments, less ``iterable`` (the
+    map drives the bar) and ``gui`` (internal to tqdm): a new tqdm option shows up here."""
+    import inspect
+
+    from tqdm.std import tqdm  # the class that tqdm.auto's bars extend
+
+    from parallelize._options import PROGRESS_KEYS
+
+    names = set(inspect.signature(tqdm.__init__).parameters)
+    assert set(PROGRESS_KEYS) == names - {"self", "iterable", "gui", "kwargs"}
+
+
+def test_every_valid_progress_option_reaches_tqdm(capfd: pytest.CaptureFixture[str]) -> None:
+    spec: dict[str, Any] = {
+        "desc": "all", "total": 4, "leave": True, "file": sys.stderr, "ncols": 60,
+        "mininterval": 0, "maxinterval": 1.5, "miniters": 1, "ascii": True, "disable": False,
+        "unit": "sq", "unit_scale": False, "dynamic_ncols": False, "smoothing": 0.5,
+        "bar_format": "{desc}: {n_fmt}/{total_fmt} {unit}", "initial": 0, "position": None,
+        "postfix": None, "unit_divisor": 1024, "write_bytes": False, "lock_args": None,
+        "nrows": None, "colour": "green", "delay": 0,
+    }  # fmt: skip
+    assert pmap(square, range(4), progress=spec, backend="thread") == [0, 1, 4, 9]
+    assert "all: 4/4 sq" in capfd.readouterr().err
 
 
 def test_bad_arguments_fail_at_call_time() -> None:

@@ -7,7 +7,7 @@ create, and only type checkers and readers of the API need it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, SupportsIndex, TypedDict
 
 if TYPE_CHECKING:
     from ._options import BackendName, Progress, StartMethod
@@ -17,19 +17,20 @@ class MapOptions(TypedDict, total=False):
     """The keyword options of ``pmap``, ``imap``, ``@parallel`` and ``.options()``.
 
     For type checkers: a misspelt option or a value of the wrong type is caught before the code
-    runs. At run time the same checks raise TypeError or ValueError.
+    runs. At run time the same checks raise TypeError or ValueError. A count takes any integer
+    (an int, ``numpy.int64``: anything with ``__index__``), but not a bool.
     """
 
-    workers: int | None
-    chunksize: int | None
+    workers: SupportsIndex | None
+    chunksize: SupportsIndex | None
     ordered: bool
     progress: Progress
     backend: BackendName
     start_method: StartMethod | None
-    timeout: float | None
-    retries: int
+    timeout: float | SupportsIndex | None
+    retries: SupportsIndex
     on_error: Literal["raise", "return"]
     initializer: Callable[..., object] | None
     initargs: tuple[Any, ...]
-    max_tasks_per_worker: int | None
+    max_tasks_per_worker: SupportsIndex | None
     address: str | None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import math
 import multiprocessing
+import operator
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
@@ -28,6 +29,8 @@ class _Unset(enum.Enum):
 UNSET: Final = _Unset.UNSET
 
 BACKENDS: Final = ("process", "thread", "serial", "dask", "ray")
+DEFAULT_BACKEND: Final = "process"
+ENGINES: Final = ("dask", "ray")  # the backends that take an ``address``
 START_METHODS: Final = ("fork", "spawn", "forkserver")
 ON_ERROR: Final = ("raise", "return")
 
@@ -57,14 +60,129 @@ ENV_WORKERS: Final = "PARALLELIZE_WORKERS"
 ENV_BACKEND: Final = "PARALLELIZE_BACKEND"
 
 
-def _check_positive_int(name: str, value: object, *, allow_none: bool) -> None:
+def _as_int(value: object) -> int | None:
+    """``value`` as a plain int if it is an integer of any kind (``numpy.int64``, anything with
+    ``__index__``), else None. A bool is not taken for a number."""
+    if isinstance(value, bool):
+        return None
+    if type(value) is int:
+        return value
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _check_int(name: str, value: object, *, minimum: int, allow_none: bool) -> int | None:
+    """``value`` as a plain int of at least ``minimum`` (or None, if allowed)."""
     if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        allowed = "an int >= 1 or None" if allow_none else "an int >= 1"
+        return None
+    number = _as_int(value)
+    if number is None:
+        allowed = f"an int >= {minimum}" + (" or None" if allow_none else "")
         raise TypeError(f"{name} must be {allowed}, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    if number < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return number
+
+
+# A check of one value: True if it is fine, False if its type is right but it is out of range,
+# None if its type is wrong (TypeError rather than ValueError).
+_Check = Callable[[object], bool | None]
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a float if it is a real number (not a bool or a string), else None."""
+    if isinstance(value, bool | str | bytes):
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _at_least(low: float, *, above: bool = False, high: float = math.inf) -> _Check:
+    def check(value: object) -> bool | None:
+        number = _number(value)
+        if number is None:
+            return None
+        return (number > low if above else number >= low) and number <= high  # NaN: False
+
+    return check
+
+
+def _count(value: object) -> bool | None:
+    count = _as_int(value)
+    return None if count is None else count >= 0
+
+
+def _kind(*types: type) -> _Check:
+    return lambda value: isinstance(value, types) or None
+
+
+def _either(first: _Check, second: _Check) -> _Check:
+    return lambda value: first(value) or second(value)
+
+
+def _or_none(check: _Check) -> _Check:
+    return lambda value: value is None or check(value)
+
+
+_NUMBER = _at_least(0)
+_FLAG = _kind(bool)
+_TEXT = _kind(str)
+
+# The tqdm keyword arguments a ``progress`` mapping may hold (those of tqdm 4.66 and later), with
+# what each takes: a bad one fails before any worker starts, rather than in tqdm at the first
+# result, and without importing tqdm (a worker importing a decorated function must not pay for
+# it). Left out: ``iterable`` (the map drives the bar) and ``gui`` (internal to tqdm).
+# tests/test_api.py checks the names against the installed tqdm's signature.
+PROGRESS_KEYS: Final[dict[str, tuple[_Check, str]]] = {
+    "desc": (_or_none(_TEXT), "a string or None"),
+    "total": (_or_none(_NUMBER), "a number >= 0 or None"),
+    "leave": (_or_none(_FLAG), "True, False or None"),
+    "file": (
+        _or_none(lambda f: callable(getattr(f, "write", None)) or None),
+        "a file (with a write method) or None",
+    ),
+    "ncols": (_or_none(_count), "an int >= 0 or None"),
+    "mininterval": (_NUMBER, "a number of seconds >= 0"),
+    "maxinterval": (_NUMBER, "a number of seconds >= 0"),
+    "miniters": (_or_none(_NUMBER), "a number >= 0 or None"),
+    "ascii": (_or_none(_kind(bool, str)), "True, False, a string of bar characters or None"),
+    "disable": (_or_none(_FLAG), "True, False or None"),
+    "unit": (_TEXT, "a string"),
+    "unit_scale": (_either(_FLAG, _NUMBER), "True, False or a number >= 0"),
+    "dynamic_ncols": (_FLAG, "True or False"),
+    "smoothing": (_at_least(0, high=1), "a number from 0 to 1"),
+    "bar_format": (_or_none(_TEXT), "a string or None"),
+    "initial": (_NUMBER, "a number >= 0"),
+    "position": (_or_none(_count), "an int >= 0 or None"),
+    "postfix": (_or_none(_kind(Mapping, str)), "a dict, a string or None"),
+    "unit_divisor": (_at_least(0, above=True), "a number > 0"),
+    "write_bytes": (_FLAG, "True or False"),
+    "lock_args": (_or_none(_kind(tuple)), "a tuple or None"),
+    "nrows": (_or_none(_count), "an int >= 0 or None"),
+    "colour": (_or_none(_TEXT), "a colour name, a hex code such as '#00ff00', or None"),
+    "delay": (_NUMBER, "a number of seconds >= 0"),
+}
+
+
+def _check_progress(spec: Mapping[Any, Any]) -> dict[str, Any]:
+    """A copy of the ``progress`` mapping, each key a tqdm option and each value one it takes;
+    TypeError for an unknown key or a value of the wrong type, ValueError for one out of range."""
+    for key, value in spec.items():
+        if key not in PROGRESS_KEYS:
+            raise TypeError(
+                f"progress={{{key!r}: ...}}: {key!r} is not a tqdm option that a map passes "
+                f"through; choose from {', '.join(PROGRESS_KEYS)}"
+            )
+        check, allowed = PROGRESS_KEYS[key]
+        ok = check(value)
+        if not ok:
+            error = TypeError if ok is None else ValueError
+            raise error(f"progress[{key!r}] must be {allowed}, got {value!r}")
+    return dict(spec)
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
@@ -72,15 +190,20 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
 
 
-def _validate(name: str, value: Any) -> None:
-    """Raise TypeError or ValueError for a bad explicit option value."""
-    if name == "workers" or name in ("chunksize", "max_tasks_per_worker"):
-        _check_positive_int(name, value, allow_none=True)
-    elif name == "ordered":
+def _validate(name: str, value: Any) -> Any:
+    """The explicit option value as kept (integers as plain ints, a progress mapping copied);
+    TypeError or ValueError if it is bad."""
+    if name in ("workers", "chunksize", "max_tasks_per_worker"):
+        return _check_int(name, value, minimum=1, allow_none=True)
+    if name == "retries":
+        return _check_int(name, value, minimum=0, allow_none=False)
+    if name == "ordered":
         if not isinstance(value, bool):
             raise TypeError(f"ordered must be True or False, got {value!r}")
     elif name == "progress":
-        if not isinstance(value, bool | str | Mapping):
+        if isinstance(value, Mapping):
+            return _check_progress(value)
+        if not isinstance(value, bool | str):
             raise TypeError(f"progress must be a bool, a description or a dict, got {value!r}")
     elif name == "backend":
         _check_choice("backend", value, BACKENDS)
@@ -91,17 +214,14 @@ def _validate(name: str, value: Any) -> None:
                 raise ValueError(f"start_method {value!r} is not available on this platform")
     elif name == "timeout":
         if value is not None:
-            if isinstance(value, bool) or not isinstance(value, int | float):
+            seconds = float(value) if isinstance(value, float) else _as_int(value)
+            if seconds is None:
                 raise TypeError(f"timeout must be a number of seconds or None, got {value!r}")
-            if not (value > 0 and math.isfinite(value)):
+            if not (seconds > 0 and math.isfinite(seconds)):
                 raise ValueError(
                     f"timeout must be a positive, finite number of seconds, got {value!r}"
                 )
-    elif name == "retries":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"retries must be an int >= 0, got {value!r}")
-        if value < 0:
-            raise ValueError(f"retries must be >= 0, got {value!r}")
+            return seconds
     elif name == "on_error":
         _check_choice("on_error", value, ON_ERROR)
     elif name == "initializer":
@@ -110,8 +230,10 @@ def _validate(name: str, value: Any) -> None:
     elif name == "initargs":
         if not isinstance(value, tuple | list):
             raise TypeError(f"initargs must be a tuple, got {value!r}")
+        return tuple(value)
     elif name == "address" and value is not None and not isinstance(value, str):
         raise TypeError(f"address must be a string or None, got {value!r}")
+    return value
 
 
 class Options:
@@ -145,10 +267,12 @@ class Options:
         for name in OPTION_NAMES:
             value = given.get(name, UNSET)
             if value is not UNSET:
-                _validate(name, value)
-                if name == "initargs":
-                    value = tuple(value)
+                value = _validate(name, value)
             object.__setattr__(self, name, value)
+        # Options given together that cannot apply together fail here, at decoration time.
+        # What an option left unset may still become (a later .options(), the environment, the
+        # default) is checked once the options are final, in resolve().
+        self._check_together(self.backend, self.initializer, "")
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Options are immutable; use merged() to change {name!r}")
@@ -174,14 +298,52 @@ class Options:
         """These options with every field that ``override`` sets replaced."""
         return Options(**{**self.given(), **override.given()})
 
+    def _check_together(
+        self, backend: BackendName | _Unset, initializer: object, backend_is: str
+    ) -> None:
+        """ValueError naming both options if one cannot apply with ``backend`` (UNSET: not
+        checked) or ``initializer`` (UNSET: not checked); ``backend_is`` says where the backend
+        came from, for the message."""
+        if backend is not UNSET:
+            if self.start_method not in (UNSET, None) and backend != "process":
+                raise ValueError(
+                    f"start_method={self.start_method!r} cannot apply with "
+                    f"backend={backend!r}{backend_is}: only the process backend starts "
+                    "processes; drop start_method, or use backend='process'"
+                )
+            if self.address not in (UNSET, None) and backend not in ENGINES:
+                raise ValueError(
+                    f"address={self.address!r} cannot apply with backend={backend!r}{backend_is}: "
+                    "only the dask and ray backends connect to a cluster; "
+                    "drop address, or use backend='dask' or backend='ray'"
+                )
+        if initializer is None and self.initargs not in (UNSET, ()):
+            raise ValueError(
+                f"initargs={self.initargs!r} cannot apply without an initializer: "
+                "they are its arguments; pass initializer=, or drop initargs"
+            )
+
     def given(self) -> dict[str, Any]:
         """The fields that were set, for reprs and for rebuilding."""
         values = ((name, getattr(self, name)) for name in OPTION_NAMES)
         return {name: value for name, value in values if value is not UNSET}
 
     def resolve(self) -> Resolved:
-        """Fill every unset field from the environment, then from the defaults."""
-        backend = self.backend if self.backend is not UNSET else _env_backend()
+        """Fill every unset field from the environment, then from the defaults.
+
+        ValueError if an explicit option cannot apply with the others: ``start_method`` off the
+        process backend, ``address`` off Dask and Ray, ``initargs`` without an ``initializer``.
+        A backend named by ``PARALLELIZE_BACKEND`` never makes such an error: the environment
+        changes where a map runs, not whether the code is right.
+        """
+        if self.backend is not UNSET:
+            backend: BackendName = self.backend
+        else:
+            from_env = _env_backend()
+            backend = from_env or DEFAULT_BACKEND
+            if from_env is None:
+                self._check_together(DEFAULT_BACKEND, UNSET, " (the default)")
+        self._check_together(UNSET, _value(self.initializer, None), "")
         workers = self.workers if self.workers not in (UNSET, None) else _env_workers()
         assert not isinstance(workers, _Unset)
         return Resolved(
@@ -222,10 +384,10 @@ def _env_workers() -> int | None:
     return workers
 
 
-def _env_backend() -> BackendName:
+def _env_backend() -> BackendName | None:
     raw = os.environ.get(ENV_BACKEND, "").strip()
     if not raw:
-        return "process"
+        return None
     if raw not in BACKENDS:
         raise ValueError(
             f"{ENV_BACKEND}={raw!r} is not a backend; choose one of {', '.join(BACKENDS)}"

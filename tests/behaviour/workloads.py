@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from parallelize import SharedCounter, parallel
 
@@ -179,3 +180,59 @@ def broken_input(good: int) -> Iterator[int]:
 def sleep_forever() -> None:
     """An initializer that never returns."""
     time.sleep(3600)
+
+
+# -- methods --
+
+
+class Scaler:
+    """``@parallel`` on methods of every kind; counts, in each process, how often an instance of
+    it was pickled."""
+
+    pickled = 0
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+        self.seen: list[int] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        type(self).pickled += 1
+        return self.__dict__
+
+    @parallel
+    def scale(self, x: int, *, offset: int = 0) -> int:
+        return x * self.factor + offset
+
+    @parallel
+    def combine(self, x: int, y: int) -> int:
+        return self.factor * x + y
+
+    @parallel
+    def count(self, x: int) -> int:
+        """How many items this copy of the instance has seen, this one included."""
+        self.seen.append(x)
+        return len(self.seen)
+
+    @classmethod
+    @parallel
+    def tag(cls, x: int) -> str:
+        return f"{cls.__name__}:{x}"
+
+    @parallel
+    @classmethod
+    def label(cls, x: int, *, sep: str = ":") -> str:
+        return f"{cls.__name__}{sep}{x}"
+
+    @staticmethod
+    @parallel
+    def double(x: int) -> int:
+        return 2 * x
+
+    @parallel
+    @staticmethod
+    def triple(x: int) -> int:
+        return 3 * x
+
+
+class SubScaler(Scaler):
+    pass

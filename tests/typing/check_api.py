@@ -73,3 +73,59 @@ assert_type(imap(lambda x, y: x * y, [1], [2.5]), Iterator[float])
 pmap(length, ["a"], workerz=2)  # type: ignore[call-overload]
 pmap(length, ["a"], backend="gpu")  # type: ignore[call-overload]
 shout.options(ordered="yes")  # type: ignore[arg-type]
+shout.options(workers=2.5)  # type: ignore[arg-type]
+
+
+# A count takes any integer, such as numpy.int64: anything with __index__.
+class Count:
+    def __index__(self) -> int:
+        return 2
+
+
+assert_type(shout.options(workers=Count(), chunksize=Count()), ParallelFunction[str, [], str])
+assert_type(pmap(length, ["a"], workers=Count(), max_tasks_per_worker=Count()), list[int])
+
+
+# On a method, the instance (or, for a classmethod, the class) is bound: the item comes next.
+class Scaler:
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+
+    @parallel
+    def scale(self, x: int, *, offset: float = 0.0) -> float:
+        return x * self.factor + offset
+
+    @parallel
+    def halve(self, x: int) -> float:
+        return x / 2
+
+    @parallel
+    @classmethod
+    def label(cls, x: int) -> str:
+        return f"{cls.__name__}{x}"
+
+    @staticmethod
+    @parallel
+    def double(x: int) -> int:
+        return 2 * x
+
+    @parallel
+    @staticmethod
+    def triple(x: int) -> int:
+        return 3 * x
+
+
+scaler = Scaler(2.0)
+assert_type(scaler.halve, ParallelFunction[int, [], float])
+assert_type(Scaler.halve([scaler], [1]), list[float])  # unbound on the class: instances zipped
+assert_type(scaler.scale([1, 2]), list[float])
+assert_type(scaler.scale([1, 2], offset=1.0), list[float])
+assert_type(scaler.scale.imap(range(3)), Iterator[float])
+assert_type(scaler.scale.options(workers=2)([1]), list[float])
+assert_type(scaler.scale.__wrapped__(1), float)
+assert_type(Scaler.label([1]), list[str])
+assert_type(scaler.label.imap([1]), Iterator[str])
+assert_type(Scaler.double([1]), list[int])
+assert_type(scaler.triple([1]), list[int])
+scaler.scale(["a"])  # type: ignore[list-item]
+Scaler.label(["a"])  # type: ignore[list-item]

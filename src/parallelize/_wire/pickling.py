@@ -58,23 +58,64 @@ WRAPPER_MARK = "__parallelize_wrapper__"
 
 
 def _decorator_of(fn: types.FunctionType) -> Any:
-    found: Any = sys.modules.get(fn.__module__)
-    for part in fn.__qualname__.split("."):
-        found = getattr(found, part, None)
-    wraps = getattr(type(found), WRAPPER_MARK, False) and found.__wrapped__ is fn
-    return found if wraps and by_reference(found) else None
+    for found in _named(fn):
+        wraps = getattr(type(found), WRAPPER_MARK, False) and found.__wrapped__ is fn
+        if wraps and by_reference(found):
+            return found
+    return None
+
+
+def _holder(obj: Any) -> tuple[Any, str]:
+    """What holds ``obj``'s last name (its module, or the class it was defined in), and that
+    name; None for the holder if its module is not one a worker imports by name (``__main__``,
+    whose worker copy is another script run) or the name does not lead anywhere."""
+    module_name = getattr(obj, "__module__", None)
+    if module_name in (None, "__main__", "__mp_main__"):
+        return None, ""
+    holder: object = sys.modules.get(module_name)
+    *path, name = getattr(obj, "__qualname__", "<>").split(".")
+    for part in path:
+        holder = getattr(holder, part, None)
+    return holder, name
+
+
+def _named(obj: Any) -> tuple[Any, Any]:
+    """What ``obj``'s module and qualified name find: the attribute, and, in a class, what the
+    class itself holds under that name (``staticmethod`` and ``classmethod`` unwrapped). The two
+    differ for a ``@parallel`` method, which looking it up binds (``classmethod``)."""
+    holder, name = _holder(obj)
+    if holder is None:
+        return None, None
+    stored = vars(holder).get(name) if isinstance(holder, type) else None
+    if isinstance(stored, staticmethod | classmethod):
+        stored = stored.__func__
+    return getattr(holder, name, None), stored
 
 
 def by_reference(obj: Any) -> bool:
-    """Whether ``obj`` can travel as ``module.qualname``: the name finds it, and the module is one
-    a worker imports by name (not ``__main__``, whose worker copy is another script run)."""
-    module_name = getattr(obj, "__module__", None)
-    if module_name in (None, "__main__", "__mp_main__"):
-        return False
-    found: object = sys.modules.get(module_name)
-    for part in getattr(obj, "__qualname__", "<>").split("."):
-        found = getattr(found, part, None)
-    return found is obj
+    """Whether ``obj`` can travel as ``module.qualname`` (see :func:`reference`)."""
+    return reference(obj) is not None
+
+
+def reference(obj: Any) -> str | tuple[Any, ...] | None:
+    """How ``obj`` travels by reference, as a ``__reduce__`` value: its qualified name when the
+    name finds it; when only its class holds it under that name (looking it up binds it, as for a
+    ``@parallel`` classmethod), a call that takes it from the class; None when no name finds it,
+    or its module is ``__main__``."""
+    found, stored = _named(obj)
+    if found is obj:
+        return str(obj.__qualname__)
+    if stored is obj:
+        holder, name = _holder(obj)
+        return (class_attribute, (holder, name))
+    return None
+
+
+def class_attribute(holder: type, name: str) -> Any:
+    """What ``holder`` holds as ``name``, unbound (``staticmethod`` and ``classmethod``
+    unwrapped): how a ``@parallel`` classmethod is unpickled."""
+    stored = vars(holder)[name]
+    return stored.__func__ if isinstance(stored, staticmethod | classmethod) else stored
 
 
 def dumps_function(obj: Any, fn: Any) -> bytes:
