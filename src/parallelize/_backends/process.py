@@ -30,7 +30,7 @@ from .._options import Resolved
 from .._threadlimits import thread_share
 from .._wire import sharedmem
 from .._wire.pickling import dumps, dumps_by_value, dumps_function, names_main
-from .._wire.protocol import Call, GiveBack, Load, Ready, Task
+from .._wire.protocol import Call, GiveBack, Load, Ready, Task, from_wire, to_wire
 from .._worker.chunk import SLOT_WIDTH, Status
 from .._worker.loop import map_status, process_main
 from .base import DEAD, Backend, Unreadable, WorkerHandle, WorkerSet
@@ -176,14 +176,15 @@ class ProcessPool(WorkerSet[_Worker]):
         return bool(self._free_slots)
 
     def encode(self, task: Task) -> tuple[bytes, object]:
+        wire = to_wire(task)
         try:
-            blob, lease = sharedmem.dumps(task, self._arena.lease)
+            blob, lease = sharedmem.dumps(wire, self._arena.lease)
         except Exception:  # what the standard pickler refuses, cloudpickle may take, in-band
-            return dumps(task), None
+            return dumps(wire), None
         if self._main_by_value and names_main(blob):
             if lease is not None:
                 self._arena.release(lease)
-            return dumps_by_value(task), None
+            return dumps_by_value(wire), None
         return blob, lease
 
     def release(self, lease: object) -> None:
@@ -220,7 +221,7 @@ class ProcessPool(WorkerSet[_Worker]):
             reuse, drop = worker.lent.drain()
             sharedmem.unlink(drop)
             if reuse:
-                worker.tasks.send_bytes(pickle.dumps(GiveBack(reuse)))
+                worker.tasks.send_bytes(pickle.dumps(to_wire(GiveBack(reuse))))
         worker.tasks.send_bytes(payload)
 
     def wait(self, timeout: float | None) -> list[tuple[_Worker, Any]]:
@@ -356,7 +357,7 @@ def _load_reply(raw: bytes, worker: _Worker) -> Any:
     """A worker's message, unpickled; what failed to unpickle here is the scheduler's to
     report (the worker is not at fault: it is alive and sent a whole message)."""
     try:
-        return sharedmem.load(raw, worker.lent)
+        return from_wire(sharedmem.load(raw, worker.lent))
     except Exception as exc:
         return Unreadable(exc)
 
@@ -379,7 +380,7 @@ def _sweep_counters(exitcode: int | None) -> None:
 
 
 def _load_payload(call_id: int, blob: bytes) -> bytes:
-    return pickle.dumps(Load(call_id, cast(Call, _Blob(blob))), 5)
+    return pickle.dumps(to_wire(Load(call_id, cast(Call, _Blob(blob)))), 5)
 
 
 class _Blob:

@@ -35,6 +35,8 @@ from .._wire.protocol import (
     InitFailed,
     Load,
     Task,
+    from_wire,
+    to_wire,
 )
 from .chunk import SLOT_WIDTH, Status, run_chunk
 from .init import hand_globals, initialize
@@ -85,20 +87,20 @@ def _run_task(
     return len(task.items)
 
 
-def _encode_result(message: Any) -> bytes:
+def _encode_result(message: Done | Cancelled) -> bytes:
     """Pickle a worker's reply (large buffers through shared memory); an unpicklable result
     becomes that item's SerializationError."""
     try:
-        return sharedmem.dumps_reply(message)
+        return sharedmem.dumps_reply(to_wire(message))
     except Exception:
         pass
     try:
-        return dumps(message)  # cloudpickle takes what the standard pickler refused
+        return dumps(to_wire(message))  # cloudpickle takes what the standard pickler refused
     except Exception:
         if type(message) is not Done:
             raise
     values = picklable_values(message.values, message.start)
-    return dumps(message._replace(values=values, failed=True))
+    return dumps(to_wire(message._replace(values=values, failed=True)))
 
 
 def map_status(fd: Any, nbytes: int) -> mmap.mmap:
@@ -140,13 +142,13 @@ def process_main(
         if failure is not None:
             # The caller may have closed this pipe already: another worker's report came first.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                conn.send_bytes(dumps(InitFailed(failure)))
+                conn.send_bytes(dumps(to_wire(InitFailed(failure))))
             return
         status.end_initializer()
 
     # Only now is this worker sent work, so a short map is not held up by a slow-starting one.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the caller is gone
-        conn.send_bytes(pickle.dumps(READY))
+        conn.send_bytes(pickle.dumps(to_wire(READY)))
     inbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
     threading.Thread(target=_read, args=(inbound, inbox), daemon=True, name="reader").start()
 
@@ -162,11 +164,11 @@ def process_main(
             if raw is None:
                 return None
             try:
-                message = sharedmem.load(raw)
+                message = from_wire(sharedmem.load(raw))
             except Exception as exc:  # report it, rather than die with it on stderr alone
                 error = SerializationError(f"a worker could not unpickle what it was sent: {exc!r}")
                 error.__cause__ = exc
-                conn.send_bytes(dumps(InitFailed(Failure.capture(error, -1))))
+                conn.send_bytes(dumps(to_wire(InitFailed(Failure.capture(error, -1)))))
                 return None
             if type(message) is not GiveBack:
                 return message
