@@ -672,17 +672,10 @@ def test_a_map_at_the_top_level_of_a_script_is_refused_naming_the_line(
     assert "WorkerCrashedError" in done.stderr and "__main__" in done.stderr
 
 
-def test_ctrl_c_interrupts_promptly_and_leaves_nothing(start_method: str, tmp_path: Path) -> None:
-    body = f"""
-    def busy(x):
-        with open(os.path.join(sys.argv[1], f"pid-{{os.getpid()}}"), "w"):
-            pass
-        time.sleep(60)
-
-    if __name__ == "__main__":
-        print("ready", flush=True)
-        pmap(busy, range(10), workers=2, chunksize=1, start_method={start_method!r})
-    """
+def _interrupt_once(body: str, tmp_path: Path) -> None:
+    """Run a script that prints "ready", then has two workers write ``pid-*`` files in
+    ``tmp_path`` and block; press Ctrl-C once (the parent alone) and check that it stops promptly
+    with a KeyboardInterrupt and leaves neither worker."""
     path = tmp_path / "interrupt.py"
     path.write_text(SCRIPT_HEADER + textwrap.dedent(body))
     proc = subprocess.Popen(
@@ -699,13 +692,27 @@ def test_ctrl_c_interrupts_promptly_and_leaves_nothing(start_method: str, tmp_pa
         workers = [int(p.name[4:]) for p in tmp_path.glob("pid-*")]
         assert len(workers) == 2
         began = time.monotonic()
-        proc.send_signal(signal.SIGINT)  # the parent alone, once
+        proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
         assert time.monotonic() - began < PROMPT
     finally:
         proc.kill()
     assert "KeyboardInterrupt" in err
     assert not wait_gone(workers)
+
+
+def test_ctrl_c_interrupts_promptly_and_leaves_nothing(start_method: str, tmp_path: Path) -> None:
+    body = f"""
+    def busy(x):
+        with open(os.path.join(sys.argv[1], f"pid-{{os.getpid()}}"), "w"):
+            pass
+        time.sleep(60)
+
+    if __name__ == "__main__":
+        print("ready", flush=True)
+        pmap(busy, range(10), workers=2, chunksize=1, start_method={start_method!r})
+    """
+    _interrupt_once(body, tmp_path)
 
 
 def test_workers_exit_when_the_parent_is_killed(start_method: str, tmp_path: Path) -> None:
@@ -943,29 +950,7 @@ def test_ctrl_c_stops_a_hanging_initializer_at_once(start_method: str, tmp_path:
         print("ready", flush=True)
         pmap(abs, range(10), workers=2, initializer=stuck, start_method={start_method!r})
     """
-    path = tmp_path / "interrupt.py"
-    path.write_text(SCRIPT_HEADER + textwrap.dedent(body))
-    proc = subprocess.Popen(
-        [sys.executable, str(path), str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-        deadline = time.monotonic() + 30
-        while len(list(tmp_path.glob("pid-*"))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        workers = [int(p.name[4:]) for p in tmp_path.glob("pid-*")]
-        assert len(workers) == 2
-        began = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-        assert time.monotonic() - began < PROMPT
-    finally:
-        proc.kill()
-    assert "KeyboardInterrupt" in err
-    assert not wait_gone(workers)
+    _interrupt_once(body, tmp_path)
 
 
 def map_in_a_pool_worker(n: int) -> list[int]:
