@@ -369,6 +369,10 @@ def test_no_output_without_progress(capfd: pytest.CaptureFixture[str]) -> None:
         ({"progress": {"colour_": "red"}}, TypeError, "'colour_' is not a tqdm option"),
         ({"progress": {"iterable": [1]}}, TypeError, "'iterable' is not a tqdm option"),
         ({"progress": {1: "one"}}, TypeError, "1 is not a tqdm option"),
+        ({"max_ahead": 0}, ValueError, "max_ahead must be >= 1, got 0"),
+        ({"max_ahead": 2.5}, TypeError, "max_ahead must be an int >= 1 or None"),
+        ({"max_ahead_bytes": -1}, ValueError, "max_ahead_bytes must be >= 1"),
+        ({"max_ahead_bytes": "64MiB"}, TypeError, "max_ahead_bytes must be an int >= 1 or None"),
     ],
 )
 def test_bad_options_fail_at_call_time(kwargs: dict[str, Any], error: type, match: str) -> None:
@@ -402,10 +406,13 @@ def test_any_integer_is_taken_for_a_count() -> None:
         max_tasks_per_worker=Index(50),
         retries=numpy.uint8(1),
         timeout=numpy.int64(30),
+        max_ahead=numpy.int64(100),
+        max_ahead_bytes=Index(1 << 20),
     )
     given = options.given()
     assert given == {
-        "workers": 2, "chunksize": 3, "timeout": 30, "retries": 1, "max_tasks_per_worker": 50
+        "workers": 2, "chunksize": 3, "timeout": 30, "retries": 1, "max_tasks_per_worker": 50,
+        "max_ahead": 100, "max_ahead_bytes": 1 << 20,
     }  # fmt: skip
     assert {type(value) for value in given.values()} == {int}
     assert tagged.options(workers=numpy.int64(2), chunksize=Index(2))(range(6))[5][0] == 5
@@ -428,6 +435,7 @@ def test_any_integer_is_taken_for_a_count() -> None:
         ({"address": "tcp://h:8786"}, ("address", "backend='process' (the default)")),
         ({"initargs": ("db",)}, ("initargs", "initializer")),
         ({"initargs": ("db",), "initializer": None}, ("initargs", "initializer")),
+        ({"chunksize": 100, "max_ahead": 10}, ("max_ahead=10", "chunksize=100")),
     ],
 )
 def test_options_that_cannot_apply_together(

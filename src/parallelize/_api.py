@@ -58,7 +58,7 @@ def pmap(fn: Callable[..., R], /, *iterables: Iterable[Any], **options: Any) -> 
     Several iterables are zipped like the builtin ``map`` (stopping at the shortest). Options:
     ``workers``, ``chunksize``, ``ordered``, ``progress``, ``backend``, ``start_method``,
     ``timeout``, ``retries``, ``on_error``, ``initializer``, ``initargs``,
-    ``max_tasks_per_worker``, ``address``.
+    ``max_tasks_per_worker``, ``address``, ``max_ahead``, ``max_ahead_bytes``.
 
     An exception raised by ``fn`` is re-raised here with its own type, the worker's traceback as
     ``__cause__`` and a note naming the item's index, and the rest of the map is cancelled; with

@@ -34,3 +34,5 @@ class MapOptions(TypedDict, total=False):
     initargs: tuple[Any, ...]
     max_tasks_per_worker: SupportsIndex | None
     address: str | None
+    max_ahead: SupportsIndex | None
+    max_ahead_bytes: SupportsIndex | None

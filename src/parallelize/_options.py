@@ -54,7 +54,12 @@ OPTION_NAMES: Final = (
     "initargs",
     "max_tasks_per_worker",
     "address",
+    "max_ahead",
+    "max_ahead_bytes",
 )
+
+# What a stream may hold of finished results ahead of its consumer, by default.
+DEFAULT_AHEAD_BYTES: Final = 64 << 20
 
 ENV_WORKERS: Final = "PARALLELIZE_WORKERS"
 ENV_BACKEND: Final = "PARALLELIZE_BACKEND"
@@ -193,7 +198,7 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 def _validate(name: str, value: Any) -> Any:
     """The explicit option value as kept (integers as plain ints, a progress mapping copied);
     TypeError or ValueError if it is bad."""
-    if name in ("workers", "chunksize", "max_tasks_per_worker"):
+    if name in ("workers", "chunksize", "max_tasks_per_worker", "max_ahead", "max_ahead_bytes"):
         return _check_int(name, value, minimum=1, allow_none=True)
     if name == "retries":
         return _check_int(name, value, minimum=0, allow_none=False)
@@ -258,6 +263,8 @@ class Options:
     initargs: tuple[Any, ...] | _Unset
     max_tasks_per_worker: int | _Unset | None
     address: str | _Unset | None
+    max_ahead: int | _Unset | None
+    max_ahead_bytes: int | _Unset | None
 
     def __init__(self, **given: Any) -> None:
         """Validate and keep ``given``; every other field is ``UNSET``. Unknown names: TypeError."""
@@ -302,8 +309,8 @@ class Options:
         self, backend: BackendName | _Unset, initializer: object, backend_is: str
     ) -> None:
         """ValueError naming both options if one cannot apply with ``backend`` (UNSET: not
-        checked) or ``initializer`` (UNSET: not checked); ``backend_is`` says where the backend
-        came from, for the message."""
+        checked) or ``initializer`` (UNSET: not checked), or ``max_ahead`` with ``chunksize``;
+        ``backend_is`` says where the backend came from, for the message."""
         if backend is not UNSET:
             if self.start_method not in (UNSET, None) and backend != "process":
                 raise ValueError(
@@ -317,6 +324,13 @@ class Options:
                     "only the dask and ray backends connect to a cluster; "
                     "drop address, or use backend='dask' or backend='ray'"
                 )
+        chunksize, max_ahead = self.chunksize, self.max_ahead
+        if isinstance(chunksize, int) and isinstance(max_ahead, int) and chunksize > max_ahead:
+            raise ValueError(
+                f"max_ahead={max_ahead} cannot apply with chunksize={chunksize}: a chunk is "
+                "read whole, so a stream holds at least one chunk ahead; make max_ahead at "
+                "least chunksize, or drop one of them"
+            )
         if initializer is None and self.initargs not in (UNSET, ()):
             raise ValueError(
                 f"initargs={self.initargs!r} cannot apply without an initializer: "
@@ -360,6 +374,8 @@ class Options:
             initargs=_value(self.initargs, ()),
             max_tasks_per_worker=_value(self.max_tasks_per_worker, None),
             address=_value(self.address, None),
+            max_ahead=_value(self.max_ahead, None),
+            max_ahead_bytes=_value(self.max_ahead_bytes, None) or DEFAULT_AHEAD_BYTES,
         )
 
 
@@ -424,6 +440,8 @@ class Resolved:
     initargs: tuple[Any, ...]
     max_tasks_per_worker: int | None
     address: str | None
+    max_ahead: int | None
+    max_ahead_bytes: int
 
     def __init__(self, **values: Any) -> None:
         for name in OPTION_NAMES:

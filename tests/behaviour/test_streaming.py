@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -13,10 +16,11 @@ from typing import Any
 import psutil
 import pytest
 
+import parallelize
 from parallelize import imap, pmap
 
 from .conftest import Backend
-from .workloads import Counted, broken_input, logged_nap, nap, naturals, square
+from .workloads import Counted, broken_input, kilobytes, logged_nap, nap, naturals, square
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,6 +47,96 @@ def test_imap_reads_an_endless_input_lazily(backend_options: dict[str, Any]) -> 
     # Ahead of the consumer: a few chunks per worker, each of at most ~0.1 s of work.
     assert read < 1_000_000
     stream.close()
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_imap_holds_a_bounded_number_of_items_ahead(
+    backend_options: dict[str, Any], ordered: bool
+) -> None:
+    """What a stream reads ahead of its consumer is bounded: by default a few chunks per worker
+    (not the hundreds of thousands that chunks grown for tiny items would hold), and exactly
+    ``max_ahead`` items when it is given."""
+    source = Counted()
+    stream = imap(abs, source, ordered=ordered, **backend_options)
+    consumed = sum(1 for _ in zip(range(1001), stream, strict=False))
+    # Four chunks of at most 4096 items per worker, on two workers (or task slots).
+    assert source.read <= consumed + 2 * 4 * 4096 + 1, source.read
+    stream.close()
+
+    source = Counted()
+    stream = imap(abs, source, ordered=ordered, max_ahead=50, **backend_options)
+    for consumed, _ in enumerate(stream, start=1):
+        # Items in flight or finished, plus the one item read to tell that the input goes on.
+        assert source.read <= consumed + 50 + 1, (consumed, source.read)
+        if consumed == 1001:
+            break
+    stream.close()
+
+
+def test_imap_bounds_the_bytes_of_results_held_ahead(backend_options: dict[str, Any]) -> None:
+    """Big results shrink the bound: the finished results held ahead of the consumer stay
+    within ``max_ahead_bytes``, learnt from the first results' size."""
+    source = Counted()
+    stream = imap(kilobytes, source, max_ahead_bytes=200_000, **backend_options)
+    ahead = []
+    for consumed, value in enumerate(stream, start=1):
+        assert len(value) == 10_000
+        ahead.append(source.read - consumed)
+        if consumed == 500:
+            break
+    stream.close()
+    # 200 kB holds 20 results of 10 kB. The first chunks go out before any result has been
+    # measured: from the 100th result on, the bound holds.
+    assert max(ahead[100:]) <= 20 + 1, ahead
+
+
+MEMORY_SCRIPT = """
+import itertools, time
+from parallelize import imap, pmap
+
+def private_mb():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+
+def kilobytes(x):
+    return x.to_bytes(8, "little") * 1250
+
+if __name__ == "__main__":
+    options = {options!r}
+    pmap(kilobytes, range(4), **options)  # workers (or the engine's client) warm
+    before = peak = private_mb()
+    for n, value in enumerate(imap(kilobytes, itertools.count(), **options)):
+        if n % 250 == 0:
+            peak = max(peak, private_mb())
+        if n % 1000 == 0:
+            time.sleep(0.01)  # a consumer slower than the workers
+        if n == 30_000:
+            break
+    print(peak - before)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_slow_consumer_keeps_the_callers_memory_flat(
+    script_options: dict[str, Any], tmp_path: Path
+) -> None:
+    """Streaming 300 MB of 10 kB results through a slow consumer raises the caller's private
+    memory (its anonymous RSS, sampled as it consumes) by no more than the default bound on
+    results held ahead (64 MiB) and some slack, not by the whole stream. (Not the peak of all
+    its RSS: Ray maps its object store into the caller, and the store's pages that the caller
+    read count there, up to the store's own size.)"""
+    (tmp_path / "script.py").write_text(MEMORY_SCRIPT.format(options=script_options))
+    path = [str(Path(parallelize.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    done = subprocess.run(
+        [sys.executable, "script.py"],
+        capture_output=True, text=True, timeout=100, check=False, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    growth = float(done.stdout.split()[-1])
+    assert growth < 64 + 32, f"the caller's private memory grew by {growth:.0f} MB"
 
 
 def _live_children() -> int:

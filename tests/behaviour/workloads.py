@@ -24,6 +24,11 @@ def add(x: int, y: int, z: int = 0) -> int:
     return x + y + z
 
 
+def kilobytes(x: int, size: int = 10_000) -> bytes:
+    """A result of ``size`` bytes, a new object each time."""
+    return x.to_bytes(8, "little") * (size // 8)
+
+
 def fail_on_three(x: int) -> int:
     if x == 3:
         raise ValueError(f"bad item {x}")

@@ -60,13 +60,14 @@ class Outcome:
     ``SerializationError`` instead of failing the whole task.
     """
 
-    __slots__ = ("failed", "seconds", "start", "values")
+    __slots__ = ("failed", "nbytes", "seconds", "start", "values")
 
     def __init__(self, start: int, values: list[Any], seconds: float, failed: bool):
         self.start = start
         self.values = values
         self.seconds = seconds
         self.failed = failed
+        self.nbytes = 0  # its pickled size, once it has crossed to the caller
 
     def __reduce__(self) -> tuple[Any, ...]:
         try:
@@ -78,7 +79,9 @@ class Outcome:
 
 
 def _load_outcome(blob: bytes) -> Outcome:
-    return Outcome(*pickle.loads(blob))
+    outcome = Outcome(*pickle.loads(blob))
+    outcome.nbytes = len(blob)
+    return outcome
 
 
 class _Loaded:
@@ -320,6 +323,7 @@ class EngineSet(WorkerSet[WorkerHandle]):
             first = result.values[0] if result.values else None
             if result.failed and type(first) is Failure and first.index < 0:
                 return InitFailed(first)  # the initializer raised: as on processes
+            self.reply_bytes += result.nbytes
             return Done(task_id, start, result.values, result.seconds, result.failed)
         if self._run.crashed(result):
             return Crashed(task_id, result)

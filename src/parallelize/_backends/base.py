@@ -87,6 +87,10 @@ class WorkerSet(abc.ABC, Generic[W]):
     max_chunk: int | None = None
     # What a crash message calls the worker set's engine (an engine's set names it).
     engine_name: str = "engine"
+    # Bytes of the results received so far (pickled, where they cross from another process;
+    # estimated for threads; 0 where results are not held at all): what finished results cost
+    # the caller, for a stream's bound on them.
+    reply_bytes: int = 0
 
     @abc.abstractmethod
     def new_task_id(self) -> int:

@@ -251,7 +251,9 @@ class ProcessPool(WorkerSet[_Worker]):
                 except (EOFError, OSError):
                     park_if_exiting()  # the exit hook closed it: not a crash
                     dead.append(worker)
+                mapped = worker.lent.mapped_bytes
                 events.extend((worker, _load_reply(raw, worker)) for raw in raws)
+                self.reply_bytes += sum(map(len, raws)) + worker.lent.mapped_bytes - mapped
             elif worker not in dead:
                 dead.append(worker)
         for worker, event in events:  # whoever reads the events, a Ready is never lost

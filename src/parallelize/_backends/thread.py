@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import queue
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from .._options import Resolved
-from .._wire.protocol import READY, Call, InitFailed, Load, Ready, Task
+from .._wire.protocol import READY, Call, Done, InitFailed, Load, Ready, Task
 from .._worker.chunk import Status
 from .._worker.init import run_initializer
 from .._worker.loop import serve
@@ -99,9 +100,12 @@ class ThreadPool(WorkerSet[_Thread]):
                 break
         # Replies from abandoned threads (timed out, or cancelled) are no longer wanted.
         events = [(worker, event) for worker, event in events if worker in self.workers]
-        for worker, event in events:  # whoever reads the events, a Ready is never lost
-            if type(event) is Ready:
+        for worker, event in events:
+            kind = type(event)
+            if kind is Ready:  # whoever reads the events, a Ready is never lost
                 worker.ready = True
+            elif kind is Done and event.values:  # a shallow estimate: the first result's size
+                self.reply_bytes += sys.getsizeof(event.values[0]) * len(event.values)
         return events
 
     def kill(self, worker: _Thread) -> None:

@@ -3,9 +3,9 @@
 It runs in the caller's thread, inside the generator that yields the map's batches: no scheduling
 thread to start, race with or leak. It drives a :class:`~parallelize._backends.base.WorkerSet`
 (local processes, threads, the caller itself, or the tasks of a Dask or Ray cluster): it hands out
-chunks (adaptive size, a bounded number queued per worker, a bounded window when streaming in
-order, the input read lazily), waits for what the workers report, and turns faults into per-item
-results:
+chunks (adaptive size, a bounded number queued per worker, the input read lazily and, when
+streaming, never more than a bound ahead of the consumer), waits for what the workers report, and
+turns faults into per-item results:
 
 * an argument that does not pickle fails its item alone; the rest of its chunk goes on;
 * a worker that dies takes only the item it was running with it (its index is read from the
@@ -37,9 +37,12 @@ from .job import Batch, Job
 if TYPE_CHECKING:
     from .._errors import WorkerCrashedError
 
-# Ordered streaming: how many chunks per worker may run ahead of the oldest unfinished one, which
-# bounds the results buffered for reordering behind one slow item.
+# Streaming: how many chunks per worker the map may hold ahead of its consumer (queued, running,
+# or finished and waiting behind a slower item for their turn), by default.
 WINDOW: Final = 4
+# Streaming with automatic chunks: the largest chunk, so that the default bound on what is read
+# ahead stays a few thousand items per worker (docs/benchmarks.md measures its cost).
+STREAM_CHUNK: Final = 4096
 # After a cancel, how long running items may take to finish before their workers are stopped.
 CANCEL_GRACE: Final = 0.25
 # A chunk whose worker died before starting it is sent again at most this many times.
@@ -93,7 +96,14 @@ class Scheduler(Generic[W]):
             floor=pool.floor_seconds,
         )
         self._timeout_ns = int(options.timeout * 1e9) if watched and options.timeout else None
-        self._bounded = options.ordered and job.stream
+        self._stream = job.stream
+        if job.stream:  # the read-ahead bound, in items, before the results' size is known
+            chunk = options.chunksize or STREAM_CHUNK
+            self._ahead_items = options.max_ahead or pool.size * WINDOW * chunk
+            self._ahead_bytes = options.max_ahead_bytes
+            self._bytes_per_item = 0.0
+            self._measured = (0, pool.reply_bytes)  # (items, bytes) of the replies so far
+        self._received = 0  # items whose results came back
         self._tasks: dict[int, _Task] = {}
         self._retry: collections.deque[_Task] = collections.deque()
         self._lookahead: Sequence[Any] = ()
@@ -115,6 +125,8 @@ class Scheduler(Generic[W]):
                     timeout = 0.0 if self._ready else self._poll_timeout()
                     for worker, event in self._pool.wait(timeout):
                         self._handle(worker, event)
+                    if self._stream:
+                        self._measure()
                     if self._timeout_ns is not None:
                         self._expire()
                 elif not self._ready:
@@ -139,6 +151,7 @@ class Scheduler(Generic[W]):
             worker.queue.remove(event.task_id)
             self._forget(event.task_id)
             self._sizer.record(items=len(event.values), seconds=event.seconds)
+            self._received += len(event.values)
             self._ready.append(Batch(event.start, event.values, event.failed))
         elif kind is Cancelled:
             worker.queue.remove(event.task_id)
@@ -219,13 +232,17 @@ class Scheduler(Generic[W]):
             return task
         if self._exhausted and not self._lookahead:
             return None
-        if self._bounded and self._tasks and self._window_full():
-            return None
         total = self._job.total
         size = self._sizer.next_size(None if total is None else total - self._next_index)
         for limit in (cap, self._pool.max_chunk):
             if limit is not None:
                 size = min(size, limit)
+        if self._stream:
+            bound = self._ahead_limit()
+            if self._job.options.chunksize is None:  # WINDOW chunks per worker fit the bound
+                size = min(size, max(1, bound // (self._pool.size * WINDOW)))
+            if self._tasks and self._ahead() + size > bound:
+                return None
         items = self._lookahead
         self._lookahead = ()
         if len(items) < size and not self._exhausted:
@@ -239,10 +256,36 @@ class Scheduler(Generic[W]):
         self._next_index += len(items)
         return task
 
-    def _window_full(self) -> bool:
-        oldest = min(task.start for task in [*self._tasks.values(), *self._retry])
-        limit = self._sizer.next_size(None) * self._pool.size * WINDOW
-        return self._next_index - oldest >= limit
+    def _ahead(self) -> int:
+        """Items read from the input whose results the consumer has not had yet. In input
+        order, that counts the finished results held behind the oldest unfinished item."""
+        pending = [*self._tasks.values(), *self._retry]
+        if not pending:
+            return 0
+        if self._job.options.ordered:
+            return self._next_index - min(task.start for task in pending)
+        return sum(len(task.items) for task in pending)
+
+    def _ahead_limit(self) -> int:
+        """How many items a stream may hold ahead of its consumer: ``max_ahead`` (or a few
+        chunks per worker), fewer when their results would pass ``max_ahead_bytes``."""
+        if not self._bytes_per_item:
+            return self._ahead_items
+        return max(1, min(self._ahead_items, int(self._ahead_bytes / self._bytes_per_item)))
+
+    def _measure(self) -> None:
+        """Learn the bytes a result costs the caller from the replies just received: at once
+        when results grow, halfway at a time when they shrink."""
+        items, nbytes = self._measured
+        got = self._received - items
+        if got <= 0:
+            return
+        per_item = (self._pool.reply_bytes - nbytes) / got
+        self._measured = (self._received, self._pool.reply_bytes)
+        if per_item >= self._bytes_per_item:
+            self._bytes_per_item = per_item
+        else:
+            self._bytes_per_item = (self._bytes_per_item + per_item) / 2
 
     def _send(self, worker: W, task: _Task) -> None:
         task.id = self._pool.new_task_id()

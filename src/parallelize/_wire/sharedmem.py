@@ -158,6 +158,7 @@ class Envelope:
         assert mapping is not None
         if self.lent and lent_to is not None:
             lent_to.opened += 1
+            lent_to.mapped_bytes += sum(length for _, length in self.spans)
             weakref.finalize(mapping, lent_to.released.append, (self.name, segment.size, _forks))
         view = memoryview(mapping)
         return pickle.loads(self.blob, buffers=[view[o : o + n] for o, n in self.spans])
@@ -176,10 +177,11 @@ class LentSegments:
     segment and at any allocation, so nothing else happens there; the caller's own code drains it.
     """
 
-    __slots__ = ("opened", "released")
+    __slots__ = ("mapped_bytes", "opened", "released")
 
     def __init__(self) -> None:
         self.opened = 0  # mapped and not yet drained
+        self.mapped_bytes = 0  # bytes of the buffers of every segment mapped here, ever
         self.released: list[tuple[str, int, int]] = []  # (name, size, fork count when mapped)
 
     def outstanding(self) -> int:
