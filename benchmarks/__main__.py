@@ -22,7 +22,7 @@ from typing import Any
 from . import probes, report, workloads
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ALL = ("tiny", "cpu", "uneven", "bigarg", "bigret", "latency", "cold", "stream")
+ALL = ("tiny", "cpu", "uneven", "bigarg", "bigret", "latency", "cold", "stream", "backlog")
 
 
 def machine() -> dict[str, Any]:
@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "stream":
             large = args.stream_items // 10 if args.quick else args.stream_items
             result = probes.run_stream(args.workers, (100_000, large), log)
+        elif name == "backlog":
+            result = probes.run_backlog(args.workers, log)
         else:
             result = workloads.run(suite[name], args.workers, log)
         if name == "tiny":

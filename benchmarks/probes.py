@@ -1,7 +1,8 @@
 """Measurements that need a fresh interpreter each: cold start and streaming memory.
 
-The parent runs ``python -m benchmarks.probes cold TOOL METHOD`` or ``... stream N`` in a new
-process and reads one JSON line back. Run by hand, a probe prints that line too.
+The parent runs ``python -m benchmarks.probes cold TOOL METHOD``, ``... stream N`` or
+``... backlog TOOL`` in a new process and reads one JSON line back. Run by hand, a probe
+prints that line too.
 """
 
 from __future__ import annotations
@@ -77,6 +78,65 @@ def stream(count: int, workers: int, tool: str) -> dict[str, float]:
         "peak_mb": _peak_mb(os.getpid()),
         "worker_peak_mb": max(map(_peak_mb, _descendants()), default=0.0),
     }
+
+
+# The backlog probe: results of 10 kB, and a consumer that pauses 10 ms every 1,000 of them.
+BACKLOG_ITEMS = 30_000
+
+
+def backlog(tool: str, workers: int) -> dict[str, float]:
+    """Memory of the caller while a slow consumer streams ``BACKLOG_ITEMS`` results of 10 kB
+    (300 MB in all) from a generator: peak RSS, and peak private memory (``RssAnon``, sampled
+    every 250 results), in MB above the warm pool's."""
+    from . import tasks
+
+    items = (i for i in range(BACKLOG_ITEMS))
+    if tool == "parallelize":
+        from parallelize import imap, pmap
+
+        pmap(tasks.kilobytes, range(4), workers=workers)
+        results = imap(tasks.kilobytes, items, workers=workers)
+    elif tool == "mp.Pool":
+        import multiprocessing
+
+        pool = multiprocessing.get_context("forkserver").Pool(workers)
+        pool.map(tasks.kilobytes, range(4))
+        results = pool.imap(tasks.kilobytes, items)
+    elif tool == "joblib":
+        from joblib import Parallel, delayed
+
+        parallel = Parallel(n_jobs=workers, return_as="generator")
+        list(parallel(delayed(tasks.kilobytes)(i) for i in range(4)))
+        results = parallel(delayed(tasks.kilobytes)(i) for i in items)
+    elif tool == "mpire":
+        from mpire import WorkerPool
+
+        pool = WorkerPool(n_jobs=workers, keep_alive=True)
+        pool.map(tasks.kilobytes, range(4), progress_bar=False)
+        results = pool.imap(tasks.kilobytes, items, progress_bar=False)
+    else:
+        raise SystemExit(f"unknown tool {tool!r}")
+    before = private = _private_mb()
+    peak_before = _peak_mb(os.getpid())
+    began = time.perf_counter()
+    for n, _ in enumerate(results):
+        if n % 250 == 0:
+            private = max(private, _private_mb())
+        if n % 1000 == 0:
+            time.sleep(0.01)
+    return {
+        "seconds": time.perf_counter() - began,
+        "peak_mb": _peak_mb(os.getpid()) - peak_before,
+        "private_mb": private - before,
+    }
+
+
+def _private_mb() -> float:
+    """Anonymous (private) RSS of this process now, in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _peak_mb(pid: int) -> float:
@@ -202,13 +262,33 @@ def run_stream(workers: int, counts: tuple[int, ...], log: Callable[[str], None]
     }
 
 
+def run_backlog(workers: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The slow consumer of big results, for each tool, each in a fresh interpreter."""
+    results: dict[str, Any] = {}
+    for tool in ("parallelize", "mp.Pool", "joblib", "mpire"):
+        result = _probe(["backlog", tool, str(workers)], timeout=300)
+        results[tool] = {**result, "value": result["private_mb"]}
+        log(
+            f"  backlog {tool}: {result['seconds']:.1f} s, peak +{result['peak_mb']:.0f} MB, "
+            f"private +{result['private_mb']:.0f} MB"
+        )
+    return {
+        "title": f"slow consumer: imap of {BACKLOG_ITEMS:,} results of 10 kB, caller's memory",
+        "unit": "MB",
+        "higher_is_better": False,
+        "results": results,
+    }
+
+
 def main(argv: list[str]) -> None:
     if argv[0] == "cold":
         result = cold(argv[1], argv[2], int(argv[3]))
     elif argv[0] == "stream":
         result = stream(int(argv[1]), int(argv[2]), argv[3])
+    elif argv[0] == "backlog":
+        result = backlog(argv[1], int(argv[2]))
     else:
-        raise SystemExit(f"unknown probe {argv[0]!r}: use cold or stream")
+        raise SystemExit(f"unknown probe {argv[0]!r}: use cold, stream or backlog")
     sys.stdout.flush()
     print(json.dumps(result), flush=True)
 

@@ -101,6 +101,20 @@ def stream_table(stream: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def backlog_table(backlog: dict[str, Any]) -> str:
+    lines = [
+        "| slow consumer of 10 kB results | seconds | peak RSS of the caller, +MB "
+        "| peak private memory of the caller, +MB |",
+        "|---|---|---|---|",
+    ]
+    for tool, result in backlog["results"].items():
+        lines.append(
+            f"| {tool} | {result['seconds']:.2f} | {result['peak_mb']:.0f} "
+            f"| {result['private_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target of the issue that this run measured: what it asks, what was measured, met?"""
     w = data["workloads"]
@@ -196,5 +210,7 @@ def render(data: dict[str, Any]) -> str:
         parts += ["", cold_table(data["workloads"]["cold"])]
     if "stream" in data["workloads"]:
         parts += ["", stream_table(data["workloads"]["stream"])]
+    if "backlog" in data["workloads"]:
+        parts += ["", backlog_table(data["workloads"]["backlog"])]
     parts += ["", targets_table(data["targets"])]
     return "\n".join(parts)

@@ -35,3 +35,8 @@ def make_array(seed: int) -> Any:
     import numpy as np  # workers that build no array never import it
 
     return np.full(ARRAY_LEN, float(seed))
+
+
+def kilobytes(x: int) -> bytes:
+    """A 10 kB result, a new object each time: what a slow consumer leaves waiting."""
+    return x.to_bytes(8, "little") * 1250

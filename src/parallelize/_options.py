@@ -59,7 +59,7 @@ OPTION_NAMES: Final = (
 )
 
 # What a stream may hold of finished results ahead of its consumer, by default.
-DEFAULT_AHEAD_BYTES: Final = 64 << 20
+DEFAULT_AHEAD_BYTES: Final = 32 << 20
 
 ENV_WORKERS: Final = "PARALLELIZE_WORKERS"
 ENV_BACKEND: Final = "PARALLELIZE_BACKEND"

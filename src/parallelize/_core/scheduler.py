@@ -268,10 +268,14 @@ class Scheduler(Generic[W]):
 
     def _ahead_limit(self) -> int:
         """How many items a stream may hold ahead of its consumer: ``max_ahead`` (or a few
-        chunks per worker), fewer when their results would pass ``max_ahead_bytes``."""
+        chunks per worker), fewer when their results would pass ``max_ahead_bytes``, but never
+        so few that a worker waits for work (one item running and one queued per worker)."""
         if not self._bytes_per_item:
             return self._ahead_items
-        return max(1, min(self._ahead_items, int(self._ahead_bytes / self._bytes_per_item)))
+        fitting = max(
+            self._pool.size * self._pool.depth, int(self._ahead_bytes / self._bytes_per_item)
+        )
+        return min(self._ahead_items, fitting)
 
     def _measure(self) -> None:
         """Learn the bytes a result costs the caller from the replies just received: at once
