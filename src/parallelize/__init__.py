@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         WorkerCrashedError,
     )
     from ._mapoptions import MapOptions
+    from ._pool import Pool, ThreadPool
 
 __version__ = "0.1.0"
 
@@ -26,10 +27,12 @@ __all__ = [
     "MapOptions",
     "ParallelFunction",
     "ParallelizeError",
+    "Pool",
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
     "SharedCounter",
+    "ThreadPool",
     "WorkerCrashedError",
     "imap",
     "parallel",
@@ -43,10 +46,12 @@ _SOURCES = {
     "MapOptions": "._mapoptions",
     "ParallelFunction": "._decorator",
     "ParallelizeError": "._errors",
+    "Pool": "._pool",
     "RemoteError": "._errors",
     "RemoteTraceback": "._errors",
     "SerializationError": "._errors",
     "SharedCounter": "._counter",
+    "ThreadPool": "._pool",
     "WorkerCrashedError": "._errors",
     "imap": "._api",
     "parallel": "._decorator",

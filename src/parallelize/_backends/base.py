@@ -126,6 +126,10 @@ class WorkerSet(abc.ABC, Generic[W]):
     def wait(self, timeout: float | None) -> list[tuple[W, Any]]:
         """Messages and events that arrived, waiting up to ``timeout`` for one."""
 
+    def wake(self) -> None:
+        """From any thread: make a ``wait`` blocked now (or the next one) return soon, with or
+        without events (a live job has new input)."""
+
     @abc.abstractmethod
     def kill(self, worker: W) -> None:
         """Stop a worker now, whatever it is doing (or drop what it runs, if it cannot stop)."""
@@ -146,8 +150,14 @@ class Backend(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def open(self, options: Resolved) -> AbstractContextManager[WorkerSet[Any]]:
-        """The workers for one map with these options, released (or kept warm) on exit."""
+    def open(
+        self, options: Resolved, *, private: bool = False
+    ) -> AbstractContextManager[WorkerSet[Any]]:
+        """The workers for one map with these options, released (or kept warm) on exit.
+
+        ``private``: workers of its own, never the ones kept warm between maps, and stopped on
+        exit (a ``Pool`` owns its workers for its whole life, as the standard library's does).
+        """
 
     def shutdown(self) -> None:  # noqa: B027 - most backends hold nothing between maps
         """Release whatever is kept warm between maps."""

@@ -157,7 +157,7 @@ class DaskBackend(Backend):
         self._exit_hook = False
 
     @contextlib.contextmanager
-    def open(self, options: Resolved) -> Iterator[EngineSet]:
+    def open(self, options: Resolved, *, private: bool = False) -> Iterator[EngineSet]:
         address = options.address
         # The cluster starts before pickling only when a shared_counter needs an actor on it.
         counters = DaskCounters(lambda: self.client(address))

@@ -120,6 +120,13 @@ class ProcessPool(WorkerSet[_Worker]):
         # file or a module name: not in a notebook, a REPL or `python -c`. There, items that
         # refer to __main__ (objects of a class defined there) must travel by value.
         self._main_by_value = key.start_method != "fork" and not _main_importable()
+        # wake(): a byte written here ends a wait() early (a live job has new input). File
+        # objects, not bare descriptors: once closed, a late wake() fails instead of writing to
+        # whatever reused the number.
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        self._wake_read = open(read, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        self._wake_write = open(write, "wb", buffering=0)  # noqa: SIM115
 
     def new_task_id(self) -> int:
         return next(self._ids)
@@ -232,13 +239,17 @@ class ProcessPool(WorkerSet[_Worker]):
             watched[worker.process.sentinel] = worker
         if not watched:
             return []
+        wake = self._wake_read.fileno()
         try:
-            ready: list[Any] = multiprocessing.connection.wait(list(watched), timeout)
+            ready: list[Any] = multiprocessing.connection.wait([*watched, wake], timeout)
         finally:
             park_if_exiting()  # the exit hook closed the pipes under this wait
         events: list[tuple[_Worker, Any]] = []
         dead: list[_Worker] = []
         for obj in ready:
+            if obj == wake:
+                self._wake_read.read(4096)
+                continue
             worker = watched[obj]
             if obj is worker.conn:  # else it is the process sentinel
                 raws = []
@@ -263,6 +274,11 @@ class ProcessPool(WorkerSet[_Worker]):
             events.extend((worker, message) for message in _drain(worker))
             events.append((worker, DEAD))
         return events
+
+    def wake(self) -> None:
+        # OSError: the pipe is full, so a wake is pending anyway; ValueError: the pool is closed.
+        with contextlib.suppress(OSError, ValueError):
+            self._wake_write.write(b"!")
 
     def kill(self, worker: _Worker) -> None:
         with contextlib.suppress(ProcessLookupError, TypeError):
@@ -292,6 +308,8 @@ class ProcessPool(WorkerSet[_Worker]):
 
     def close(self) -> None:
         """Stop every worker: end-of-file first, then a kill for any that lingers."""
+        self._wake_write.close()
+        self._wake_read.close()
         workers = list(self.workers)
         for worker in workers:
             worker.tasks.close()
@@ -429,14 +447,14 @@ class ProcessBackend(Backend):
         _backends.add(self)
 
     @contextlib.contextmanager
-    def open(self, options: Resolved) -> Iterator[ProcessPool]:
+    def open(self, options: Resolved, *, private: bool = False) -> Iterator[ProcessPool]:
         init_blob = None
         if options.initializer is not None:
             init_blob = dumps_function((options.initializer, options.initargs), options.initializer)
         key = _PoolKey(
             options.start_method, options.workers, init_blob, options.max_tasks_per_worker
         )
-        pool, shared = self._checkout(key)
+        pool, shared = (ProcessPool(key), False) if private else self._checkout(key)
         try:
             yield pool
         finally:

@@ -105,7 +105,7 @@ class RayBackend(Backend):
         self._started = False  # we called ray.init, so we shut it down
 
     @contextlib.contextmanager
-    def open(self, options: Resolved) -> Iterator[EngineSet]:
+    def open(self, options: Resolved, *, private: bool = False) -> Iterator[EngineSet]:
         address = options.address
         # The session starts before pickling only when a shared_counter needs an actor in it.
         counters = RayCounters(self._ray, lambda: self._ensure_session(address))

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from .._options import Resolved
-from .._wire.protocol import Call, Cancelled, Done, InitFailed, Task
+from .._wire.protocol import CALL_CACHE, Call, Cancelled, Done, InitFailed, Load, Task
 from .._worker.chunk import Status, run_chunk
 from .._worker.init import run_initializer
 from .base import Backend, WorkerHandle, WorkerSet
@@ -33,7 +33,7 @@ class _Caller(WorkerSet[WorkerHandle]):
         self.size = 1
         self.workers = []
         self._ids = itertools.count(1)
-        self._call: Call | None = None
+        self._calls: dict[int, Call] = {}  # loaded, by id, as a worker keeps them (CALL_CACHE)
         self._events: list[tuple[WorkerHandle, Any]] = []
         self._initializer = options.initializer
         self._initargs = options.initargs
@@ -54,14 +54,19 @@ class _Caller(WorkerSet[WorkerHandle]):
     def encode(self, task: Task) -> tuple[Task, None]:
         return task, None
 
-    def load_message(self, call: Call) -> tuple[int, None]:
-        self._call = call
-        return 0, None
+    def load_message(self, call: Call) -> tuple[int, Load]:
+        call_id = next(self._ids)
+        return call_id, Load(call_id, call)
 
-    def send(self, worker: WorkerHandle, payload: Task) -> None:
-        assert self._call is not None
+    def send(self, worker: WorkerHandle, payload: Task | Load) -> None:
+        if type(payload) is Load:  # kept as a worker keeps it, the oldest dropped first
+            self._calls[payload.call_id] = payload.call
+            if len(self._calls) > CALL_CACHE:
+                del self._calls[next(iter(self._calls))]
+            return
+        assert type(payload) is Task
         outcome = run_chunk(
-            self._call,
+            self._calls[payload.call_id],
             payload.task_id,
             payload.start,
             payload.items,
@@ -93,5 +98,5 @@ class SerialBackend(Backend):
     name = "serial"
 
     @contextlib.contextmanager
-    def open(self, options: Resolved) -> Iterator[_Caller]:
+    def open(self, options: Resolved, *, private: bool = False) -> Iterator[_Caller]:
         yield _Caller(options)

@@ -46,7 +46,8 @@ class ThreadPool(WorkerSet[_Thread]):
         self.workers = []
         self._initializer = options.initializer
         self._initargs = options.initargs
-        self._results: queue.SimpleQueue[tuple[_Thread, Any]] = queue.SimpleQueue()
+        # Replies, by worker; None for a wake().
+        self._results: queue.SimpleQueue[tuple[_Thread | None, Any]] = queue.SimpleQueue()
         self._ids = itertools.count(1)
 
     def new_task_id(self) -> int:
@@ -90,16 +91,16 @@ class ThreadPool(WorkerSet[_Thread]):
 
     def wait(self, timeout: float | None) -> list[tuple[_Thread, Any]]:
         try:
-            events = [self._results.get(timeout=timeout)]
+            received = [self._results.get(timeout=timeout)]
         except queue.Empty:
             return []
         while True:
             try:
-                events.append(self._results.get_nowait())
+                received.append(self._results.get_nowait())
             except queue.Empty:
                 break
         # Replies from abandoned threads (timed out, or cancelled) are no longer wanted.
-        events = [(worker, event) for worker, event in events if worker in self.workers]
+        events = [(w, event) for w, event in received if w is not None and w in self.workers]
         for worker, event in events:
             kind = type(event)
             if kind is Ready:  # whoever reads the events, a Ready is never lost
@@ -107,6 +108,9 @@ class ThreadPool(WorkerSet[_Thread]):
             elif kind is Done and event.values:  # a shallow estimate: the first result's size
                 self.reply_bytes += sys.getsizeof(event.values[0]) * len(event.values)
         return events
+
+    def wake(self) -> None:
+        self._results.put((None, None))  # from no worker: wait() drops it
 
     def kill(self, worker: _Thread) -> None:
         worker.status.cancel_up_to(_SKIP_ALL)
@@ -129,7 +133,7 @@ class ThreadBackend(Backend):
     name = "thread"
 
     @contextlib.contextmanager
-    def open(self, options: Resolved) -> Iterator[ThreadPool]:
+    def open(self, options: Resolved, *, private: bool = False) -> Iterator[ThreadPool]:
         pool = ThreadPool(options)
         try:
             yield pool

@@ -32,6 +32,7 @@ from .._chunking import ChunkSizer
 from .._errors import Failure, SerializationError, crash_error
 from .._wire.pickling import unpicklable_argument
 from .._wire.protocol import CALL_CACHE, Call, Cancelled, Done, InitFailed, Ready, Task
+from .feed import Feed
 from .job import Batch, Job
 
 if TYPE_CHECKING:
@@ -51,18 +52,21 @@ MAX_UNSTARTED: Final = 3
 MIN_POLL: Final = 0.001
 # Longest wait for a retiring worker's exit (which normally wakes the scheduler by itself).
 RETIRE_POLL: Final = 0.1
+# A live job's functions whose load messages are kept (a Pool's maps each have one).
+CALLS_KEPT: Final = 256
 
 
 class _Task:
     """A chunk the scheduler owns: sent, waiting to be sent again, or split."""
 
-    __slots__ = ("id", "items", "lease", "retries", "start", "suspect", "unstarted")
+    __slots__ = ("call", "id", "items", "lease", "retries", "start", "suspect", "unstarted")
 
     def __init__(
         self,
         start: int,
         items: Sequence[Any],
         retries: int,
+        call: _Loaded,
         unstarted: int = 0,
         *,
         suspect: bool = False,
@@ -72,23 +76,50 @@ class _Task:
         self.start = start
         self.items = items
         self.retries = retries
+        self.call = call  # the function its items run through
         self.unstarted = unstarted  # times its worker died before it started
         self.suspect = suspect  # its engine worker died once: it runs again alone, to be sure
 
     def covers(self, index: int) -> bool:
         return self.start <= index < self.start + len(self.items)
 
+    def part(
+        self, start: int, items: Sequence[Any], retries: int, unstarted: int = 0, **kw: bool
+    ) -> _Task:
+        """Some of its items, as a chunk of their own, through the same function."""
+        return _Task(start, items, retries, self.call, unstarted, **kw)
+
+
+class _Loaded:
+    """A function as the worker set sends it: its id, and the message that loads it."""
+
+    __slots__ = ("id", "load")
+
+    def __init__(self, call_id: int, load: Any):
+        self.id = call_id
+        self.load = load
+
+
+class Halted(BaseException):
+    """Raised in a live job's scheduler when its feed is halted: stop every worker now."""
+
 
 class Scheduler(Generic[W]):
     """Runs one job on a worker set; iterate :meth:`run` for the batches in completion order."""
 
-    def __init__(self, pool: WorkerSet[W], job: Job):
+    def __init__(self, pool: WorkerSet[W], job: Job, feed: Feed | None = None):
         options = job.options
         self._pool = pool
         self._job = job
         watched = options.timeout is not None and pool.watches_timeouts
-        self._call = Call(job.fn, job.star, options.on_error == "return", watched)
-        self._call_id, self._load = pool.load_message(self._call)
+        self._returns = options.on_error == "return"
+        self._watched = watched
+        # A live job's input: calls put by other threads while it runs, each with its own
+        # function (``job.fn`` and ``job.items`` are then unused).
+        self._feed = feed
+        self._loaded: dict[int, tuple[Call, _Loaded]] = {}  # a live job's functions, by id()
+        if self._feed is None:
+            self._call = _Loaded(*pool.load_message(Call(job.fn, job.star, self._returns, watched)))
         self._sizer = ChunkSizer(
             workers=pool.size,
             fixed=options.chunksize,
@@ -118,6 +149,8 @@ class Scheduler(Generic[W]):
     def run(self) -> Generator[Batch, None, None]:
         try:
             while True:
+                if self._feed is not None and self._feed.halted:
+                    raise Halted
                 self._fill()
                 # With work left but no worker free to take it (retiring ones still exiting),
                 # wait for their exit like for any other event.
@@ -130,13 +163,15 @@ class Scheduler(Generic[W]):
                     if self._timeout_ns is not None:
                         self._expire()
                 elif not self._ready:
+                    if self._feed is not None and self._feed.wait():
+                        continue  # more input, or a halt
                     if self._job.input_error is not None:  # after every result before it
                         raise self._job.input_error
                     return
                 ready, self._ready = self._ready, []
                 yield from ready
         except BaseException as exc:
-            now = isinstance(exc, KeyboardInterrupt)
+            now = isinstance(exc, KeyboardInterrupt | Halted)
             if now and isinstance(exc.__context__, KeyboardInterrupt):
                 exc.__context__ = None  # two Ctrl-C at once: one traceback says it all
             try:
@@ -213,6 +248,8 @@ class Scheduler(Generic[W]):
     def _has_work(self) -> bool:
         if self._retry or self._lookahead:
             return True
+        if self._feed is not None:
+            return self._feed.has_items()
         if self._exhausted:
             return False
         if self._job.sliced:  # its length is known: nothing need be taken to tell
@@ -226,10 +263,12 @@ class Scheduler(Generic[W]):
         if self._retry:
             task = self._retry.popleft()
             if cap is not None and len(task.items) > cap:
-                rest = _Task(task.start + cap, task.items[cap:], task.retries)
+                rest = task.part(task.start + cap, task.items[cap:], task.retries)
                 self._retry.appendleft(rest)
-                task = _Task(task.start, task.items[:cap], task.retries, task.unstarted)
+                task = task.part(task.start, task.items[:cap], task.retries, task.unstarted)
             return task
+        if self._feed is not None:
+            return self._next_live_task(cap)
         if self._exhausted and not self._lookahead:
             return None
         total = self._job.total
@@ -252,9 +291,35 @@ class Scheduler(Generic[W]):
             items = [*items, *more] if items else more  # a slice (of a range: a range) as it is
         if not items:
             return None
-        task = _Task(self._next_index, items, self._job.options.retries)
+        task = _Task(self._next_index, items, self._job.options.retries, self._call)
         self._next_index += len(items)
         return task
+
+    def _next_live_task(self, cap: int | None) -> _Task | None:
+        """A chunk of a live job: what its feed holds now, through the function it names."""
+        assert self._feed is not None
+        size = self._sizer.next_size(None)
+        for limit in (cap, self._pool.max_chunk):
+            if limit is not None:
+                size = min(size, limit)
+        items, call = self._feed.take(size)
+        if call is None:
+            return None
+        task = _Task(self._next_index, items, self._job.options.retries, self._load(call))
+        self._next_index += len(items)
+        return task
+
+    def _load(self, call: Call) -> _Loaded:
+        """The worker set's id and load message for one of a live job's functions."""
+        known = self._loaded.get(id(call))
+        if known is not None and known[0] is call:
+            return known[1]
+        if len(self._loaded) >= CALLS_KEPT:
+            self._loaded.clear()
+        full = Call(call.fn, call.star, self._returns, self._watched)
+        loaded = _Loaded(*self._pool.load_message(full))
+        self._loaded[id(call)] = (call, loaded)
+        return loaded
 
     def _ahead(self) -> int:
         """Items read from the input whose results the consumer has not had yet. In input
@@ -293,7 +358,8 @@ class Scheduler(Generic[W]):
 
     def _send(self, worker: W, task: _Task) -> None:
         task.id = self._pool.new_task_id()
-        message = Task(task.id, self._call_id, task.start, task.items, task.retries)
+        call = task.call
+        message = Task(task.id, call.id, task.start, task.items, task.retries)
         try:
             payload, task.lease = self._pool.encode(message)
         except Exception as exc:
@@ -305,9 +371,9 @@ class Scheduler(Generic[W]):
             worker.budget -= len(task.items)
             worker.retiring = worker.budget <= 0
         try:
-            if self._load is not None and self._call_id not in worker.loaded:
-                self._pool.send(worker, self._load)
-                worker.loaded[self._call_id] = None
+            if call.load is not None and call.id not in worker.loaded:
+                self._pool.send(worker, call.load)
+                worker.loaded[call.id] = None
                 if len(worker.loaded) > CALL_CACHE:
                     worker.loaded.popitem(last=False)
             self._pool.send(worker, payload)
@@ -316,13 +382,14 @@ class Scheduler(Generic[W]):
 
     def _split_unpicklable(self, task: _Task, error: Exception) -> None:
         """An argument could not be pickled: that item fails, the others go on."""
-        offset, failure = unpicklable_argument(task.items, task.start, error)
+        offset, failure = unpicklable_argument(task.items, self._shown(task.start), error)
+        index = task.start + offset
         parts = [
-            _Task(task.start, task.items[:offset], task.retries),
-            _Task(failure.index + 1, task.items[offset + 1 :], task.retries),
+            task.part(task.start, task.items[:offset], task.retries),
+            task.part(index + 1, task.items[offset + 1 :], task.retries),
         ]
         self._retry.extendleft(part for part in reversed(parts) if part.items)
-        self._ready.append(Batch(failure.index, [failure], True))
+        self._ready.append(Batch(index, [failure], True))
 
     # -- faults --
 
@@ -355,17 +422,17 @@ class Scheduler(Generic[W]):
             before = running.items[:offset]
             after = running.items[offset + 1 :]
             if before:
-                requeue.append(_Task(running.start, before, running.retries))
+                requeue.append(running.part(running.start, before, running.retries))
             # Retries the worker already spent on this item (it raised, then died or overran in
             # a retry) are spent: an item runs at most retries + 1 times in all.
             left = running.retries - status.retries_spent(index)
             if left > 0:
-                requeue.append(_Task(index, [running.items[offset]], left - 1))
+                requeue.append(running.part(index, [running.items[offset]], left - 1))
             else:
                 error = self._fault(index, exitcode, timed_out is not None)
                 self._ready.append(Batch(index, [Failure(error, index)], True))
             if after:
-                requeue.append(_Task(index + 1, after, running.retries))
+                requeue.append(running.part(index + 1, after, running.retries))
         elif running.unstarted < MAX_UNSTARTED:
             # It died before running an item of this chunk (or before saying which): again.
             running.unstarted += 1
@@ -385,12 +452,12 @@ class Scheduler(Generic[W]):
         by one, and one that crashes once more alone fails, so only the culprit fails."""
         if len(task.items) > 1:
             singles = [
-                _Task(task.start + i, [item], task.retries) for i, item in enumerate(task.items)
+                task.part(task.start + i, [item], task.retries) for i, item in enumerate(task.items)
             ]
             self._retry.extendleft(reversed(singles))
             return
         if not task.suspect:
-            self._retry.appendleft(_Task(task.start, task.items, task.retries, suspect=True))
+            self._retry.appendleft(task.part(task.start, task.items, task.retries, suspect=True))
             return
         crash = crash_error(
             f"a {self._pool.engine_name} worker died while running the item at index "
@@ -410,11 +477,12 @@ class Scheduler(Generic[W]):
         task = self._forget(worker.queue.popleft())
         if len(task.items) > 1:  # which result it was is unknown: run them again one by one
             # Without retries: the worker has spent them on these items already.
-            singles = [_Task(task.start + i, [item], 0) for i, item in enumerate(task.items)]
+            singles = [task.part(task.start + i, [item], 0) for i, item in enumerate(task.items)]
             self._retry.extendleft(reversed(singles))
             return
         error = SerializationError(
-            f"cannot unpickle the result of the item at index {task.start} in the caller: {exc!r}"
+            f"cannot unpickle the result of the item at index {self._shown(task.start)} in the "
+            f"caller: {exc!r}"
         )
         error.__cause__ = exc
         self._ready.append(Batch(task.start, [Failure(error, task.start)], True))
@@ -429,7 +497,12 @@ class Scheduler(Generic[W]):
             exitcode=exitcode,
         )
 
+    def _shown(self, index: int) -> int:
+        """An item's index as its user knows it: in a live job, its place in its own call."""
+        return index if self._feed is None else self._feed.position(index)
+
     def _fault(self, index: int, exitcode: int | None, timed_out: bool) -> BaseException:
+        index = self._shown(index)
         if timed_out:
             return TimeoutError(
                 f"the item at index {index} ran longer than the timeout of "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import MutableSequence, Sequence
+from collections.abc import Callable, MutableSequence, Sequence
 from typing import Any, Final
 
 from .._errors import Failure
@@ -208,3 +208,8 @@ def _retry(
         except BaseException as exc:
             error = exc
     return Failure.capture(error, index)
+
+
+def invoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Any:
+    """``fn(*args, **kwargs)``: the item of a call made one at a time (``apply``, ``submit``)."""
+    return fn(*args, **kwargs) if kwargs else fn(*args)

@@ -1,0 +1,328 @@
+"""``parallelize.Pool`` and ``ThreadPool``: the ``multiprocessing.pool`` API, with one import.
+
+Real worker processes throughout; where the standard library would hang (a worker killed
+mid-map, a result that never comes), ours raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import multiprocessing
+import multiprocessing.pool
+import os
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from parallelize import ParallelizeError, Pool, ThreadPool, WorkerCrashedError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def nap_square(x: int, seconds: float = 0.0) -> int:
+    time.sleep(seconds)
+    return x * x
+
+
+def fail_on_three(x: int) -> int:
+    if x == 3:
+        raise KeyError(f"three {x}")
+    return x
+
+
+def die_on_five(x: int) -> int:
+    if x == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def pid(_: object) -> int:
+    time.sleep(0.01)
+    return os.getpid()
+
+
+_tag: str | None = None
+
+
+def set_tag(tag: str) -> None:
+    global _tag
+    _tag = tag
+
+
+def read_tag(_: object) -> str | None:
+    return _tag
+
+
+def _children() -> int:
+    alive = 0
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            alive += child.status() != psutil.STATUS_ZOMBIE
+    return alive
+
+
+def _children_at_most(bound: int, limit: float = 10.0) -> int:
+    deadline = time.monotonic() + limit
+    while (count := _children()) > bound and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return count
+
+
+@pytest.fixture
+def pool() -> Iterator[Pool]:
+    with Pool(2) as p:
+        yield p
+    p.join()
+
+
+def test_every_method_of_the_standard_pool(start_method: str) -> None:
+    """The methods and results of ``multiprocessing.pool.Pool``, under every start method, with a
+    lambda and a closure (which the standard pool cannot pickle)."""
+    offset = 10
+    with Pool(2, context=multiprocessing.get_context(start_method)) as p:
+        assert p.map(square, range(10)) == [x * x for x in range(10)]
+        assert p.map(lambda x: x + offset, range(3), chunksize=2) == [10, 11, 12]
+        assert p.starmap(pow, [(2, 3), (3, 2)]) == [8, 9]
+        assert p.apply(square, (5,)) == 25
+        assert p.apply(nap_square, (), {"x": 3}) == 9
+        assert list(p.imap(square, iter(range(20)), chunksize=3)) == [x * x for x in range(20)]
+        assert sorted(p.imap_unordered(square, range(20))) == [x * x for x in range(20)]
+        assert p.map_async(square, range(5)).get(timeout=30) == [0, 1, 4, 9, 16]
+        assert p.starmap_async(pow, [(2, 2)]).get(timeout=30) == [4]
+        assert p.map(square, []) == [] and list(p.imap(square, [])) == []
+        results = [p.apply_async(square, (i,)) for i in range(30)]
+        assert [r.get(timeout=30) for r in results] == [i * i for i in range(30)]
+
+
+def test_a_ported_program_keeps_its_pool_for_its_whole_run() -> None:
+    """The pattern the issue found in a real program: a long-lived pool fed with
+    ``imap_unordered(fn, jobs, chunksize=n)``, then ``close()`` and ``join()``; no worker left."""
+    before = _children()
+    p = Pool(2)
+    total = 0
+    for value in p.imap_unordered(square, (i for i in range(1000)), chunksize=50):
+        total += value
+    assert total == sum(i * i for i in range(1000))
+    assert sorted(p.imap_unordered(square, range(10), 3)) == [i * i for i in range(10)]
+    p.close()
+    p.join()
+    assert _children_at_most(before) <= before
+
+
+def test_callbacks_run_before_get_returns(pool: Pool) -> None:
+    seen: list[object] = []
+    pool.map_async(int, ["1"], callback=seen.append, error_callback=seen.append).wait(30)
+    assert seen == [[1]]
+    pool.map_async(int, ["a"], callback=seen.append, error_callback=seen.append).wait(30)
+    assert isinstance(seen[1], ValueError)
+    done = pool.apply_async(square, (4,), callback=seen.append)
+    assert done.get(timeout=30) == 16 and seen[2] == 16
+
+
+def test_an_error_keeps_its_type_and_the_workers_traceback(pool: Pool) -> None:
+    """As in the standard library: the item's own exception, its worker traceback a
+    ``multiprocessing.pool.RemoteTraceback`` cause; a map raises once all its items ran."""
+    with pytest.raises(KeyError, match="three 3") as raised:
+        pool.map(fail_on_three, range(6))
+    cause = raised.value.__cause__
+    assert type(cause) is multiprocessing.pool.RemoteTraceback
+    assert "raise KeyError" in cause.tb  # type: ignore[attr-defined]
+    assert any("index 3" in note for note in raised.value.__notes__)
+    result = pool.map_async(fail_on_three, range(6))
+    result.wait(30)
+    assert result.ready() and not result.successful()
+    values = []
+    for value in iter(pool.imap(fail_on_three, range(6))):  # raised in place; then it goes on
+        values.append(value)
+        if value == 2:
+            break
+    it = pool.imap(fail_on_three, range(6))
+    got = []
+    for _ in range(6):
+        try:
+            got.append(next(it))
+        except KeyError:
+            got.append("error")
+    assert got == [0, 1, 2, "error", 4, 5]
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+@pytest.mark.parametrize("method", ["map", "imap", "apply_async"])
+def test_a_killed_worker_fails_its_item_instead_of_hanging(method: str) -> None:
+    """The standard pool waits forever for an item whose worker was killed; ours raises
+    ``WorkerCrashedError`` naming it, and the pool goes on working."""
+    with Pool(2) as p:
+        where = "index 0" if method == "apply_async" else "index 5"  # an apply has one item
+        with pytest.raises(WorkerCrashedError, match=where) as raised:
+            if method == "map":
+                p.map(die_on_five, range(8))
+            elif method == "imap":
+                list(p.imap(die_on_five, range(8)))
+            else:
+                p.apply_async(die_on_five, (5,)).get(timeout=30)
+        assert raised.value.exitcode == -signal.SIGKILL
+        assert p.map(square, range(4)) == [0, 1, 4, 9]
+
+
+def test_get_times_out_and_ready_says_so(pool: Pool) -> None:
+    result = pool.apply_async(nap_square, (6, 1.0))
+    with pytest.raises(multiprocessing.TimeoutError):
+        result.get(timeout=0.1)
+    assert not result.ready()
+    with pytest.raises(ValueError, match="not ready"):
+        result.successful()
+    assert result.get(timeout=30) == 36
+    assert result.ready() and result.successful()
+    it = pool.imap(nap_square, [(1)], chunksize=1)
+    assert it.next(timeout=30) == 1
+    slow = pool.imap(nap_square, [1, 2])
+    assert slow.next(30) == 1
+
+
+def test_lifecycle_errors_are_the_standard_librarys() -> None:
+    p = Pool(1)
+    with pytest.raises(ValueError, match="Pool is still running"):
+        p.join()
+    p.close()
+    with pytest.raises(ValueError, match="Pool not running"):
+        p.map(square, [1])
+    with pytest.raises(ValueError, match="Pool not running"):
+        p.apply_async(square, (1,))
+    p.join()
+    with Pool(1) as q:
+        pass
+    with pytest.raises(ValueError, match="Pool not running"), q:
+        pass
+    q.join()
+    with pytest.raises(NotImplementedError, match="cannot be passed"):
+        import pickle
+
+        pickle.dumps(q)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"processes": 0}, ValueError, "Number of processes must be at least 1"),
+        ({"processes": -1}, ValueError, "Number of processes must be at least 1"),
+        ({"maxtasksperchild": 0}, ValueError, "maxtasksperchild must be a positive int"),
+        ({"maxtasksperchild": 0.5}, ValueError, "maxtasksperchild must be a positive int"),
+        ({"initializer": 3}, TypeError, "initializer must be a callable"),
+        ({"timeout": -1}, ValueError, "timeout must be"),
+        ({"backend": "dask"}, ValueError, "not available for a Pool"),
+        (
+            {"context": multiprocessing.get_context("spawn"), "start_method": "fork"},
+            ValueError,
+            "start_method='fork' cannot apply",
+        ),
+    ],
+)
+def test_bad_arguments_fail_before_any_worker_starts(
+    kwargs: dict[str, object], error: type[Exception], match: str
+) -> None:
+    before = _children()
+    with pytest.raises(error, match=match):
+        Pool(**kwargs)  # type: ignore[arg-type]
+    assert _children() == before
+
+
+def test_bad_chunksize_is_refused(pool: Pool) -> None:
+    with pytest.raises(ValueError, match="Chunksize must be 1"):
+        pool.map(square, [1], chunksize=0)
+
+
+def test_terminate_stops_running_tasks_at_once() -> None:
+    """Tasks that would run for minutes are stopped; results not ready raise instead of
+    blocking ``get()`` forever; no worker is left."""
+    before = _children()
+    p = Pool(2)
+    result = p.map_async(time.sleep, [60] * 100, chunksize=1)
+    single = p.apply_async(time.sleep, (60,))
+    time.sleep(0.5)
+    began = time.monotonic()
+    p.terminate()
+    p.join()
+    assert time.monotonic() - began < 10
+    with pytest.raises(ParallelizeError, match="terminated"):
+        result.get(timeout=5)
+    with pytest.raises(ParallelizeError, match="terminated"):
+        single.get(timeout=5)
+    assert _children_at_most(before) <= before
+
+
+def test_close_then_join_finishes_the_submitted_work() -> None:
+    p = Pool(3, maxtasksperchild=1)
+    results = [p.apply_async(nap_square, (i, 0.2)) for i in range(6)]
+    p.close()
+    p.join()
+    assert [r.get(timeout=1) for r in results] == [i * i for i in range(6)]
+
+
+def test_maxtasksperchild_replaces_workers() -> None:
+    with Pool(2, maxtasksperchild=5) as p:
+        pids = set(p.map(pid, range(40), chunksize=1))
+    assert len(pids) >= 8  # 40 items, at most 5 per worker
+
+
+def test_initializer_runs_in_every_worker(start_method: str) -> None:
+    with Pool(2, set_tag, ("ready",), start_method=start_method) as p:
+        assert set(p.map(read_tag, range(20), chunksize=1)) == {"ready"}
+
+
+def test_an_open_pool_dropped_warns_and_leaves_no_process() -> None:
+    before = _children()
+    p = Pool(2)
+    assert p.map(square, [1, 2]) == [1, 4]
+    with pytest.warns(ResourceWarning, match="unclosed running multiprocessing pool"):
+        del p
+        gc.collect()
+    assert _children_at_most(before) <= before
+
+
+def test_thread_pool_runs_in_this_process() -> None:
+    here = os.getpid()
+    lock = threading.Lock()  # unpicklable: threads share it
+    with ThreadPool(3) as tp:
+        assert tp.map(lambda x: (os.getpid(), lock.locked(), x), [1]) == [(here, False, 1)]
+        assert sorted(tp.imap_unordered(square, range(5))) == [0, 1, 4, 9, 16]
+        with pytest.raises(KeyError):
+            tp.apply(fail_on_three, (3,))
+
+
+def test_progress_draws_a_bar_per_map(capfd: pytest.CaptureFixture[str]) -> None:
+    with Pool(2, progress="squaring") as p:
+        assert p.map(square, range(50)) == [x * x for x in range(50)]
+    assert "squaring" in capfd.readouterr().err
+
+
+def test_a_timeout_fails_the_slow_item_only() -> None:
+    with Pool(2, timeout=0.5) as p:
+        result = p.map_async(time.sleep, [0, 0, 30, 0])
+        result.wait(30)
+        with pytest.raises(TimeoutError, match="index 2"):
+            result.get()
+        assert p.map(square, [3]) == [9]
+
+
+def test_a_worker_started_pool_does_not_leak_warnings(tmp_path: Path) -> None:
+    """A pool used and closed properly emits no ResourceWarning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        p = Pool(1)
+        p.map(square, [1])
+        p.close()
+        p.join()
+        del p
+        gc.collect()
