@@ -18,12 +18,14 @@ if TYPE_CHECKING:
         SerializationError,
         WorkerCrashedError,
     )
+    from ._executor import Executor
     from ._mapoptions import MapOptions
     from ._pool import Pool, ThreadPool
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Executor",
     "MapOptions",
     "ParallelFunction",
     "ParallelizeError",
@@ -43,6 +45,7 @@ __all__ = [
 # Each public name and the module that defines it, imported on first use (PEP 562): a worker
 # process imports ``parallelize._worker``, which needs none of the caller's side.
 _SOURCES = {
+    "Executor": "._executor",
     "MapOptions": "._mapoptions",
     "ParallelFunction": "._decorator",
     "ParallelizeError": "._errors",

@@ -155,11 +155,12 @@ class IMapIterator(Iterator[R]):
 
     def __init__(
         self, fn: Callable[..., Any], args: Iterator[Any], *, star: bool, chunk: int | None,
-        ordered: bool, bar: Bar = NO_BAR,
+        ordered: bool, bar: Bar = NO_BAR, ahead: int | None = None,
     ):  # fmt: skip
         self._request = Request(
-            fn, args, star=star, chunk=chunk, results=self._results, finish=self._finish
-        )
+            fn, args, star=star, chunk=chunk, results=self._results, finish=self._finish,
+            ahead=ahead,
+        )  # fmt: skip
         self._ordered = ordered
         self._bar = bar
         self._cond = threading.Condition()
@@ -183,10 +184,19 @@ class IMapIterator(Iterator[R]):
                 raise error
             else:
                 raise StopIteration
+        request = self._request
+        if request.ahead is not None and request.feed is not None:
+            request.feed.consumed(request, 1)
         if type(value) is Failure:
             raise _as_raised(value)
         result: R = value
         return result
+
+    def cancel(self) -> None:
+        """Run no more of its items (those running finish; their results are dropped)."""
+        request = self._request
+        if request.feed is not None and not request.finished:
+            request.feed.cancel(request)
 
     def __next__(self) -> R:
         return self.next()

@@ -40,11 +40,15 @@ class Request:
 
     call: Call
     chunk: int | None
+    ahead: int | None
     read: int
     done: int
+    consumed: int
     input_done: bool
     input_error: Exception | None
     finished: bool
+    cancelled: bool
+    feed: Feed | None
 
     def __init__(
         self,
@@ -56,10 +60,18 @@ class Request:
         results: Callable[[int, list[Any], bool], None],
         finish: Callable[[BaseException | None], None],
         begin: Callable[[], bool] | None = None,
+        ahead: int | None = None,
     ):
         # The worker runs fn(*item) when star, else fn(item); timeout and error flags are the job's.
         self.call = Call(fn, star, False, False)
         self.chunk = chunk  # the largest chunk of its items (None: as the scheduler sizes them)
+        # At most this many items read and not yet consumed (the face reports consumption to
+        # Feed.consumed); None: no bound.
+        self.ahead = ahead
+        self.consumed = 0
+        self._gated = False  # the bound held it back: a consumption must wake the scheduler
+        self.cancelled = False  # nothing more of it is to be run
+        self.feed = None  # the feed it was put into
         self.results = results
         self._finish = finish
         self._begin = begin
@@ -108,6 +120,7 @@ class Feed:
         with self._cond:
             if self.closed or self.halted is not None:  # the faces check first, with their words
                 raise RuntimeError("no more requests can be put: the feed is closed")
+            request.feed = self
             self._pending.append(request)
             self._cond.notify_all()
         self._wake()
@@ -115,6 +128,24 @@ class Feed:
     def close(self) -> None:
         with self._cond:
             self.closed = True
+            self._cond.notify_all()
+        self._wake()
+
+    def consumed(self, request: Request, count: int) -> None:
+        """The consumer of a bounded request took ``count`` more results."""
+        with self._cond:
+            request.consumed += count
+            gated, request._gated = request._gated, False
+            if gated:
+                self._cond.notify_all()
+        if gated:
+            self._wake()
+
+    def cancel(self, request: Request) -> None:
+        """Run no more of ``request`` (what runs already finishes; its results are dropped)."""
+        with self._cond:
+            request.cancelled = True
+            request.finished = True
             self._cond.notify_all()
         self._wake()
 
@@ -134,22 +165,49 @@ class Feed:
     # -- the scheduler's thread --
 
     def has_items(self) -> bool:
-        return bool(self._pending)
+        with self._cond:
+            return self._room() != 0
+
+    def _room(self) -> int:
+        """How many items of the oldest request may be taken now (under the lock): 0 when there
+        is none, or its bound holds it back; -1 when there is no bound."""
+        while self._pending and self._pending[0].cancelled:
+            self._pending.popleft()
+        if not self._pending:
+            return 0
+        request = self._pending[0]
+        if request.ahead is None:
+            return -1
+        room = request.ahead - (request.read - request.consumed)
+        request._gated = room <= 0
+        if request._gated and self.closed:  # no more may be put: it reads no more either
+            self._pending.popleft()
+            request.cancelled = True
+            request._end(RuntimeError("the pool was shut down before this map read all its input"))
+            return self._room()
+        return max(room, 0)
 
     def wait(self) -> bool:
         """Block until there is something to take or the feed is halted: True; False once it
         is closed with nothing left to take."""
         with self._cond:
-            while not self._pending and not self.closed and self.halted is None:
+            while (
+                self._room() == 0
+                and self.halted is None
+                and not (self.closed and not self._pending)
+            ):
                 self._cond.wait()
-            return bool(self._pending) or self.halted is not None
+            return self._room() != 0 or self.halted is not None
 
     def take(self, count: int) -> tuple[list[Any], Call | None]:
         """Up to ``count`` items of the oldest request that has any, and its function."""
         while True:
             with self._cond:
-                if not self._pending:
+                room = self._room()
+                if room == 0:
                     return [], None
+                if room > 0:
+                    count = min(count, room)
                 request = self._pending[0]
             begin = request._begin
             if begin is not None and request.read == 0 and not request.input_done and not begin():

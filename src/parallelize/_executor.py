@@ -1,0 +1,232 @@
+"""``Executor``: a real ``concurrent.futures.Executor``, over one session.
+
+``submit`` returns a standard ``Future``, so ``wait``, ``as_completed`` and
+``loop.run_in_executor`` work as with ``ProcessPoolExecutor``. What differs, deliberately: a
+worker that dies fails only the future of the item it ran (with a ``WorkerCrashedError``, which
+is also a ``BrokenProcessPool``) and the executor goes on, where the standard library breaks every
+pending future; ``map`` sizes chunks itself (``chunksize=None``) and reads its input lazily, with
+3.14's ``buffersize`` on every Python; functions travel with cloudpickle.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import concurrent.futures.process
+import multiprocessing
+import operator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ParamSpec, TypeVar
+
+from ._core.feed import Request
+from ._core.session import Session
+from ._errors import Failure, RemoteTraceback, crash_error
+from ._options import ENGINES, Options, Resolved
+from ._pool import IMapIterator
+from ._worker.chunk import invoke
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _as_raised(failure: Failure) -> BaseException:
+    """A failed item's exception, its worker traceback as ``ProcessPoolExecutor`` sets it."""
+    error = failure.exception()
+    cause = error.__cause__
+    if type(cause) is RemoteTraceback:
+        error.__cause__ = concurrent.futures.process._RemoteTraceback(cause.tb)  # type: ignore[arg-type]
+    return error
+
+
+class _Submitted:
+    """One ``submit``: its future, and the request that runs it."""
+
+    __slots__ = ("future", "request")
+
+    def __init__(self, future: concurrent.futures.Future[Any], item: tuple[Any, ...]):
+        self.future = future
+        self.request = Request(
+            invoke, iter([item]), star=True, chunk=1,
+            results=self._results, finish=self._finish, begin=future.set_running_or_notify_cancel,
+        )  # fmt: skip
+
+    def _results(self, position: int, values: list[Any], failed: bool) -> None:
+        value = values[0]
+        if type(value) is Failure:
+            self.future.set_exception(_as_raised(value))
+        else:
+            self.future.set_result(value)
+
+    def _finish(self, error: BaseException | None) -> None:
+        if error is not None and not self.future.done():
+            if not self.future.running():
+                self.future.set_running_or_notify_cancel()
+            if not self.future.done():
+                self.future.set_exception(error)
+
+
+class Executor(concurrent.futures.Executor):
+    """Runs calls on worker processes, with the interface of ``ProcessPoolExecutor``.
+
+    ``max_workers`` (default: the usable CPUs), ``mp_context`` (whose start method is used),
+    ``initializer``, ``initargs`` and ``max_tasks_per_child`` mean what they mean there.
+    Keyword-only, the parallelize options ``backend`` (``"process"`` or ``"thread"``),
+    ``start_method``, ``progress`` (a bar per ``map``), ``timeout`` (seconds per item) and
+    ``retries``.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        backend: str = "process",
+        start_method: str | None = None,
+        progress: Any = False,
+        timeout: float | None = None,
+        retries: int = 0,
+    ):
+        if max_workers is not None and operator.index(max_workers) <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if type(max_tasks_per_child) is not int:
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        if backend in ENGINES:
+            raise ValueError(
+                f"backend={backend!r} is not available for an Executor yet; use pmap or imap "
+                f"with backend={backend!r}, or an Executor on backend='process' or 'thread'"
+            )
+        if mp_context is not None:
+            method = mp_context.get_start_method()
+            if start_method is not None and start_method != method:
+                raise ValueError(
+                    f"start_method={start_method!r} cannot apply with an mp_context of start "
+                    f"method {method!r}: give one of them"
+                )
+            start_method = method
+        given: dict[str, Any] = {
+            "workers": max_workers,
+            "backend": backend,
+            "progress": progress,
+            "timeout": timeout,
+            "retries": retries,
+            "max_tasks_per_worker": max_tasks_per_child,
+        }
+        if initializer is not None:
+            given.update(initializer=initializer, initargs=tuple(initargs))
+        if start_method is not None:
+            given["start_method"] = start_method
+        self._options: Resolved = Options(**given).resolve()
+        self._max_workers = self._options.workers
+        self._lock = threading.Lock()
+        self._session: Session | None = None
+        self._shutdown = False
+        self._waiting: set[concurrent.futures.Future[Any]] = set()  # not started yet
+
+    def _put(self, request: Request) -> None:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            session = self._session
+            if session is None or session.feed.closed:  # none yet, or its workers failed
+                session = self._session = Session(self._options, "parallelize-executor")
+            session.put(request)
+
+    def submit(
+        self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> concurrent.futures.Future[R]:
+        future: concurrent.futures.Future[R] = concurrent.futures.Future()
+        submitted = _Submitted(future, (fn, args, kwargs or None))
+        with self._lock:
+            self._waiting.add(future)
+        future.add_done_callback(self._discard)
+        self._put(submitted.request)
+        return future
+
+    def _discard(self, future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._waiting.discard(future)
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+    ) -> Iterator[R]:
+        """``fn`` over the zipped iterables, results in order, read lazily.
+
+        ``timeout`` counts from this call, as in the standard library; ``chunksize=None`` sizes
+        chunks from measured run times; ``buffersize`` bounds the items read ahead of the
+        results taken, in chunks (``chunksize`` items each, or one).
+        """
+        if chunksize is not None and operator.index(chunksize) < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if buffersize is not None:
+            if type(buffersize) is not int:
+                raise TypeError("buffersize must be an integer or None")
+            if buffersize < 1:
+                raise ValueError("buffersize must be None or > 0")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ahead = None if buffersize is None else buffersize * (chunksize or 1)
+        stream: IMapIterator[R] = IMapIterator(
+            fn, zip(*iterables, strict=False), star=True, chunk=chunksize, ordered=True,
+            ahead=ahead,
+        )  # fmt: skip
+        self._put(stream._request)
+        return self._results(stream, deadline)
+
+    def _results(self, stream: IMapIterator[R], deadline: float | None) -> Iterator[R]:
+        try:
+            while True:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    yield stream.next(remaining)
+                except StopIteration:
+                    return
+                except multiprocessing.TimeoutError:
+                    raise TimeoutError from None
+        finally:
+            stream.cancel()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            session = self._session
+            waiting = list(self._waiting) if cancel_futures else []
+        for future in waiting:
+            future.cancel()
+        if session is not None:
+            session.close()
+            if wait:
+                session.join()
+
+    def terminate_workers(self) -> None:
+        """Stop every worker now (SIGTERM and SIGKILL alike: a worker is killed at once); futures
+        not done by then fail with ``WorkerCrashedError``. The executor is shut down."""
+        with self._lock:
+            self._shutdown = True
+            session = self._session
+        if session is not None:
+            session.halt(
+                crash_error(
+                    "the executor's workers were stopped before this call finished", index=None
+                )
+            )
+            session.join()
+
+    kill_workers = terminate_workers
+
+    def __del__(self) -> None:
+        session = getattr(self, "_session", None)
+        if session is not None:
+            session.close()

@@ -1,0 +1,235 @@
+"""``parallelize.Executor``: a real ``concurrent.futures.Executor``, ported with one import."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import concurrent.futures.process
+import contextlib
+import itertools
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from parallelize import Executor, WorkerCrashedError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def die(_: object) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def raise_123() -> None:
+    raise RuntimeError(123)  # the line the traceback shows
+
+
+def _children() -> int:
+    alive = 0
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            alive += child.status() != psutil.STATUS_ZOMBIE
+    return alive
+
+
+def _children_at_most(bound: int, limit: float = 10.0) -> int:
+    deadline = time.monotonic() + limit
+    while (count := _children()) > bound and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return count
+
+
+def test_it_is_a_concurrent_futures_executor(start_method: str) -> None:
+    """``submit`` returns a standard ``Future``; ``wait``, ``as_completed`` and ``map`` work as
+    with ``ProcessPoolExecutor``, under every start method, with a closure."""
+    offset = 100
+    context = multiprocessing.get_context(start_method)
+    with Executor(2, mp_context=context) as executor:
+        assert isinstance(executor, concurrent.futures.Executor)
+        future = executor.submit(square, 7)
+        assert isinstance(future, concurrent.futures.Future)
+        assert future.result(timeout=30) == 49
+        assert executor.submit(lambda x, y=0: x + y + offset, 1, y=2).result(timeout=30) == 103
+        futures = [executor.submit(square, i) for i in range(20)]
+        done, _ = concurrent.futures.wait(futures, timeout=30)
+        assert len(done) == 20
+        assert sorted(f.result() for f in concurrent.futures.as_completed(futures)) == sorted(
+            i * i for i in range(20)
+        )
+        assert list(executor.map(square, range(10))) == [i * i for i in range(10)]
+        assert list(executor.map(pow, [2, 3], [5, 2])) == [32, 9]
+        assert list(executor.map(square, [], chunksize=5)) == []
+
+
+def test_an_error_is_the_futures_exception_with_the_workers_traceback() -> None:
+    with Executor(1) as executor:
+        error = executor.submit(raise_123).exception(timeout=30)
+        assert type(error) is RuntimeError and error.args == (123,)
+        cause = error.__cause__
+        assert type(cause) is concurrent.futures.process._RemoteTraceback
+        assert "raise RuntimeError(123)  # the line the traceback shows" in cause.tb
+        results = executor.map(lambda x: 1 // x, [1, 0, 1])
+        assert next(results) == 1
+        with pytest.raises(ZeroDivisionError):
+            next(results)
+
+
+def test_a_crash_fails_only_its_own_future() -> None:
+    """The standard library breaks every pending future when a worker dies; ours fails only the
+    one that ran in it, with an error ``except BrokenProcessPool`` still catches."""
+    with Executor(2) as executor:
+        others = [executor.submit(nap, 0.2) for _ in range(4)]
+        crashed = executor.submit(die, None)
+        with pytest.raises(concurrent.futures.process.BrokenProcessPool) as raised:
+            crashed.result(timeout=30)
+        assert isinstance(raised.value, WorkerCrashedError)
+        assert [f.result(timeout=30) for f in others] == [0.2] * 4
+        assert executor.submit(square, 3).result(timeout=30) == 9
+
+
+def test_map_times_out_from_the_call() -> None:
+    with Executor(2) as executor:
+        results = executor.map(nap, [0.0, 5.0], timeout=0.5)
+        began = time.monotonic()
+        with pytest.raises(TimeoutError):
+            list(results)
+        assert time.monotonic() - began < 4
+
+
+def test_map_reads_lazily_within_buffersize() -> None:
+    """3.14's ``buffersize``, on every Python: no more than that many chunks are read ahead of
+    the results taken, so an endless input works."""
+    read = 0
+    taken = 0
+
+    def source() -> Iterator[int]:
+        nonlocal read
+        for i in itertools.count():
+            read += 1
+            yield i
+
+    with Executor(2) as executor:
+        results = executor.map(square, source(), buffersize=4)
+        for value in results:
+            assert value == taken * taken
+            taken += 1
+            assert read <= taken + 4
+            if taken == 50:
+                break
+        results.close()
+        left = executor.map(square, source(), buffersize=2)
+        assert next(left) == 0  # then dropped unfinished: shutdown must not wait for it
+    with pytest.raises(ValueError, match="buffersize must be None or > 0"):
+        Executor(1).map(square, [1], buffersize=0)
+    with pytest.raises(TypeError, match="buffersize must be an integer"):
+        Executor(1).map(square, [1], buffersize=1.5)  # type: ignore[arg-type]
+
+
+def test_shutdown_cancels_what_did_not_start() -> None:
+    before = _children()
+    executor = Executor(1)
+    futures = [executor.submit(nap, 0.3) for _ in range(10)]
+    time.sleep(0.1)
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert futures[0].result() == 0.3
+    assert sum(f.cancelled() for f in futures) >= 5
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        executor.submit(square, 1)
+    assert _children_at_most(before) <= before
+
+
+def test_a_pending_future_can_be_cancelled() -> None:
+    with Executor(1) as executor:
+        running = executor.submit(nap, 0.5)
+        queued = [executor.submit(nap, 0.5) for _ in range(5)]
+        assert queued[-1].cancel()
+        assert running.result(timeout=30) == 0.5
+    assert queued[-1].cancelled()
+
+
+@pytest.mark.parametrize("how", ["terminate_workers", "kill_workers"])
+def test_terminate_and_kill_workers_stop_at_once(how: str) -> None:
+    before = _children()
+    executor = Executor(2)
+    future = executor.submit(nap, 60)
+    time.sleep(0.3)
+    began = time.monotonic()
+    getattr(executor, how)()
+    assert time.monotonic() - began < 10
+    assert isinstance(future.exception(timeout=10), WorkerCrashedError)
+    assert _children_at_most(before) <= before
+
+
+def test_run_in_executor_does_not_block_the_loop() -> None:
+    async def main() -> tuple[list[int], int]:
+        loop = asyncio.get_running_loop()
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def heartbeat() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        beat = asyncio.create_task(heartbeat())
+        with Executor(2) as executor:
+            calls = [loop.run_in_executor(executor, nap, 0.3) for _ in range(2)]
+            await asyncio.gather(*calls)
+            values = await asyncio.gather(
+                *(loop.run_in_executor(executor, square, i) for i in range(5))
+            )
+        stop.set()
+        await beat
+        return values, ticks
+
+    values, ticks = asyncio.run(main())
+    assert values == [0, 1, 4, 9, 16]
+    assert ticks >= 10
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"max_workers": 0}, ValueError, "max_workers must be greater than 0"),
+        ({"initializer": 1}, TypeError, "initializer must be a callable"),
+        ({"max_tasks_per_child": 0}, ValueError, "max_tasks_per_child must be >= 1"),
+        ({"max_tasks_per_child": "2"}, TypeError, "max_tasks_per_child must be an integer"),
+        ({"backend": "ray"}, ValueError, "not available for an Executor"),
+    ],
+)
+def test_bad_arguments_are_the_standard_librarys_errors(
+    kwargs: dict[str, object], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        Executor(**kwargs)  # type: ignore[arg-type]
+
+
+def test_thread_backend_runs_in_this_process() -> None:
+    lock = threading.Lock()
+    with Executor(2, backend="thread") as executor:
+        assert executor.submit(lambda: (os.getpid(), lock.locked())).result(30) == (
+            os.getpid(),
+            False,
+        )
+
+
+def test_max_tasks_per_child_replaces_workers() -> None:
+    with Executor(1, max_tasks_per_child=2) as executor:
+        pids = {executor.submit(os.getpid).result(timeout=30) for _ in range(6)}
+    assert len(pids) >= 3
