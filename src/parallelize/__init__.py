@@ -8,6 +8,7 @@
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._aio import aimap, apmap
     from ._api import imap, pmap
     from ._counter import SharedCounter, shared_counter
     from ._decorator import ParallelFunction, parallel
@@ -36,6 +37,8 @@ __all__ = [
     "SharedCounter",
     "ThreadPool",
     "WorkerCrashedError",
+    "aimap",
+    "apmap",
     "imap",
     "parallel",
     "pmap",
@@ -56,6 +59,8 @@ _SOURCES = {
     "SharedCounter": "._counter",
     "ThreadPool": "._pool",
     "WorkerCrashedError": "._errors",
+    "aimap": "._aio",
+    "apmap": "._aio",
     "imap": "._api",
     "parallel": "._decorator",
     "pmap": "._api",

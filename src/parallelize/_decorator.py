@@ -12,7 +12,7 @@ import functools
 import inspect
 import sys
 import types
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -122,6 +122,24 @@ class ParallelFunction(Generic[T, P, R]):
         """Like calling the function, but a lazy iterator of results."""
         fn = self._bind(1 + len(iterables), kwargs)
         return run_stream(prepare(fn, (items, *iterables), self._options, stream=True))
+
+    async def amap(
+        self, items: Iterable[T], /, *iterables: Iterable[Any], **kwargs: Any
+    ) -> list[R]:
+        """Like calling the function, for ``await``: the event loop stays free meanwhile."""
+        from ._aio import run_list_async  # asyncio only for those who use it
+
+        fn = self._bind(1 + len(iterables), kwargs)
+        return await run_list_async(prepare(fn, (items, *iterables), self._options, stream=False))
+
+    def aimap(
+        self, items: Iterable[T], /, *iterables: Iterable[Any], **kwargs: Any
+    ) -> AsyncIterator[R]:
+        """Like :meth:`imap`, for ``async for``: the event loop stays free meanwhile."""
+        from ._aio import run_stream_async  # asyncio only for those who use it
+
+        fn = self._bind(1 + len(iterables), kwargs)
+        return run_stream_async(prepare(fn, (items, *iterables), self._options, stream=True))
 
     def options(self, **options: Unpack[MapOptions]) -> ParallelFunction[T, P, R]:
         """A new parallel function with these options overriding the current ones."""

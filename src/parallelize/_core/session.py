@@ -20,10 +20,11 @@ from .scheduler import Scheduler
 class Session:
     """Runs the requests put into it on workers of its own; started by the first request."""
 
-    def __init__(self, options: Resolved, name: str):
+    def __init__(self, options: Resolved, name: str, *, private: bool = True):
         # Every item's error is its request's to report, so the job never stops at one.
         self._options = options.replace(on_error="return", ordered=False)
         self._name = name
+        self._private = private  # workers of its own (a pool's), or the warm ones a map uses
         self.feed = Feed()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -58,7 +59,7 @@ class Session:
         error: BaseException | None = None
         try:
             backend = get_backend(self._options.backend)
-            with backend.open(self._options, private=True) as pool:
+            with backend.open(self._options, private=self._private) as pool:
                 feed.waker = pool.wake
                 try:
                     job = Job(_no_function, iter(()), False, None, self._options)
