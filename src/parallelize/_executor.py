@@ -187,10 +187,12 @@ class Executor(concurrent.futures.Executor):
 
     def _results(self, stream: IMapIterator[R], deadline: float | None) -> Iterator[R]:
         try:
+            if deadline is None:
+                yield from stream
+                return
             while True:
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
-                    yield stream.next(remaining)
+                    yield stream.next(max(0.0, deadline - time.monotonic()))
                 except StopIteration:
                     return
                 except multiprocessing.TimeoutError:

@@ -174,16 +174,19 @@ class IMapIterator(Iterator[R]):
         return self
 
     def next(self, timeout: float | None = None) -> R:
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._ready or self._over, timeout):
-                raise multiprocessing.TimeoutError
-            if self._ready:
-                value = self._ready.popleft()
-            elif self._last is not None:
-                error, self._last = self._last, None
-                raise error
-            else:
-                raise StopIteration
+        try:
+            value = self._ready.popleft()  # atomic: the lock is for waiting only
+        except IndexError:
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._ready or self._over, timeout):
+                    raise multiprocessing.TimeoutError from None
+                if self._ready:
+                    value = self._ready.popleft()
+                elif self._last is not None:
+                    error, self._last = self._last, None
+                    raise error from None
+                else:
+                    raise StopIteration from None
         request = self._request
         if request.ahead is not None and request.feed is not None:
             request.feed.consumed(request, 1)
