@@ -10,13 +10,17 @@ import itertools
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
 
+import parallelize
 from parallelize import Executor, WorkerCrashedError
 
 pytestmark = pytest.mark.timeout(60)
@@ -233,3 +237,36 @@ def test_max_tasks_per_child_replaces_workers() -> None:
     with Executor(1, max_tasks_per_child=2) as executor:
         pids = {executor.submit(os.getpid).result(timeout=30) for _ in range(6)}
     assert len(pids) >= 3
+
+
+LEFT_OPEN = """
+import sys, time
+from parallelize import Executor
+
+def write_later(path):
+    time.sleep(1.0)
+    with open(path, "w") as f:
+        f.write("done")
+
+if __name__ == "__main__":
+    executor = Executor(2)
+    executor.submit(write_later, sys.argv[1])
+    print("exiting", flush=True)
+"""
+
+
+def test_an_executor_left_open_finishes_its_calls_at_exit(tmp_path: Path) -> None:
+    """As with the standard executor, calls submitted and not waited for still run to the end
+    when the program exits; then no worker is left."""
+    script = tmp_path / "script.py"
+    script.write_text(LEFT_OPEN)
+    out = tmp_path / "out"
+    path = [str(Path(parallelize.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    done = subprocess.run(
+        [sys.executable, str(script), str(out)],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == "done"
+    assert "Traceback" not in done.stderr and "leaked" not in done.stderr, done.stderr

@@ -12,6 +12,8 @@ import multiprocessing
 import multiprocessing.pool
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -21,6 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+import parallelize
 from parallelize import ParallelizeError, Pool, ThreadPool, WorkerCrashedError
 
 pytestmark = pytest.mark.timeout(60)
@@ -326,3 +329,42 @@ def test_a_worker_started_pool_does_not_leak_warnings(tmp_path: Path) -> None:
         p.join()
         del p
         gc.collect()
+
+
+LEFT_OPEN = """
+import time
+from parallelize import Pool
+
+if __name__ == "__main__":
+    pool = Pool(2)
+    pool.map_async(time.sleep, [60] * 4)
+    time.sleep(0.5)
+    print("exiting", flush=True)
+"""
+
+
+def test_a_pool_left_open_at_exit_stops_its_workers(tmp_path: Path) -> None:
+    """As the standard pool's: its workers are stopped at exit (not waited for), and nothing
+    is left behind: no process, no warning of leaked semaphores or shared memory."""
+    script = tmp_path / "script.py"
+    script.write_text(LEFT_OPEN)
+    path = [str(Path(parallelize.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    began = time.monotonic()
+    child = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    workers: set[int] = set()
+    while child.poll() is None and time.monotonic() - began < 30:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            workers |= {p.pid for p in psutil.Process(child.pid).children(recursive=True)}
+        time.sleep(0.05)
+    _, stderr = child.communicate(timeout=30)
+    assert child.returncode == 0, stderr
+    assert time.monotonic() - began < 20
+    assert "Traceback" not in stderr and "leaked" not in stderr, stderr
+    assert workers
+    for pid in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

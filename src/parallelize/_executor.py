@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.process
+import contextlib
 import multiprocessing
 import operator
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
@@ -28,6 +30,37 @@ from ._worker.chunk import invoke
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# The sessions of executors not shut down: at exit, their calls run to the end first, as the
+# standard executor's do.
+_open: weakref.WeakSet[Session] = weakref.WeakSet()
+_exit_lock = threading.Lock()
+_exit_hooked = False
+
+
+def _finish_at_exit() -> None:
+    """Run what open executors were given, then stop their workers. Called where the standard
+    executor's exit hook is: as the interpreter starts to exit, before ``atexit`` hooks (ours
+    stop every pool)."""
+    sessions = list(_open)
+    for session in sessions:
+        session.close()
+    for session in sessions:
+        session.join()
+
+
+def _hook_exit(session: Session) -> None:
+    global _exit_hooked
+    with _exit_lock:
+        _open.add(session)
+        if not _exit_hooked:
+            # Private, but the hook concurrent.futures itself uses: it runs before the
+            # interpreter joins its threads, while every pool still works.
+            register = getattr(threading, "_register_atexit", None)
+            if register is not None:
+                with contextlib.suppress(RuntimeError):  # the interpreter is exiting already
+                    register(_finish_at_exit)
+            _exit_hooked = True
 
 
 def _as_raised(failure: Failure) -> BaseException:
@@ -138,6 +171,7 @@ class Executor(concurrent.futures.Executor):
             session = self._session
             if session is None or session.feed.closed:  # none yet, or its workers failed
                 session = self._session = Session(self._options, "parallelize-executor")
+                _hook_exit(session)
             session.put(request)
 
     def submit(
