@@ -368,3 +368,17 @@ def test_a_pool_left_open_at_exit_stops_its_workers(tmp_path: Path) -> None:
     for pid in workers:
         with contextlib.suppress(psutil.NoSuchProcess):
             assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def refuse() -> None:
+    raise RuntimeError("no database")
+
+
+def test_a_failing_initializer_raises_instead_of_hanging() -> None:
+    """The standard pool starts new workers forever while its initializer fails; here the tasks
+    waiting for them raise the initializer's error, and so does the next one."""
+    with Pool(2, refuse) as p:
+        with pytest.raises(RuntimeError, match="no database"):
+            p.map(square, range(4))
+        with pytest.raises(RuntimeError, match="no database"):
+            p.apply(square, (2,))
