@@ -113,6 +113,7 @@ class Feed:
         self._starts: list[int] = []
         self._owners: list[Request] = []
         self._index = 0  # the index of the next item taken
+        self._finished = 0  # how many requests at the front of the table have finished
 
     # -- any thread --
 
@@ -253,11 +254,14 @@ class Feed:
         self._compact()
 
     def _compact(self) -> None:
-        finished = 0
+        """Forget the oldest requests once many of them in a row have finished."""
+        finished = self._finished
         while finished < len(self._owners) - 1 and self._owners[finished].finished:
             finished += 1
+        self._finished = finished
         if finished >= COMPACT_AFTER:
             del self._starts[:finished], self._owners[:finished]
+            self._finished = 0
 
     def fail_all(self, error: BaseException) -> None:
         """The job ended: every request not finished ends with ``error``."""
