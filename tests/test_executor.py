@@ -6,12 +6,14 @@ import asyncio
 import concurrent.futures
 import concurrent.futures.process
 import contextlib
+import gc
 import itertools
 import multiprocessing
 import os
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 
 import psutil
@@ -233,3 +235,18 @@ def test_max_tasks_per_child_replaces_workers() -> None:
     with Executor(1, max_tasks_per_child=2) as executor:
         pids = {executor.submit(os.getpid).result(timeout=30) for _ in range(6)}
     assert len(pids) >= 3
+
+
+def make_object(_: object) -> object:
+    return type("Made", (), {})()
+
+
+def test_map_holds_no_result_the_caller_let_go() -> None:
+    """CPython's ``test_free_reference``: a result ``map`` yielded is freed once the caller
+    drops it."""
+    with Executor(2) as executor:
+        for obj in executor.map(make_object, range(10)):
+            ref = weakref.ref(obj)
+            del obj
+            gc.collect()
+            assert ref() is None

@@ -326,3 +326,29 @@ def test_a_worker_started_pool_does_not_leak_warnings(tmp_path: Path) -> None:
         p.join()
         del p
         gc.collect()
+
+
+class _Counted:
+    alive = 0
+
+    def __new__(cls) -> _Counted:
+        cls.alive += 1
+        return super().__new__(cls)
+
+    def __del__(self) -> None:
+        type(self).alive -= 1
+
+
+def identity(x: object) -> object:
+    return x
+
+
+def test_a_finished_map_holds_none_of_its_results(pool: Pool) -> None:
+    """CPython's ``test_release_task_refs``: once the caller lets go of a map's arguments and
+    results, nothing of the pool keeps them alive."""
+    pool.map(identity, [_Counted() for _ in range(10)])
+    pool.map_async(identity, [_Counted() for _ in range(10)]).get(timeout=30)
+    list(pool.imap(identity, [_Counted() for _ in range(10)]))
+    time.sleep(0.1)  # the session's thread may still be between two batches
+    gc.collect()
+    assert _Counted.alive == 0
