@@ -328,6 +328,15 @@ def test_a_worker_started_pool_does_not_leak_warnings(tmp_path: Path) -> None:
         gc.collect()
 
 
+class _Unpicklable:
+    def __reduce__(self) -> object:
+        raise RuntimeError("cannot pickle")
+
+
+def make_lock(_: object) -> object:
+    return threading.Lock()  # no pickler takes it
+
+
 class _Counted:
     alive = 0
 
@@ -341,6 +350,18 @@ class _Counted:
 
 def identity(x: object) -> object:
     return x
+
+
+def test_pickling_errors_are_the_standard_librarys(pool: Pool) -> None:
+    """As in ``multiprocessing.pool``: an argument that does not pickle raises what pickling
+    raised; a result that does not pickle, ``MaybeEncodingError``. The pool goes on."""
+    pool.map(square, [1])  # not the session's first request: its index is not the feed's
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        pool.map(square, [_Unpicklable()] * 3)
+    with pytest.raises(multiprocessing.pool.MaybeEncodingError) as raised:  # type: ignore[attr-defined]
+        pool.apply(make_lock, (0,))
+    assert "lock" in str(raised.value) and raised.value.__cause__ is not None
+    assert pool.map(square, range(3)) == [0, 1, 4]
 
 
 def test_a_finished_map_holds_none_of_its_results(pool: Pool) -> None:
