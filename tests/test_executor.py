@@ -10,11 +10,16 @@ import gc
 import itertools
 import multiprocessing
 import os
+import pickle
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -237,6 +242,15 @@ def test_max_tasks_per_child_replaces_workers() -> None:
     assert len(pids) >= 3
 
 
+def _refuse_unpickling() -> None:
+    raise pickle.UnpicklingError("refused")
+
+
+class ErrorAtUnpickle:
+    def __reduce__(self) -> tuple[object, ...]:
+        return _refuse_unpickling, ()
+
+
 def make_object(_: object) -> object:
     return type("Made", (), {})()
 
@@ -250,3 +264,46 @@ def test_map_holds_no_result_the_caller_let_go() -> None:
             del obj
             gc.collect()
             assert ref() is None
+
+
+def test_failed_workers_break_pending_futures_as_the_standard_librarys() -> None:
+    """Workers that fail as a whole (here, a message they cannot read) fail the pending futures
+    with ``BrokenProcessPool``, the reason as its cause; the next call starts anew."""
+    with Executor(2) as executor:
+        future = executor.submit(id, ErrorAtUnpickle())
+        with pytest.raises(concurrent.futures.process.BrokenProcessPool) as raised:
+            future.result(timeout=30)
+        assert raised.value.__cause__ is not None
+        assert executor.submit(square, 3).result(timeout=30) == 9
+
+
+def test_pending_calls_finish_at_interpreter_exit(script: Path) -> None:
+    """As with ``ProcessPoolExecutor``: calls submitted and never waited for still run before
+    the interpreter exits, and a ``submit`` from an exit handler is refused."""
+    script.write_text(
+        textwrap.dedent("""
+            import atexit, time
+            from parallelize import Executor
+
+            def late():
+                try:
+                    executor.submit(print, "never")
+                except RuntimeError as exc:
+                    print("refused:", exc)
+
+            def slow_print(text):
+                time.sleep(0.5)
+                print(text, flush=True)
+
+            if __name__ == "__main__":
+                atexit.register(late)
+                executor = Executor(2)
+                executor.submit(slow_print, "apple")
+        """)
+    )
+    run = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n", 1)[0] == "apple"
+    assert "refused: cannot schedule new futures after interpreter shutdown" in run.stdout

@@ -14,8 +14,10 @@ import concurrent.futures
 import concurrent.futures.process
 import multiprocessing
 import operator
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
@@ -63,7 +65,20 @@ class _Submitted:
             if not self.future.running():
                 self.future.set_running_or_notify_cancel()
             if not self.future.done():
-                self.future.set_exception(error)
+                self.future.set_exception(_broken(error))
+
+
+def _broken(error: BaseException) -> BaseException:
+    """Why a call never ran to its end, as ``ProcessPoolExecutor`` says it: the workers as a whole
+    failed (an initializer raised, a message could not be read): ``BrokenProcessPool``, with the
+    reason as its cause. (The executor goes on: the next call starts workers anew.)"""
+    if isinstance(error, concurrent.futures.BrokenExecutor):
+        return error
+    broken = concurrent.futures.process.BrokenProcessPool(
+        f"the executor's workers failed before this call finished: {error!r}"
+    )
+    broken.__cause__ = error
+    return broken
 
 
 class Executor(concurrent.futures.Executor):
@@ -130,9 +145,13 @@ class Executor(concurrent.futures.Executor):
         self._session: Session | None = None
         self._shutdown = False
         self._waiting: set[concurrent.futures.Future[Any]] = set()  # not started yet
+        self._pid = os.getpid()
+        _live.add(self)
 
     def _put(self, request: Request) -> None:
         with self._lock:
+            if _exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             session = self._session
@@ -230,3 +249,28 @@ class Executor(concurrent.futures.Executor):
         session = getattr(self, "_session", None)
         if session is not None:
             session.close()
+
+
+# -- the interpreter's exit --
+
+_live: weakref.WeakSet[Executor] = weakref.WeakSet()
+_exiting = False  # the interpreter is exiting: no new calls
+
+
+def _at_interpreter_exit() -> None:
+    """As ``concurrent.futures`` does at exit: refuse new calls, and let every call submitted run
+    to its end, before the interpreter goes on to its ``atexit`` hooks (among them parallelize's
+    own, which stop every worker). An executor a forked child inherited is not its own."""
+    global _exiting
+    _exiting = True
+    for executor in list(_live):
+        if executor._pid == os.getpid():
+            executor.shutdown(wait=True)
+
+
+# ``concurrent.futures`` registers its own exit hooks here too (threading's, run before
+# ``atexit``'s, while threads may still start); it raises once the interpreter is exiting.
+try:
+    threading._register_atexit(_at_interpreter_exit)  # type: ignore[attr-defined]
+except RuntimeError:  # imported during the interpreter's exit: nothing more will be submitted
+    _exiting = True
