@@ -382,3 +382,50 @@ def test_a_failing_initializer_raises_instead_of_hanging() -> None:
             p.map(square, range(4))
         with pytest.raises(RuntimeError, match="no database"):
             p.apply(square, (2,))
+
+
+class _Unpicklable:
+    def __reduce__(self) -> object:
+        raise RuntimeError("cannot pickle")
+
+
+def make_lock(_: object) -> object:
+    return threading.Lock()  # no pickler takes it
+
+
+class _Counted:
+    alive = 0
+
+    def __new__(cls) -> _Counted:
+        cls.alive += 1
+        return super().__new__(cls)
+
+    def __del__(self) -> None:
+        type(self).alive -= 1
+
+
+def identity(x: object) -> object:
+    return x
+
+
+def test_pickling_errors_are_the_standard_librarys(pool: Pool) -> None:
+    """As in ``multiprocessing.pool``: an argument that does not pickle raises what pickling
+    raised; a result that does not pickle, ``MaybeEncodingError``. The pool goes on."""
+    pool.map(square, [1])  # not the session's first request: its index is not the feed's
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        pool.map(square, [_Unpicklable()] * 3)
+    with pytest.raises(multiprocessing.pool.MaybeEncodingError) as raised:  # type: ignore[attr-defined]
+        pool.apply(make_lock, (0,))
+    assert "lock" in str(raised.value) and raised.value.__cause__ is not None
+    assert pool.map(square, range(3)) == [0, 1, 4]
+
+
+def test_a_finished_map_holds_none_of_its_results(pool: Pool) -> None:
+    """CPython's ``test_release_task_refs``: once the caller lets go of a map's arguments and
+    results, nothing of the pool keeps them alive."""
+    pool.map(identity, [_Counted() for _ in range(10)])
+    pool.map_async(identity, [_Counted() for _ in range(10)]).get(timeout=30)
+    list(pool.imap(identity, [_Counted() for _ in range(10)]))
+    time.sleep(0.1)  # the session's thread may still be between two batches
+    gc.collect()
+    assert _Counted.alive == 0

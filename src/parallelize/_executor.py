@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.process
-import contextlib
 import multiprocessing
 import operator
+import os
 import threading
 import time
 import weakref
@@ -31,37 +31,6 @@ from ._worker.chunk import invoke
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# The sessions of executors not shut down: at exit, their calls run to the end first, as the
-# standard executor's do.
-_open: weakref.WeakSet[Session] = weakref.WeakSet()
-_exit_lock = threading.Lock()
-_exit_hooked = False
-
-
-def _finish_at_exit() -> None:
-    """Run what open executors were given, then stop their workers. Called where the standard
-    executor's exit hook is: as the interpreter starts to exit, before ``atexit`` hooks (ours
-    stop every pool)."""
-    sessions = list(_open)
-    for session in sessions:
-        session.close()
-    for session in sessions:
-        session.join()
-
-
-def _hook_exit(session: Session) -> None:
-    global _exit_hooked
-    with _exit_lock:
-        _open.add(session)
-        if not _exit_hooked:
-            # Private, but the hook concurrent.futures itself uses: it runs before the
-            # interpreter joins its threads, while every pool still works.
-            register = getattr(threading, "_register_atexit", None)
-            if register is not None:
-                with contextlib.suppress(RuntimeError):  # the interpreter is exiting already
-                    register(_finish_at_exit)
-            _exit_hooked = True
-
 
 def _as_raised(failure: Failure) -> BaseException:
     """A failed item's exception, its worker traceback as ``ProcessPoolExecutor`` sets it."""
@@ -77,11 +46,14 @@ class _Submitted:
 
     __slots__ = ("future", "request")
 
-    def __init__(self, future: concurrent.futures.Future[Any], item: tuple[Any, ...]):
+    def __init__(
+        self, future: concurrent.futures.Future[Any], item: tuple[Any, ...], *, started: bool
+    ):
         self.future = future
+        begin = None if started else future.set_running_or_notify_cancel
         self.request = Request(
             invoke, iter([item]), star=True, chunk=1,
-            results=self._results, finish=self._finish, begin=future.set_running_or_notify_cancel,
+            results=self._results, finish=self._finish, begin=begin,
         )  # fmt: skip
 
     def _results(self, position: int, values: list[Any], failed: bool) -> None:
@@ -96,7 +68,20 @@ class _Submitted:
             if not self.future.running():
                 self.future.set_running_or_notify_cancel()
             if not self.future.done():
-                self.future.set_exception(error)
+                self.future.set_exception(_broken(error))
+
+
+def _broken(error: BaseException) -> BaseException:
+    """Why a call never ran to its end, as ``ProcessPoolExecutor`` says it: the workers as a whole
+    failed (an initializer raised, a message could not be read): ``BrokenProcessPool``, with the
+    reason as its cause. (The executor goes on: the next call starts workers anew.)"""
+    if isinstance(error, concurrent.futures.BrokenExecutor):
+        return error
+    broken = concurrent.futures.process.BrokenProcessPool(
+        f"the executor's workers failed before this call finished: {error!r}"
+    )
+    broken.__cause__ = error
+    return broken
 
 
 class Executor(concurrent.futures.Executor):
@@ -145,6 +130,9 @@ class Executor(concurrent.futures.Executor):
                     f"method {method!r}: give one of them"
                 )
             start_method = method
+        elif start_method is None and backend == "process":
+            # As ProcessPoolExecutor() does: a start method the program set is the default.
+            start_method = multiprocessing.get_start_method(allow_none=True)
         given: dict[str, Any] = {
             "workers": max_workers,
             "backend": backend,
@@ -163,31 +151,45 @@ class Executor(concurrent.futures.Executor):
         self._session: Session | None = None
         self._shutdown = False
         self._waiting: set[concurrent.futures.Future[Any]] = set()  # not started yet
+        self._started: set[concurrent.futures.Future[Any]] = set()  # started at submit()
+        self._pid = os.getpid()
+        _live.add(self)
 
     def _put(self, request: Request) -> None:
         with self._lock:
+            if _exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             session = self._session
             if session is None or session.feed.closed:  # none yet, or its workers failed
                 session = self._session = Session(self._options, "parallelize-executor")
-                _hook_exit(session)
             session.put(request)
 
     def submit(
         self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
     ) -> concurrent.futures.Future[R]:
         future: concurrent.futures.Future[R] = concurrent.futures.Future()
-        submitted = _Submitted(future, (fn, args, kwargs or None))
         with self._lock:
-            self._waiting.add(future)
+            # As the standard executor moves calls to its workers' queue at once: the first
+            # calls (one per worker, and one more) start now, so cancel() no longer stops them.
+            started = len(self._started) <= self._max_workers
+            (self._started if started else self._waiting).add(future)
+        if started:
+            future.set_running_or_notify_cancel()
+        submitted = _Submitted(future, (fn, args, kwargs or None), started=started)
         future.add_done_callback(self._discard)
-        self._put(submitted.request)
+        try:
+            self._put(submitted.request)
+        except BaseException:
+            self._discard(future)
+            raise
         return future
 
     def _discard(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
             self._waiting.discard(future)
+            self._started.discard(future)
 
     def map(
         self,
@@ -266,3 +268,28 @@ class Executor(concurrent.futures.Executor):
         session = getattr(self, "_session", None)
         if session is not None:
             session.close()
+
+
+# -- the interpreter's exit --
+
+_live: weakref.WeakSet[Executor] = weakref.WeakSet()
+_exiting = False  # the interpreter is exiting: no new calls
+
+
+def _at_interpreter_exit() -> None:
+    """As ``concurrent.futures`` does at exit: refuse new calls, and let every call submitted run
+    to its end, before the interpreter goes on to its ``atexit`` hooks (among them parallelize's
+    own, which stop every worker). An executor a forked child inherited is not its own."""
+    global _exiting
+    _exiting = True
+    for executor in list(_live):
+        if executor._pid == os.getpid():
+            executor.shutdown(wait=True)
+
+
+# ``concurrent.futures`` registers its own exit hooks here too (threading's, run before
+# ``atexit``'s, while threads may still start); it raises once the interpreter is exiting.
+try:
+    threading._register_atexit(_at_interpreter_exit)  # type: ignore[attr-defined]
+except RuntimeError:  # imported during the interpreter's exit: nothing more will be submitted
+    _exiting = True

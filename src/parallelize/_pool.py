@@ -19,12 +19,12 @@ import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar, cast
 
 from ._core.feed import Request
 from ._core.progress import NO_BAR, Bar, open_bar
 from ._core.session import Session
-from ._errors import Failure, ParallelizeError, RemoteTraceback
+from ._errors import Failure, ParallelizeError, RemoteTraceback, SerializationError
 from ._options import ENGINES, Options, Resolved
 from ._worker.chunk import invoke
 
@@ -40,9 +40,20 @@ def _terminated() -> ParallelizeError:
 
 
 def _as_raised(failure: Failure) -> BaseException:
-    """A failed item's exception, its worker traceback as the standard library sets it."""
+    """A failed item's exception as the standard library's pool raises it: its worker traceback
+    as the cause; an argument that did not pickle raises what pickling raised; a result that did
+    not pickle in the worker, ``MaybeEncodingError`` (our SerializationError as its cause)."""
     error = failure.exception()
     cause = error.__cause__
+    if isinstance(error, SerializationError):
+        if not failure.remote and isinstance(cause, Exception):  # pickled (or not) right here
+            return cause
+        if failure.remote:
+            maybe_encoding = multiprocessing.pool.MaybeEncodingError  # type: ignore[attr-defined]
+            encoding: Any = maybe_encoding(error, None)
+            encoding.value = f"<the result of item {failure.index}>"
+            encoding.__cause__ = error
+            return cast(BaseException, encoding)
     if type(cause) is RemoteTraceback:
         error.__cause__ = multiprocessing.pool.RemoteTraceback(cause.tb)  # type: ignore[attr-defined]
     return error
@@ -283,6 +294,9 @@ class Pool:
                     f"{method!r}: give one of them"
                 )
             start_method = method
+        elif start_method is None and backend == "process":
+            # As multiprocessing.Pool() does: a start method the program set is the default.
+            start_method = multiprocessing.get_start_method(allow_none=True)
         given: dict[str, Any] = {
             "workers": processes,
             "backend": backend,

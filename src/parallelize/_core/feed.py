@@ -97,7 +97,18 @@ class Request:
     def _end(self, error: BaseException | None) -> None:
         if not self.finished:
             self.finished = True
-            self._finish(error)
+            finish = self._finish
+            self._release()
+            finish(error)
+
+    def _release(self) -> None:
+        """Hold nothing of the call once it is over: the routing table keeps finished requests
+        for a while (COMPACT_AFTER), and the caller's results, arguments and callbacks must not
+        live that long (the standard library's pools let go of a task once it is done)."""
+        self.results = _drop
+        self._finish = _drop
+        self._begin = None
+        self._args = iter(())
 
 
 class Feed:
@@ -147,6 +158,7 @@ class Feed:
         with self._cond:
             request.cancelled = True
             request.finished = True
+            request._release()
             self._cond.notify_all()
         self._wake()
 
@@ -214,6 +226,7 @@ class Feed:
             if begin is not None and request.read == 0 and not request.input_done and not begin():
                 self._drop(request)
                 request.finished = True
+                request._release()
                 continue
             items = request._take(count if request.chunk is None else min(count, request.chunk))
             if request.input_done:
@@ -251,6 +264,10 @@ class Feed:
             if request.input_done and request.done == request.read:
                 request._end(request.input_error)
             start, at = stop, at + 1
+        if isinstance(values, list):
+            # The requests have their results: the batch (still held by the scheduler's loop
+            # until its next one) must not keep them alive once the caller lets go of them.
+            values.clear()
         self._compact()
 
     def _compact(self) -> None:
@@ -270,6 +287,10 @@ class Feed:
             pending, self._pending = list(self._pending), collections.deque()
         for request in [*self._owners, *pending]:
             request._end(error)
+
+
+def _drop(*args: object) -> None:
+    """A finished request's hooks: what still arrives for it is dropped."""
 
 
 def _renumber(values: list[Any], first: int) -> bool:

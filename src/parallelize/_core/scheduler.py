@@ -383,7 +383,7 @@ class Scheduler(Generic[W]):
     def _split_unpicklable(self, task: _Task, error: Exception) -> None:
         """An argument could not be pickled: that item fails, the others go on."""
         offset, failure = unpicklable_argument(task.items, self._shown(task.start), error)
-        index = task.start + offset
+        index = failure.index = task.start + offset  # its message says where the user sees it
         parts = [
             task.part(task.start, task.items[:offset], task.retries),
             task.part(index + 1, task.items[offset + 1 :], task.retries),

@@ -252,12 +252,15 @@ def names_main(blob: bytes) -> bool:
     return b"__main__" in blob or b"__mp_main__" in blob
 
 
-def find_unpicklable(values: Sequence[Any], first_index: int) -> tuple[int, Exception] | None:
-    """The input index and error of the first value that cannot be pickled, if any."""
+def find_unpicklable(values: Sequence[Any], first_index: int) -> tuple[int, BaseException] | None:
+    """The input index and error of the first value that cannot be pickled, if any. A value
+    whose pickling raises ``SystemExit`` (its ``__reduce__`` calls ``sys.exit``) counts too."""
     for offset, value in enumerate(values):
         try:
             dumps(value)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             return first_index + offset, exc
     return None
 
@@ -269,7 +272,13 @@ def picklable_values(values: Sequence[Any], start: int) -> list[Any]:
     while (found := find_unpicklable(values, start)) is not None:
         index, exc = found
         offset = index - start
-        error = unpicklable_error("result", index, values[offset], exc)
+        # What pickling raised beyond an error (SystemExit) is the item's own, as the standard
+        # library's executor reports it.
+        error = (
+            unpicklable_error("result", index, values[offset], exc)
+            if isinstance(exc, Exception)
+            else exc
+        )
         values[offset] = Failure.capture(error, index)
     return values
 
@@ -283,6 +292,8 @@ def unpicklable_argument(items: Sequence[Any], start: int, error: Exception) -> 
     if found is None:
         raise error
     index, exc = found
+    if not isinstance(exc, Exception):  # SystemExit, in the caller: not the item's to report
+        raise exc
     offset = index - start
     return offset, Failure(unpicklable_error("argument", index, items[offset], exc), index)
 

@@ -92,11 +92,15 @@ def _encode_result(message: Done | Cancelled) -> bytes:
     becomes that item's SerializationError."""
     try:
         return sharedmem.dumps_reply(to_wire(message))
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # a result whose pickling calls sys.exit() included
         pass
     try:
         return dumps(to_wire(message))  # cloudpickle takes what the standard pickler refused
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
         if type(message) is not Done:
             raise
     values = picklable_values(message.values, message.start)
