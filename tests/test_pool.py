@@ -429,3 +429,28 @@ def test_a_finished_map_holds_none_of_its_results(pool: Pool) -> None:
     time.sleep(0.1)  # the session's thread may still be between two batches
     gc.collect()
     assert _Counted.alive == 0
+
+
+_shared: dict[str, object] = {}
+
+
+def keep(lock: object, queue: object) -> None:
+    _shared["lock"], _shared["queue"] = lock, queue
+
+
+def report(x: int) -> int:
+    with _shared["lock"]:  # type: ignore[attr-defined]
+        _shared["queue"].put(x)  # type: ignore[attr-defined]
+    return x
+
+
+def test_multiprocessing_locks_and_queues_in_initargs(start_method: str) -> None:
+    """The standard pool's idiom: a lock and a queue handed to every worker through
+    ``initargs`` (they pickle only while a process starts)."""
+    context = multiprocessing.get_context(start_method)
+    lock, queue = context.Lock(), context.Queue()
+    with Pool(2, keep, (lock, queue), context=context) as p:
+        assert p.map(report, range(6), chunksize=1) == list(range(6))
+        assert sorted(queue.get(timeout=10) for _ in range(6)) == list(range(6))
+    queue.close()
+    queue.join_thread()

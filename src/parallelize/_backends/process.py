@@ -32,6 +32,7 @@ from .._wire import sharedmem
 from .._wire.pickling import dumps, dumps_by_value, dumps_function, names_main
 from .._wire.protocol import Call, GiveBack, Load, Ready, Task, from_wire, to_wire
 from .._worker.chunk import SLOT_WIDTH, Status
+from .._worker.init import StartInit
 from .._worker.loop import map_status, process_main
 from .base import DEAD, Backend, Unreadable, WorkerHandle, WorkerSet
 
@@ -54,7 +55,11 @@ class _PoolKey:
     __slots__ = ("init_blob", "max_items", "start_method", "workers")
 
     def __init__(
-        self, start_method: str, workers: int, init_blob: bytes | None, max_items: int | None
+        self,
+        start_method: str,
+        workers: int,
+        init_blob: bytes | StartInit | None,
+        max_items: int | None,
     ):
         self.start_method = start_method
         self.workers = workers
@@ -362,6 +367,17 @@ class _StatusBlock:
         return (map_status, (multiprocessing.reduction.DupFd(self._fd), self._nbytes))
 
 
+def _needs_start(initargs: tuple[Any, ...]) -> bool:
+    """Whether ``initargs`` hold what pickles only while a process starts (a lock, a queue)."""
+    try:
+        pickle.dumps(initargs)
+    except RuntimeError as exc:
+        return "inheritance" in str(exc)
+    except Exception:
+        return False
+    return False
+
+
 def _main_importable() -> bool:
     """Whether spawned workers import this process's ``__main__``, by the rules of
     multiprocessing's spawn preparation: by module name when it has one, except a package's or a
@@ -448,9 +464,16 @@ class ProcessBackend(Backend):
 
     @contextlib.contextmanager
     def open(self, options: Resolved, *, private: bool = False) -> Iterator[ProcessPool]:
-        init_blob = None
+        init_blob: bytes | StartInit | None = None
         if options.initializer is not None:
-            init_blob = dumps_function((options.initializer, options.initargs), options.initializer)
+            try:
+                init_blob = dumps_function(
+                    (options.initializer, options.initargs), options.initializer
+                )
+            except Exception:  # a multiprocessing lock or queue in initargs: pickled at start
+                if not _needs_start(options.initargs):
+                    raise
+                init_blob = StartInit(options.initializer, options.initargs)
         key = _PoolKey(
             options.start_method, options.workers, init_blob, options.max_tasks_per_worker
         )

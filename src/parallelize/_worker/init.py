@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._errors import Failure
-from .._wire.pickling import assigned_globals, share_globals
+from .._wire.pickling import assigned_globals, dumps_function, share_globals
 
 
 def run_initializer(initializer: Callable[..., object], initargs: Sequence[Any]) -> Failure | None:
@@ -79,6 +79,49 @@ def _run_unless_last(init_blob: bytes) -> Failure | None:
     _here.blob, _here.assigned = init_blob, assigned_globals(initializer)
     _here.runs += 1
     return None
+
+
+class StartInit:
+    """An initializer whose arguments pickle only while a process starts: ``multiprocessing``
+    locks, queues and shared values, which the standard pool passes in ``initargs``. A starting
+    process pickles it (spawn, forkserver) into the usual blob; a forked one gets it as it is."""
+
+    __slots__ = ("initargs", "initializer")
+
+    def __init__(self, initializer: Callable[..., object], initargs: tuple[Any, ...]):
+        self.initializer = initializer
+        self.initargs = initargs
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The function as any other; the arguments with multiprocessing's own pickler, which
+        # hands the child the descriptors of a queue's pipes, as the standard pool's start does.
+        from multiprocessing.reduction import ForkingPickler
+
+        function = dumps_function(self.initializer, self.initializer)
+        arguments = bytes(ForkingPickler.dumps(self.initargs))
+        return (bytes, (pickle.dumps((_Loaded(function), _Loaded(arguments))),))
+
+
+class _Loaded:
+    """A pickle inside a pickle: unpickled as what it holds."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes):
+        self.blob = blob
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pickle.loads, (self.blob,))
+
+
+def initialize_started(init: StartInit) -> Failure | None:
+    """Run an initializer a forked worker got as it is (see :class:`StartInit`)."""
+    with _here.lock:
+        failure = run_initializer(init.initializer, init.initargs)
+        if failure is None:
+            _here.assigned = assigned_globals(init.initializer)
+            _here.runs += 1
+        return failure
 
 
 def hand_globals(fn: Callable[..., Any]) -> None:

@@ -39,7 +39,7 @@ from .._wire.protocol import (
     to_wire,
 )
 from .chunk import SLOT_WIDTH, Status, run_chunk
-from .init import hand_globals, initialize
+from .init import StartInit, hand_globals, initialize, initialize_started
 
 # After its parent is gone, a worker busy in a long item gets this long before it exits anyway,
 # so that no orphan outlives the caller.
@@ -121,7 +121,7 @@ def process_main(
     conn: Any,
     status_array: Any,
     slot: int,
-    init_blob: bytes | None,
+    init_blob: bytes | StartInit | None,
     max_items: int | None,
     inherited_fds: Sequence[int],
     native_threads: int,
@@ -142,7 +142,10 @@ def process_main(
 
     if init_blob is not None:
         status.begin_initializer()
-        failure = initialize(init_blob)
+        if isinstance(init_blob, StartInit):
+            failure = initialize_started(init_blob)
+        else:
+            failure = initialize(init_blob)
         if failure is not None:
             # The caller may have closed this pipe already: another worker's report came first.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
