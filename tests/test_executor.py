@@ -116,6 +116,7 @@ def test_map_times_out_from_the_call() -> None:
         with pytest.raises(TimeoutError):
             list(results)
         assert time.monotonic() - began < 4
+        executor.kill_workers()  # not the 5 s the slow item would hold the exit
 
 
 def test_map_reads_lazily_within_buffersize() -> None:
@@ -349,3 +350,13 @@ def test_the_first_calls_start_at_once_as_the_standard_librarys() -> None:
     ran = [f for f in futures if not f.cancelled()]
     assert 1 <= len(ran) <= 3
     assert all(f.result() == 0.1 for f in ran)
+
+
+def test_a_dropped_executor_stops_its_workers() -> None:
+    """An executor nobody shuts down, once garbage: its calls finish, then its workers exit."""
+    before = _children()
+    executor = Executor(2)
+    assert executor.submit(square, 5).result(timeout=30) == 25
+    del executor
+    gc.collect()
+    assert _children_at_most(before) <= before
