@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack, overload
 
 from ._api import prepare
 from ._core.feed import Request
@@ -21,7 +21,12 @@ from ._core.session import Session
 from ._errors import Failure
 from ._options import Options
 
+if TYPE_CHECKING:
+    from ._mapoptions import MapOptions
+
 R = TypeVar("R")
+T1 = TypeVar("T1")
+T2 = TypeVar("T2")
 
 # A stream's default read-ahead: chunks per worker, of at most this many items (as ``imap``).
 AHEAD_CHUNKS = 4
@@ -171,6 +176,28 @@ def _consumed(run: _Run, count: int) -> None:
         feed.consumed(run.request, count)
 
 
+@overload
+async def apmap(
+    fn: Callable[[T1], R], items: Iterable[T1], /, **options: Unpack[MapOptions]
+) -> list[R]: ...
+@overload
+async def apmap(
+    fn: Callable[[T1, T2], R],
+    items1: Iterable[T1],
+    items2: Iterable[T2],
+    /,
+    **options: Unpack[MapOptions],
+) -> list[R]: ...
+@overload
+async def apmap(
+    fn: Callable[..., R],
+    items1: Iterable[Any],
+    items2: Iterable[Any],
+    items3: Iterable[Any],
+    /,
+    *more: Iterable[Any],
+    **options: Unpack[MapOptions],
+) -> list[R]: ...
 async def apmap(fn: Callable[..., R], /, *iterables: Iterable[Any], **options: Any) -> list[R]:
     """``pmap`` for ``await``: the list of results, the event loop free meanwhile.
 
@@ -183,6 +210,28 @@ async def apmap(fn: Callable[..., R], /, *iterables: Iterable[Any], **options: A
     return await run_list_async(_job(fn, iterables, options, "apmap", stream=False))
 
 
+@overload
+def aimap(
+    fn: Callable[[T1], R], items: Iterable[T1], /, **options: Unpack[MapOptions]
+) -> AsyncIterator[R]: ...
+@overload
+def aimap(
+    fn: Callable[[T1, T2], R],
+    items1: Iterable[T1],
+    items2: Iterable[T2],
+    /,
+    **options: Unpack[MapOptions],
+) -> AsyncIterator[R]: ...
+@overload
+def aimap(
+    fn: Callable[..., R],
+    items1: Iterable[Any],
+    items2: Iterable[Any],
+    items3: Iterable[Any],
+    /,
+    *more: Iterable[Any],
+    **options: Unpack[MapOptions],
+) -> AsyncIterator[R]: ...
 def aimap(fn: Callable[..., R], /, *iterables: Iterable[Any], **options: Any) -> AsyncIterator[R]:
     """``imap`` for ``async for``: results as they are ready, the event loop free meanwhile.
 

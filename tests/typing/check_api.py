@@ -7,10 +7,11 @@ user's editor should infer; each ``type: ignore[...]`` marks a mistake the check
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Callable, Iterator
 from typing import assert_type
 
-from parallelize import ParallelFunction, imap, parallel, pmap
+from parallelize import Executor, ParallelFunction, Pool, aimap, apmap, imap, parallel, pmap
 
 
 @parallel
@@ -129,3 +130,24 @@ assert_type(Scaler.double([1]), list[int])
 assert_type(scaler.triple([1]), list[int])
 scaler.scale(["a"])  # type: ignore[list-item]
 Scaler.label(["a"])  # type: ignore[list-item]
+
+
+# -- the drop-in faces and asyncio ------------------------------------------------------------
+
+
+async def faces() -> None:
+    with Pool(2) as pool:
+        assert_type(pool.map(length, ["a"]), list[int])
+        assert_type(pool.apply(length, ("a",)), int)
+        assert_type(pool.apply_async(length, ("a",)).get(1.0), int)
+        assert_type(pool.map_async(length, ["a"]).get(), list[int])
+        assert_type(next(pool.imap_unordered(length, ["a"])), int)
+    with Executor(2) as executor:
+        assert_type(executor.submit(length, "a"), concurrent.futures.Future[int])
+        assert_type(list(executor.map(length, ["a"], buffersize=2)), list[int])
+    assert_type(await apmap(length, ["a"], workers=2), list[int])
+    assert_type(await apmap(add, [1], [2]), list[int])
+    assert_type([x async for x in aimap(length, ["a"])], list[int])
+    assert_type(await shout.amap(["a"]), list[str])
+    assert_type([x async for x in shout.aimap(["a"])], list[str])
+    await apmap(length, ["a"], wokers=2)  # type: ignore[call-overload]
