@@ -21,12 +21,14 @@ if TYPE_CHECKING:
     )
     from ._executor import Executor
     from ._mapoptions import MapOptions
-    from ._pool import Pool, ThreadPool
+    from ._pool import AsyncResult, IMapIterator, Pool, ThreadPool
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncResult",
     "Executor",
+    "IMapIterator",
     "MapOptions",
     "ParallelFunction",
     "ParallelizeError",
@@ -48,7 +50,9 @@ __all__ = [
 # Each public name and the module that defines it, imported on first use (PEP 562): a worker
 # process imports ``parallelize._worker``, which needs none of the caller's side.
 _SOURCES = {
+    "AsyncResult": "._pool",
     "Executor": "._executor",
+    "IMapIterator": "._pool",
     "MapOptions": "._mapoptions",
     "ParallelFunction": "._decorator",
     "ParallelizeError": "._errors",
