@@ -17,6 +17,7 @@ from ._api import prepare
 from ._core.feed import Request
 from ._core.job import Job
 from ._core.progress import open_bar
+from ._core.scheduler import ahead_items
 from ._core.session import Session
 from ._errors import Failure
 from ._options import Options
@@ -27,10 +28,6 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 T1 = TypeVar("T1")
 T2 = TypeVar("T2")
-
-# A stream's default read-ahead: chunks per worker, of at most this many items (as ``imap``).
-AHEAD_CHUNKS = 4
-STREAM_CHUNK = 4096
 
 
 def _stopped() -> asyncio.CancelledError:
@@ -141,9 +138,7 @@ async def run_list_async(job: Job) -> list[Any]:
 async def run_stream_async(job: Job) -> AsyncIterator[Any]:
     """Run a job lazily for ``async for``, reading no further ahead of the consumer than
     ``max_ahead`` items (by default a few chunks per worker)."""
-    options = job.options
-    chunk = options.chunksize or STREAM_CHUNK
-    run = _Run(job, ahead=options.max_ahead or options.workers * AHEAD_CHUNKS * chunk)
+    run = _Run(job, ahead=ahead_items(job.options, job.options.workers))
     run.start()
     early: dict[int, list[Any]] = {}
     next_position = 0

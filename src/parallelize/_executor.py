@@ -24,8 +24,8 @@ from typing import Any, ParamSpec, TypeVar
 from ._core.feed import Request
 from ._core.session import Session
 from ._errors import Failure, RemoteTraceback, crash_error
-from ._options import ENGINES, Options, Resolved
-from ._pool import IMapIterator
+from ._options import Resolved
+from ._pool import IMapIterator, face_options
 from ._worker.chunk import invoke
 
 P = ParamSpec("P")
@@ -117,35 +117,12 @@ class Executor(concurrent.futures.Executor):
                 raise TypeError("max_tasks_per_child must be an integer")
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
-        if backend in ENGINES:
-            raise ValueError(
-                f"backend={backend!r} is not available for an Executor yet; use pmap or imap "
-                f"with backend={backend!r}, or an Executor on backend='process' or 'thread'"
-            )
-        if mp_context is not None:
-            method = mp_context.get_start_method()
-            if start_method is not None and start_method != method:
-                raise ValueError(
-                    f"start_method={start_method!r} cannot apply with an mp_context of start "
-                    f"method {method!r}: give one of them"
-                )
-            start_method = method
-        elif start_method is None and backend == "process":
-            # As ProcessPoolExecutor() does: a start method the program set is the default.
-            start_method = multiprocessing.get_start_method(allow_none=True)
-        given: dict[str, Any] = {
-            "workers": max_workers,
-            "backend": backend,
-            "progress": progress,
-            "timeout": timeout,
-            "retries": retries,
-            "max_tasks_per_worker": max_tasks_per_child,
-        }
-        if initializer is not None:
-            given.update(initializer=initializer, initargs=tuple(initargs))
-        if start_method is not None:
-            given["start_method"] = start_method
-        self._options: Resolved = Options(**given).resolve()
+        self._options: Resolved = face_options(
+            "an Executor", "an mp_context", mp_context,
+            workers=max_workers, backend=backend, start_method=start_method,
+            initializer=initializer, initargs=initargs, max_tasks_per_worker=max_tasks_per_child,
+            progress=progress, timeout=timeout, retries=retries,
+        )  # fmt: skip
         self._max_workers = self._options.workers
         self._lock = threading.Lock()
         self._session: Session | None = None

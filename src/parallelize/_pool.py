@@ -59,6 +59,43 @@ def _as_raised(failure: Failure) -> BaseException:
     return error
 
 
+def face_options(
+    face: str,
+    context_is: str,
+    context: Any,
+    *,
+    backend: str,
+    start_method: str | None,
+    initializer: Callable[..., object] | None,
+    initargs: Iterable[Any],
+    **given: Any,
+) -> Resolved:
+    """The options of a ``Pool`` or ``Executor`` (``face``) from its arguments: the start method
+    of its ``context`` (``context_is`` names that argument), else one the program set with
+    ``multiprocessing.set_start_method``, as the standard classes do, else parallelize's."""
+    if backend in ENGINES:
+        raise ValueError(
+            f"backend={backend!r} is not available for {face} yet; use pmap or imap with "
+            f"backend={backend!r}, or {face} on backend='process' or 'thread'"
+        )
+    if context is not None:
+        method = context.get_start_method()
+        if start_method is not None and start_method != method:
+            raise ValueError(
+                f"start_method={start_method!r} cannot apply with {context_is} of start method "
+                f"{method!r}: give one of them"
+            )
+        start_method = method
+    elif start_method is None and backend == "process":
+        start_method = multiprocessing.get_start_method(allow_none=True)
+    given["backend"] = backend
+    if initializer is not None:
+        given.update(initializer=initializer, initargs=tuple(initargs))
+    if start_method is not None:
+        given["start_method"] = start_method
+    return Options(**given).resolve()
+
+
 def _report(what: str) -> None:
     """A user's callback raised, in the pool's thread: say so, as an unhandled thread error."""
     print(f"Exception in the {what} of a parallelize pool task:", file=sys.stderr)
@@ -280,36 +317,12 @@ class Pool:
             raise ValueError("maxtasksperchild must be a positive int or None")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        backend = backend or self._backend
-        if backend in ENGINES:
-            raise ValueError(
-                f"backend={backend!r} is not available for a Pool yet; use pmap or imap with "
-                f"backend={backend!r}, or a Pool on backend='process' or 'thread'"
-            )
-        if context is not None:
-            method = context.get_start_method()
-            if start_method is not None and start_method != method:
-                raise ValueError(
-                    f"start_method={start_method!r} cannot apply with a context of start method "
-                    f"{method!r}: give one of them"
-                )
-            start_method = method
-        elif start_method is None and backend == "process":
-            # As multiprocessing.Pool() does: a start method the program set is the default.
-            start_method = multiprocessing.get_start_method(allow_none=True)
-        given: dict[str, Any] = {
-            "workers": processes,
-            "backend": backend,
-            "progress": progress,
-            "timeout": timeout,
-            "retries": retries,
-            "max_tasks_per_worker": maxtasksperchild,
-        }
-        if initializer is not None:
-            given.update(initializer=initializer, initargs=tuple(initargs))
-        if start_method is not None:
-            given["start_method"] = start_method
-        self._options: Resolved = Options(**given).resolve()
+        self._options: Resolved = face_options(
+            "a Pool", "a context", context,
+            workers=processes, backend=backend or self._backend, start_method=start_method,
+            initializer=initializer, initargs=initargs, max_tasks_per_worker=maxtasksperchild,
+            progress=progress, timeout=timeout, retries=retries,
+        )  # fmt: skip
         self._processes = self._options.workers
         self._state = RUN  # last: a pool that failed to build is not running (see __del__)
 

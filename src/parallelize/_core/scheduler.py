@@ -37,6 +37,7 @@ from .job import Batch, Job
 
 if TYPE_CHECKING:
     from .._errors import WorkerCrashedError
+    from .._options import Resolved
 
 # Streaming: how many chunks per worker the map may hold ahead of its consumer (queued, running,
 # or finished and waiting behind a slower item for their turn), by default.
@@ -54,6 +55,12 @@ MIN_POLL: Final = 0.001
 RETIRE_POLL: Final = 0.1
 # A live job's functions whose load messages are kept (a Pool's maps each have one).
 CALLS_KEPT: Final = 256
+
+
+def ahead_items(options: Resolved, workers: int) -> int:
+    """How many items a stream may read ahead of its consumer: ``max_ahead``, or WINDOW chunks
+    per worker (of ``chunksize``, or of at most STREAM_CHUNK items)."""
+    return options.max_ahead or workers * WINDOW * (options.chunksize or STREAM_CHUNK)
 
 
 class _Task:
@@ -129,8 +136,7 @@ class Scheduler(Generic[W]):
         self._timeout_ns = int(options.timeout * 1e9) if watched and options.timeout else None
         self._stream = job.stream
         if job.stream:  # the read-ahead bound, in items, before the results' size is known
-            chunk = options.chunksize or STREAM_CHUNK
-            self._ahead_items = options.max_ahead or pool.size * WINDOW * chunk
+            self._ahead_items = ahead_items(options, pool.size)
             self._ahead_bytes = options.max_ahead_bytes
             self._bytes_per_item = 0.0
             self._measured = (0, pool.reply_bytes)  # (items, bytes) of the replies so far
