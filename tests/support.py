@@ -2,9 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
+from pathlib import Path
+
+import psutil
+
+import parallelize
 
 
 def open_fds() -> int:
     """How many file descriptors this process has open."""
     return len(os.listdir("/proc/self/fd"))
+
+
+def live_children() -> int:
+    """Child processes of this one (workers, a fork server), zombies left out."""
+    alive = 0
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):  # it ended meanwhile
+            alive += child.status() != psutil.STATUS_ZOMBIE
+    return alive
+
+
+def children_at_most(bound: int, limit: float = 10.0) -> int:
+    """``live_children()`` as soon as it is at most ``bound`` (or its value after ``limit``)."""
+    deadline = time.monotonic() + limit
+    while (count := live_children()) > bound and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return count
+
+
+def script_env() -> dict[str, str]:
+    """The environment for a script run in a new interpreter: it imports the parallelize under
+    test, wherever the tests run from."""
+    path = [str(Path(parallelize.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import concurrent.futures.process
-import contextlib
 import gc
 import itertools
 import multiprocessing
@@ -21,10 +20,10 @@ import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from parallelize import Executor, WorkerCrashedError
+from support import children_at_most, live_children
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,21 +43,6 @@ def die(_: object) -> None:
 
 def raise_123() -> None:
     raise RuntimeError(123)  # the line the traceback shows
-
-
-def _children() -> int:
-    alive = 0
-    for child in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            alive += child.status() != psutil.STATUS_ZOMBIE
-    return alive
-
-
-def _children_at_most(bound: int, limit: float = 10.0) -> int:
-    deadline = time.monotonic() + limit
-    while (count := _children()) > bound and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return count
 
 
 def test_it_is_a_concurrent_futures_executor(start_method: str) -> None:
@@ -149,7 +133,7 @@ def test_map_reads_lazily_within_buffersize() -> None:
 
 
 def test_shutdown_cancels_what_did_not_start() -> None:
-    before = _children()
+    before = live_children()
     executor = Executor(1)
     futures = [executor.submit(nap, 0.3) for _ in range(10)]
     time.sleep(0.1)
@@ -158,7 +142,7 @@ def test_shutdown_cancels_what_did_not_start() -> None:
     assert sum(f.cancelled() for f in futures) >= 5
     with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
         executor.submit(square, 1)
-    assert _children_at_most(before) <= before
+    assert children_at_most(before) <= before
 
 
 def test_a_pending_future_can_be_cancelled() -> None:
@@ -172,7 +156,7 @@ def test_a_pending_future_can_be_cancelled() -> None:
 
 @pytest.mark.parametrize("how", ["terminate_workers", "kill_workers"])
 def test_terminate_and_kill_workers_stop_at_once(how: str) -> None:
-    before = _children()
+    before = live_children()
     executor = Executor(2)
     future = executor.submit(nap, 60)
     time.sleep(0.3)
@@ -180,7 +164,7 @@ def test_terminate_and_kill_workers_stop_at_once(how: str) -> None:
     getattr(executor, how)()
     assert time.monotonic() - began < 10
     assert isinstance(future.exception(timeout=10), WorkerCrashedError)
-    assert _children_at_most(before) <= before
+    assert children_at_most(before) <= before
 
 
 def test_run_in_executor_does_not_block_the_loop() -> None:
@@ -354,9 +338,9 @@ def test_the_first_calls_start_at_once_as_the_standard_librarys() -> None:
 
 def test_a_dropped_executor_stops_its_workers() -> None:
     """An executor nobody shuts down, once garbage: its calls finish, then its workers exit."""
-    before = _children()
+    before = live_children()
     executor = Executor(2)
     assert executor.submit(square, 5).result(timeout=30) == 25
     del executor
     gc.collect()
-    assert _children_at_most(before) <= before
+    assert children_at_most(before) <= before

@@ -23,8 +23,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-import parallelize
 from parallelize import ParallelizeError, Pool, ThreadPool, WorkerCrashedError
+from support import children_at_most, live_children, script_env
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,21 +67,6 @@ def read_tag(_: object) -> str | None:
     return _tag
 
 
-def _children() -> int:
-    alive = 0
-    for child in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            alive += child.status() != psutil.STATUS_ZOMBIE
-    return alive
-
-
-def _children_at_most(bound: int, limit: float = 10.0) -> int:
-    deadline = time.monotonic() + limit
-    while (count := _children()) > bound and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return count
-
-
 @pytest.fixture
 def pool() -> Iterator[Pool]:
     with Pool(2) as p:
@@ -111,7 +96,7 @@ def test_every_method_of_the_standard_pool(start_method: str) -> None:
 def test_a_ported_program_keeps_its_pool_for_its_whole_run() -> None:
     """The pattern the issue found in a real program: a long-lived pool fed with
     ``imap_unordered(fn, jobs, chunksize=n)``, then ``close()`` and ``join()``; no worker left."""
-    before = _children()
+    before = live_children()
     p = Pool(2)
     total = 0
     for value in p.imap_unordered(square, (i for i in range(1000)), chunksize=50):
@@ -120,7 +105,7 @@ def test_a_ported_program_keeps_its_pool_for_its_whole_run() -> None:
     assert sorted(p.imap_unordered(square, range(10), 3)) == [i * i for i in range(10)]
     p.close()
     p.join()
-    assert _children_at_most(before) <= before
+    assert children_at_most(before) <= before
 
 
 def test_callbacks_run_before_get_returns(pool: Pool) -> None:
@@ -235,10 +220,10 @@ def test_lifecycle_errors_are_the_standard_librarys() -> None:
 def test_bad_arguments_fail_before_any_worker_starts(
     kwargs: dict[str, object], error: type[Exception], match: str
 ) -> None:
-    before = _children()
+    before = live_children()
     with pytest.raises(error, match=match):
         Pool(**kwargs)  # type: ignore[arg-type]
-    assert _children() == before
+    assert live_children() == before
 
 
 def test_bad_chunksize_is_refused(pool: Pool) -> None:
@@ -249,7 +234,7 @@ def test_bad_chunksize_is_refused(pool: Pool) -> None:
 def test_terminate_stops_running_tasks_at_once() -> None:
     """Tasks that would run for minutes are stopped; results not ready raise instead of
     blocking ``get()`` forever; no worker is left."""
-    before = _children()
+    before = live_children()
     p = Pool(2)
     result = p.map_async(time.sleep, [60] * 100, chunksize=1)
     single = p.apply_async(time.sleep, (60,))
@@ -262,7 +247,7 @@ def test_terminate_stops_running_tasks_at_once() -> None:
         result.get(timeout=5)
     with pytest.raises(ParallelizeError, match="terminated"):
         single.get(timeout=5)
-    assert _children_at_most(before) <= before
+    assert children_at_most(before) <= before
 
 
 def test_close_then_join_finishes_the_submitted_work() -> None:
@@ -285,13 +270,13 @@ def test_initializer_runs_in_every_worker(start_method: str) -> None:
 
 
 def test_an_open_pool_dropped_warns_and_leaves_no_process() -> None:
-    before = _children()
+    before = live_children()
     p = Pool(2)
     assert p.map(square, [1, 2]) == [1, 4]
     with pytest.warns(ResourceWarning, match="unclosed running multiprocessing pool"):
         del p
         gc.collect()
-    assert _children_at_most(before) <= before
+    assert children_at_most(before) <= before
 
 
 def test_thread_pool_runs_in_this_process() -> None:
@@ -348,8 +333,7 @@ def test_a_pool_left_open_at_exit_stops_its_workers(tmp_path: Path) -> None:
     is left behind: no process, no warning of leaked semaphores or shared memory."""
     script = tmp_path / "script.py"
     script.write_text(LEFT_OPEN)
-    path = [str(Path(parallelize.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    env = script_env()
     began = time.monotonic()
     child = subprocess.Popen(
         [sys.executable, str(script)],

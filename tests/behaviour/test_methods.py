@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -11,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import parallelize
+from support import script_env
 
 from .conftest import Backend
 from .workloads import Scaler, SubScaler
@@ -119,9 +118,7 @@ def test_a_method_of_a_class_in_a_scripts_main(
 ) -> None:
     """A class of ``__main__`` travels by value with its instance and its methods."""
     (tmp_path / "script.py").write_text(textwrap.dedent(SCRIPT.format(options=script_options)))
-    # The script imports the parallelize under test, wherever the test runs from.
-    path = [str(Path(parallelize.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    env = script_env()
     done = subprocess.run(
         [sys.executable, "script.py"],
         capture_output=True, text=True, timeout=100, check=False, cwd=tmp_path, env=env,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,8 +12,8 @@ from typing import Any
 
 import pytest
 
-import parallelize
 from parallelize import imap, pmap
+from support import script_env
 
 from .workloads import add, square, weighted
 
@@ -148,9 +147,7 @@ def test_functions_and_classes_of_a_scripts_main(
         (package / "__init__.py").write_text("")
         (package / "__main__.py").write_text(code)
         command = [sys.executable, "-m", "pointpkg"]
-    # The script imports the parallelize under test, wherever the test runs from.
-    path = [str(Path(parallelize.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    env = script_env()
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=100, check=False, cwd=tmp_path, env=env
     )

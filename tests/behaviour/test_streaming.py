@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 import subprocess
 import sys
 import threading
@@ -13,11 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
-import parallelize
 from parallelize import imap, pmap
+from support import live_children, script_env
 
 from .conftest import Backend
 from .workloads import Counted, broken_input, kilobytes, logged_nap, nap, naturals, square
@@ -129,8 +126,7 @@ def test_a_slow_consumer_keeps_the_callers_memory_flat(
     Ray, the private memory only: Ray maps its object store into the caller, and the store's
     pages that the caller read count in its RSS, up to the store's own size.)"""
     (tmp_path / "script.py").write_text(MEMORY_SCRIPT.format(options=script_options))
-    path = [str(Path(parallelize.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    env = script_env()
     done = subprocess.run(
         [sys.executable, "script.py"],
         capture_output=True, text=True, timeout=100, check=False, cwd=tmp_path, env=env,
@@ -140,15 +136,6 @@ def test_a_slow_consumer_keeps_the_callers_memory_flat(
     assert private < 32 + 32, f"the caller's private memory grew by {private:.0f} MB"
     if backend.id != "ray":
         assert peak < 32 + 32, f"the caller's peak RSS grew by {peak:.0f} MB"
-
-
-def _live_children() -> int:
-    """Child processes of this one (workers, a fork server), zombies left out."""
-    alive = 0
-    for child in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess):  # it ended meanwhile
-            alive += child.status() != psutil.STATUS_ZOMBIE
-    return alive
 
 
 def _settle(measure: Callable[[], int], *, quiet: float = 1.0, limit: float = 20.0) -> int:
@@ -182,7 +169,7 @@ def test_breaking_out_of_imap_stops_the_work(
     worker is left over, and the next map runs at once."""
     items = 60  # of 0.2 s each: 6 s of work on 2 workers if nothing stopped them
     pmap(nap, [0.2] * 4, chunksize=1, **backend_options)  # a warm pool, every worker started
-    children, threads = _live_children(), threading.active_count()
+    children, threads = live_children(), threading.active_count()
 
     log = tmp_path / "started"
     log.touch()
@@ -196,7 +183,7 @@ def test_breaking_out_of_imap_stops_the_work(
     assert pmap(square, range(10), **backend_options) == [x * x for x in range(10)]
     assert time.monotonic() - began < 10
     if backend.child_processes:  # no worker beyond the warm pool's
-        assert _at_most(_live_children, children) <= children
+        assert _at_most(live_children, children) <= children
     if backend.in_caller:  # no thread left running an item
         assert _at_most(threading.active_count, threads) <= threads
 
