@@ -40,3 +40,30 @@ def make_array(seed: int) -> Any:
 def kilobytes(x: int) -> bytes:
     """A 10 kB result, a new object each time: what a slow consumer leaves waiting."""
     return x.to_bytes(8, "little") * 1250
+
+
+def logged_square(x: int) -> int:
+    """The tiny task with one log record per item: what forwarding a worker's logging costs."""
+    import logging
+
+    logging.getLogger("bench").info("item %d", x)
+    return x * x
+
+
+def logged_spin(n: int) -> int:
+    """The cpu task with one log record per item."""
+    import logging
+
+    logging.getLogger("bench").info("spin %d", n)
+    return spin(n)
+
+
+def log_to_devnull() -> None:
+    """An initializer: the worker writes its own INFO records to /dev/null (output="inherit")."""
+    import logging
+    import os
+
+    handler = logging.FileHandler(os.devnull)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)

@@ -31,7 +31,13 @@ def run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_every_example_is_tested() -> None:
-    tested = {"hash_files.py", "csv_chunks.py", "scrape_threads.py", "numpy_job.py"} | set(NEEDS)
+    tested = {
+        "hash_files.py",
+        "csv_chunks.py",
+        "scrape_threads.py",
+        "numpy_job.py",
+        "uneven_stats.py",
+    } | set(NEEDS)
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
 
@@ -43,6 +49,7 @@ def test_every_example_is_tested() -> None:
         ("csv_chunks.py", "north"),
         ("scrape_threads.py", "1 failed as expected"),
         ("numpy_job.py", "pi ~ 3.1"),
+        ("uneven_stats.py", "the map's stats"),
         pytest.param("dask_cluster.py", "takes the most steps", marks=pytest.mark.dask),
     ],
 )

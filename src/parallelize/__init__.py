@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._aio import aimap, apmap
     from ._api import imap, pmap
+    from ._core.stats import collect_stats
     from ._counter import SharedCounter, shared_counter
     from ._decorator import ParallelFunction, parallel
     from ._errors import (
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     )
     from ._executor import Executor
     from ._mapoptions import MapOptions
+    from ._mapstats import MapStats
     from ._pool import AsyncResult, IMapIterator, Pool, ThreadPool
 
 __version__ = "0.1.0"
@@ -30,6 +32,7 @@ __all__ = [
     "Executor",
     "IMapIterator",
     "MapOptions",
+    "MapStats",
     "ParallelFunction",
     "ParallelizeError",
     "Pool",
@@ -41,6 +44,7 @@ __all__ = [
     "WorkerCrashedError",
     "aimap",
     "apmap",
+    "collect_stats",
     "imap",
     "parallel",
     "pmap",
@@ -54,6 +58,7 @@ _SOURCES = {
     "Executor": "._executor",
     "IMapIterator": "._pool",
     "MapOptions": "._mapoptions",
+    "MapStats": "._mapstats",
     "ParallelFunction": "._decorator",
     "ParallelizeError": "._errors",
     "Pool": "._pool",
@@ -65,6 +70,7 @@ _SOURCES = {
     "WorkerCrashedError": "._errors",
     "aimap": "._aio",
     "apmap": "._aio",
+    "collect_stats": "._core.stats",
     "imap": "._api",
     "parallel": "._decorator",
     "pmap": "._api",

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, SupportsIndex, TypedDict
 
 if TYPE_CHECKING:
-    from ._options import BackendName, Progress, StartMethod
+    from ._options import BackendName, Output, Progress, StartMethod
 
 
 class MapOptions(TypedDict, total=False):
@@ -36,3 +36,5 @@ class MapOptions(TypedDict, total=False):
     address: str | None
     max_ahead: SupportsIndex | None
     max_ahead_bytes: SupportsIndex | None
+    output: Output
+    stats: bool

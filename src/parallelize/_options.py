@@ -33,9 +33,11 @@ DEFAULT_BACKEND: Final = "process"
 ENGINES: Final = ("dask", "ray")  # the backends that take an ``address``
 START_METHODS: Final = ("fork", "spawn", "forkserver")
 ON_ERROR: Final = ("raise", "return")
+OUTPUTS: Final = ("forward", "inherit", "drop")
 
 BackendName = Literal["process", "thread", "serial", "dask", "ray"]
 StartMethod = Literal["fork", "spawn", "forkserver"]
+Output = Literal["forward", "inherit", "drop"]
 Progress = bool | str | Mapping[str, Any]
 
 
@@ -56,6 +58,8 @@ OPTION_NAMES: Final = (
     "address",
     "max_ahead",
     "max_ahead_bytes",
+    "output",
+    "stats",
 )
 
 # What a stream may hold of finished results ahead of its consumer, by default.
@@ -229,6 +233,13 @@ def _validate(name: str, value: Any) -> Any:
             return seconds
     elif name == "on_error":
         _check_choice("on_error", value, ON_ERROR)
+    elif name == "output":
+        if not isinstance(value, str):
+            raise TypeError(f"output must be one of {', '.join(map(repr, OUTPUTS))}, got {value!r}")
+        _check_choice("output", value, OUTPUTS)
+    elif name == "stats":
+        if not isinstance(value, bool):
+            raise TypeError(f"stats must be True or False, got {value!r}")
     elif name == "initializer":
         if value is not None and not callable(value):
             raise TypeError(f"initializer must be callable or None, got {value!r}")
@@ -265,6 +276,8 @@ class Options:
     address: str | _Unset | None
     max_ahead: int | _Unset | None
     max_ahead_bytes: int | _Unset | None
+    output: Output | _Unset
+    stats: bool | _Unset
 
     def __init__(self, **given: Any) -> None:
         """Validate and keep ``given``; every other field is ``UNSET``. Unknown names: TypeError."""
@@ -376,6 +389,8 @@ class Options:
             address=_value(self.address, None),
             max_ahead=_value(self.max_ahead, None),
             max_ahead_bytes=_value(self.max_ahead_bytes, None) or DEFAULT_AHEAD_BYTES,
+            output=_value(self.output, "forward"),
+            stats=_value(self.stats, False),
         )
 
 
@@ -442,6 +457,8 @@ class Resolved:
     address: str | None
     max_ahead: int | None
     max_ahead_bytes: int
+    output: Output
+    stats: bool
 
     def __init__(self, **values: Any) -> None:
         for name in OPTION_NAMES:

@@ -241,3 +241,47 @@ class Scaler:
 
 class SubScaler(Scaler):
     pass
+
+
+WORKER_LOGGER = "parallelize.tests.worker"
+
+
+def chatty(x: int) -> int:
+    """Print a line to stdout and one to stderr, and log a record with an ``extra`` field."""
+    import logging
+    import sys
+
+    print(f"out {x}")
+    print(f"err {x}", file=sys.stderr)
+    logging.getLogger(WORKER_LOGGER).info("item %d", x, extra={"tag": f"t{x}"})
+    logging.getLogger(WORKER_LOGGER).debug("debug %d", x)
+    return x
+
+
+def log_failure(x: int) -> int:
+    """Log an exception with its traceback."""
+    import logging
+
+    try:
+        raise KeyError(f"missing {x}")
+    except KeyError:
+        logging.getLogger(WORKER_LOGGER).exception("lookup failed for %d", x)
+    return x
+
+
+def half_lines(x: int) -> int:
+    """Write a line in two pieces, then a partial line that the item never ends."""
+    import sys
+
+    sys.stdout.write(f"start {x} ")
+    sys.stdout.write(f"end {x}\n")
+    sys.stdout.write(f"partial {x}")
+    return x
+
+
+def last_words(x: int) -> int:
+    """Print a line, then die at once (no cleanup, no flush of anything)."""
+    print(f"last words of {x}", flush=False)
+    if x == 2:
+        os._exit(3)
+    return x

@@ -29,8 +29,9 @@ from .._errors import Failure
 from .._lifecycle import engine_task, enter_worker
 from .._options import Resolved
 from .._wire.pickling import dumps, dumps_for_engine, dumps_function, picklable_values
-from .._wire.protocol import Call, Done, InitFailed, Task
-from .._worker.chunk import Status, run_chunk
+from .._wire.protocol import Call, Done, InitFailed, Output, Task
+from .._worker import output
+from .._worker.chunk import Measured, Status, run_chunk
 from .._worker.init import initialize_for
 from .base import Crashed, WorkerHandle, WorkerSet
 
@@ -54,27 +55,39 @@ _caller_pid: int | None = None
 
 
 class Outcome:
-    """A chunk's values and compute time, as a task returns them.
+    """A chunk's values and compute time, as a task returns them, with what its items printed and
+    logged, and what a measured call measured.
 
     It pickles itself with the fast pickler, and a value that cannot be pickled becomes that item's
     ``SerializationError`` instead of failing the whole task.
     """
 
-    __slots__ = ("failed", "nbytes", "seconds", "start", "values")
+    __slots__ = ("failed", "measured", "nbytes", "output", "seconds", "start", "values")
 
-    def __init__(self, start: int, values: list[Any], seconds: float, failed: bool):
+    def __init__(
+        self,
+        start: int,
+        values: list[Any],
+        seconds: float,
+        failed: bool,
+        measured: Measured | None = None,
+        output: list[Any] | None = None,
+    ):
         self.start = start
         self.values = values
         self.seconds = seconds
         self.failed = failed
+        self.measured = measured
+        self.output = output
         self.nbytes = 0  # its pickled size, once it has crossed to the caller
 
     def __reduce__(self) -> tuple[Any, ...]:
+        rest = (self.measured, self.output)
         try:
-            blob = dumps((self.start, self.values, self.seconds, self.failed))
+            blob = dumps((self.start, self.values, self.seconds, self.failed, *rest))
         except Exception:
             values = picklable_values(self.values, self.start)
-            blob = dumps((self.start, values, self.seconds, True))
+            blob = dumps((self.start, values, self.seconds, True, *rest))
         return (_load_outcome, (blob,))
 
 
@@ -141,34 +154,50 @@ def run_remote(
         if init_blob is not None and (failure := _initialize(loaded, init_blob)) is not None:
             return Outcome(start, [failure], 0.0, True)  # index -1: InitFailed in the caller
         items: Sequence[Any] = pickle.loads(payload)
-        if timeout is None:
-            outcome = run_chunk(call, _TASK_ID, start, items, retries, Status())
-            assert outcome is not None  # nothing cancels a chunk on an engine
-            values, seconds, _ = outcome
-        else:
-            values, seconds = _run_timed(call, start, items, retries, timeout)
-    return Outcome(start, values, seconds, any(type(value) is Failure for value in values))
+        entries: list[Any] = []
+        remote = _caller_pid != os.getpid()
+        status = Status()
+        begun = output.begin(call, entries.extend, lambda: status.index, remote=remote)
+        try:
+            if timeout is None:
+                outcome = run_chunk(call, _TASK_ID, start, items, retries, status)
+                assert outcome is not None  # nothing cancels a chunk on an engine
+                values, seconds, _, measured = outcome
+            else:
+                runner = (entries, remote)
+                values, seconds, measured = _run_timed(call, start, items, retries, timeout, runner)
+        finally:
+            if begun is not None:
+                output.end(begun)
+    failed = any(type(value) is Failure for value in values)
+    return Outcome(start, values, seconds, failed, measured, entries or None)
 
 
 class _ItemRunner:
     """A thread that runs items one at a time, so that the task can stop waiting for one."""
 
-    def __init__(self, call: Call):
+    def __init__(self, call: Call, output_to: tuple[list[Any], bool]):
         self.inbox: queue.SimpleQueue[tuple[int, Any] | None] = queue.SimpleQueue()
         self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         threading.Thread(
-            target=self._main, args=(call,), daemon=True, name="parallelize-item"
+            target=self._main, args=(call, *output_to), daemon=True, name="parallelize-item"
         ).start()
 
-    def _main(self, call: Call) -> None:
-        """Run each item once (its value, or its Failure): the task's loop does the retrying."""
+    def _main(self, call: Call, entries: list[Any], remote: bool) -> None:
+        """Run each item once (its value, or its Failure): the task's loop does the retrying.
+        What the items print and log goes to ``entries``, as the task's own would."""
         status = Status()
         with engine_task():
-            while (message := self.inbox.get()) is not None:
-                index, item = message
-                outcome = run_chunk(call, _TASK_ID, index, [item], 0, status)
-                assert outcome is not None
-                self.outbox.put(outcome[0][0])
+            begun = output.begin(call, entries.extend, lambda: status.index, remote=remote)
+            try:
+                while (message := self.inbox.get()) is not None:
+                    index, item = message
+                    outcome = run_chunk(call, _TASK_ID, index, [item], 0, status)
+                    assert outcome is not None
+                    self.outbox.put(outcome[0][0])
+            finally:
+                if begun is not None:
+                    output.end(begun)
 
     def abandon(self) -> None:
         """Let the thread end once its current item returns; its result is dropped."""
@@ -176,8 +205,13 @@ class _ItemRunner:
 
 
 def _run_timed(
-    call: Call, start: int, items: Sequence[Any], retries: int, timeout: float
-) -> tuple[list[Any], float]:
+    call: Call,
+    start: int,
+    items: Sequence[Any],
+    retries: int,
+    timeout: float,
+    output_to: tuple[list[Any], bool],
+) -> tuple[list[Any], float, Measured | None]:
     """run_chunk's job, with an item past ``timeout`` failing as a TimeoutError.
 
     A thread cannot be killed: the overrunning item's thread is abandoned, to end on its own when
@@ -186,18 +220,22 @@ def _run_timed(
     """
     values: list[Any] = []
     began = time.perf_counter()
-    runner = _ItemRunner(call)
+    slowest, slowest_seconds, retried, timeouts = start, 0.0, 0, 0
+    runner = _ItemRunner(call, output_to)
     try:
         for offset, item in enumerate(items):
             index = start + offset
             value: Any = None
-            for _ in range(retries + 1):
+            attempt = time.perf_counter()
+            for tries in range(retries + 1):
+                retried += tries > 0
                 runner.inbox.put((index, item))
                 try:
                     value = runner.outbox.get(timeout=timeout)
                 except queue.Empty:
+                    timeouts += 1
                     runner.abandon()
-                    runner = _ItemRunner(call)
+                    runner = _ItemRunner(call, output_to)
                     error = TimeoutError(
                         f"the item at index {index} ran longer than the timeout of {timeout} "
                         "s; its thread on the worker was abandoned and ends when the item returns"
@@ -206,11 +244,14 @@ def _run_timed(
                 if type(value) is not Failure:
                     break
             values.append(value)
+            if (seconds := time.perf_counter() - attempt) > slowest_seconds:
+                slowest, slowest_seconds = index, seconds
             if type(value) is Failure and not call.keep_going:
                 break
     finally:
         runner.abandon()
-    return values, time.perf_counter() - began
+    measured = (slowest, slowest_seconds, retried, timeouts) if call.measured else None
+    return values, time.perf_counter() - began, measured
 
 
 # -- the caller's loop ----------------------------------------------------------------------------
@@ -293,6 +334,7 @@ class EngineSet(WorkerSet[WorkerHandle]):
         run passes to each task)."""
         with crossing(self._counters):
             payload = dumps_for_engine(task.items)
+        self.bytes_pickled += len(payload)
         return (task.task_id, task.start, payload), None
 
     def send(self, worker: WorkerHandle, payload: tuple[int, int, bytes]) -> None:
@@ -314,6 +356,8 @@ class EngineSet(WorkerSet[WorkerHandle]):
                 continue
             worker, task_id, start = owner
             del self._keys[task_id]
+            if isinstance(result, Outcome) and result.output:
+                events.append((worker, Output(result.output)))
             events.append((worker, self._event(task_id, start, result)))
         return events
 
@@ -324,7 +368,9 @@ class EngineSet(WorkerSet[WorkerHandle]):
             if result.failed and type(first) is Failure and first.index < 0:
                 return InitFailed(first)  # the initializer raised: as on processes
             self.reply_bytes += result.nbytes
-            return Done(task_id, start, result.values, result.seconds, result.failed)
+            self.bytes_pickled += result.nbytes
+            values, seconds, failed = result.values, result.seconds, result.failed
+            return Done(task_id, start, values, seconds, failed, result.measured)
         if self._run.crashed(result):
             return Crashed(task_id, result)
         raise result

@@ -91,6 +91,10 @@ class WorkerSet(abc.ABC, Generic[W]):
     # estimated for threads; 0 where results are not held at all): what finished results cost
     # the caller, for a stream's bound on them.
     reply_bytes: int = 0
+    # Bytes of chunks and results pickled through pipes or an engine, and passed through shared
+    # memory, so far (a map's stats take the difference).
+    bytes_pickled: int = 0
+    bytes_shared: int = 0
 
     @abc.abstractmethod
     def new_task_id(self) -> int:

@@ -111,8 +111,11 @@ class ProcessPool(WorkerSet[_Worker]):
         else:
             self._status_array = self._context.RawArray("q", size)
         if key.start_method == "forkserver":
-            # The fork server imports the worker module once; each worker then starts warm.
-            self._context.set_forkserver_preload(["__main__", "parallelize._worker.loop"])
+            # The fork server imports the worker module once; each worker then starts warm. So
+            # does logging, when the caller uses it: a forwarding worker hooks it (_worker.output).
+            uses_logging = ["logging"] if "logging" in sys.modules else []
+            preload = [*uses_logging, "__main__", "parallelize._worker.loop"]
+            self._context.set_forkserver_preload(preload)
         block = self._status_array
         view = memoryview(getattr(block, "mapping", block)).cast("B").cast("q")
         self._views = [view[i * SLOT_WIDTH : (i + 1) * SLOT_WIDTH] for i in range(slots)]
@@ -189,6 +192,13 @@ class ProcessPool(WorkerSet[_Worker]):
 
     def encode(self, task: Task) -> tuple[bytes, object]:
         wire = to_wire(task)
+        blob, lease = self._encode(wire)
+        self.bytes_pickled += len(blob)
+        if lease is not None:
+            self.bytes_shared += lease.size
+        return blob, lease
+
+    def _encode(self, wire: tuple[Any, ...]) -> tuple[bytes, sharedmem.Segment | None]:
         try:
             blob, lease = sharedmem.dumps(wire, self._arena.lease)
         except Exception:  # what the standard pickler refuses, cloudpickle may take, in-band
@@ -269,7 +279,10 @@ class ProcessPool(WorkerSet[_Worker]):
                     dead.append(worker)
                 mapped = worker.lent.mapped_bytes
                 events.extend((worker, _load_reply(raw, worker)) for raw in raws)
-                self.reply_bytes += sum(map(len, raws)) + worker.lent.mapped_bytes - mapped
+                piped, shared = sum(map(len, raws)), worker.lent.mapped_bytes - mapped
+                self.reply_bytes += piped + shared
+                self.bytes_pickled += piped
+                self.bytes_shared += shared
             elif worker not in dead:
                 dead.append(worker)
         for worker, event in events:  # whoever reads the events, a Ready is never lost

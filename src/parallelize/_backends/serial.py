@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from .._options import Resolved
-from .._wire.protocol import CALL_CACHE, Call, Cancelled, Done, InitFailed, Load, Task
+from .._wire.protocol import CALL_CACHE, Call, Cancelled, Done, InitFailed, Load, Output, Task
+from .._worker import output
 from .._worker.chunk import Status, run_chunk
 from .._worker.init import run_initializer
 from .base import Backend, WorkerHandle, WorkerSet
@@ -65,19 +66,25 @@ class _Caller(WorkerSet[WorkerHandle]):
                 del self._calls[next(iter(self._calls))]
             return
         assert type(payload) is Task
-        outcome = run_chunk(
-            self._calls[payload.call_id],
-            payload.task_id,
-            payload.start,
-            payload.items,
-            payload.retries,
-            worker.status,
-        )
+        call, status = self._calls[payload.call_id], worker.status
+
+        def send_output(entries: list[Any]) -> None:
+            self._events.append((worker, Output(entries)))
+
+        begun = output.begin(call, send_output, lambda: status.index, remote=False)
+        try:
+            outcome = run_chunk(
+                call, payload.task_id, payload.start, payload.items, payload.retries, status
+            )
+        finally:
+            if begun is not None:
+                output.end(begun)
         if outcome is None:
             self._events.append((worker, Cancelled(payload.task_id)))
             return
-        values, seconds, failed = outcome
-        self._events.append((worker, Done(payload.task_id, payload.start, values, seconds, failed)))
+        values, seconds, failed, measured = outcome
+        done = Done(payload.task_id, payload.start, values, seconds, failed, measured)
+        self._events.append((worker, done))
 
     def wait(self, timeout: float | None) -> list[tuple[WorkerHandle, Any]]:
         events, self._events = self._events, []
@@ -99,4 +106,5 @@ class SerialBackend(Backend):
 
     @contextlib.contextmanager
     def open(self, options: Resolved, *, private: bool = False) -> Iterator[_Caller]:
-        yield _Caller(options)
+        with output.held(options.output):
+            yield _Caller(options)

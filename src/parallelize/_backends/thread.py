@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from .._options import Resolved
 from .._wire.protocol import READY, Call, Done, InitFailed, Load, Ready, Task
+from .._worker import output
 from .._worker.chunk import Status
 from .._worker.init import run_initializer
 from .._worker.loop import serve
@@ -136,6 +137,7 @@ class ThreadBackend(Backend):
     def open(self, options: Resolved, *, private: bool = False) -> Iterator[ThreadPool]:
         pool = ThreadPool(options)
         try:
-            yield pool
+            with output.held(options.output):
+                yield pool
         finally:
             pool.close()

@@ -12,16 +12,34 @@ from typing import Any
 
 from .._backends import get_backend
 from .._errors import Failure
+from . import stats
 from .job import Batch, Job
-from .progress import open_bar
+from .output import Sink
+from .progress import Bar, open_bar
 from .scheduler import Scheduler
 
 
-def _batches(job: Job) -> Generator[Batch, None, None]:
+def _batches(job: Job, bar: Bar) -> Generator[Batch, None, None]:
     """The job's batches in completion order; closing it cancels the rest and releases the
-    workers (or keeps them warm for the next map)."""
-    with get_backend(job.options.backend).open(job.options) as pool:
-        yield from Scheduler(pool, job).run()
+    workers (or keeps them warm for the next map). The workers' output goes above ``bar``."""
+    options = job.options
+    sink = Sink(bar)
+    if not stats.wanted(options.stats):
+        with get_backend(options.backend).open(options) as pool:
+            yield from Scheduler(pool, job, sink=sink).run()
+        return
+    recorder = stats.Recorder(job.fn, options.backend)
+    try:
+        with get_backend(options.backend).open(options) as pool:
+            recorder.attach(pool)
+            for batch in Scheduler(pool, job, sink=sink, recorder=recorder).run():
+                recorder.items += len(batch.values)
+                yield batch
+    finally:
+        measured = recorder.finish()
+        stats.publish(measured)
+        if options.stats:
+            sink.write(f"{measured}\n")
 
 
 def _values(batch: Batch, raise_first: bool) -> list[Any]:
@@ -50,7 +68,7 @@ def run_list(job: Job) -> list[Any]:
     raise_first = options.on_error == "raise"
     bar = open_bar(options.progress, job.total)
     try:
-        with closing(_batches(job)) as batches:
+        with closing(_batches(job, bar)) as batches:
             if not options.ordered:
                 out: list[Any] = []
                 for batch in batches:
@@ -80,7 +98,7 @@ def run_stream(job: Job) -> Iterator[Any]:
     raise_first = options.on_error == "raise"
     bar = open_bar(options.progress, job.total)
     try:
-        with closing(_batches(job)) as batches:
+        with closing(_batches(job, bar)) as batches:
             if not options.ordered:
                 for batch in batches:
                     values = _values(batch, raise_first)

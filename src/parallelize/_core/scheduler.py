@@ -24,20 +24,22 @@ from __future__ import annotations
 import collections
 import signal
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Final, Generic
 
 from .._backends.base import Crashed, Dead, Unreadable, W, WorkerSet
 from .._chunking import ChunkSizer
 from .._errors import Failure, SerializationError, crash_error
 from .._wire.pickling import unpicklable_argument
-from .._wire.protocol import CALL_CACHE, Call, Cancelled, Done, InitFailed, Ready, Task
+from .._wire.protocol import CALL_CACHE, Call, Cancelled, Done, InitFailed, Output, Ready, Task
+from .._worker.output import FORWARD, RECORD, caller_levels
 from .feed import Feed
 from .job import Batch, Job
 
 if TYPE_CHECKING:
     from .._errors import WorkerCrashedError
     from .._options import Resolved
+    from .stats import Recorder
 
 # Streaming: how many chunks per worker the map may hold ahead of its consumer (queued, running,
 # or finished and waiting behind a slower item for their turn), by default.
@@ -66,7 +68,17 @@ def ahead_items(options: Resolved, workers: int) -> int:
 class _Task:
     """A chunk the scheduler owns: sent, waiting to be sent again, or split."""
 
-    __slots__ = ("call", "id", "items", "lease", "retries", "start", "suspect", "unstarted")
+    __slots__ = (
+        "call",
+        "id",
+        "items",
+        "lease",
+        "retries",
+        "sent_at",
+        "start",
+        "suspect",
+        "unstarted",
+    )
 
     def __init__(
         self,
@@ -80,6 +92,7 @@ class _Task:
     ):
         self.id = 0  # assigned when sent
         self.lease: object = None  # what the worker set holds for it while in flight
+        self.sent_at = 0.0  # when it was sent (measured maps only)
         self.start = start
         self.items = items
         self.retries = retries
@@ -114,19 +127,32 @@ class Halted(BaseException):
 class Scheduler(Generic[W]):
     """Runs one job on a worker set; iterate :meth:`run` for the batches in completion order."""
 
-    def __init__(self, pool: WorkerSet[W], job: Job, feed: Feed | None = None):
+    def __init__(
+        self,
+        pool: WorkerSet[W],
+        job: Job,
+        feed: Feed | None = None,
+        *,
+        sink: Callable[[list[Any]], None] | None = None,
+        recorder: Recorder | None = None,
+    ):
         options = job.options
         self._pool = pool
         self._job = job
         watched = options.timeout is not None and pool.watches_timeouts
         self._returns = options.on_error == "return"
         self._watched = watched
+        # What becomes of the workers' output: the caller's logging levels go with a forward.
+        self._output = options.output
+        self._levels = caller_levels() if options.output == FORWARD else None
+        self._sink = sink
+        self._recorder = recorder  # measures the map for its stats (None: not wanted)
         # A live job's input: calls put by other threads while it runs, each with its own
         # function (``job.fn`` and ``job.items`` are then unused).
         self._feed = feed
         self._loaded: dict[int, tuple[Call, _Loaded]] = {}  # a live job's functions, by id()
         if self._feed is None:
-            self._call = _Loaded(*pool.load_message(Call(job.fn, job.star, self._returns, watched)))
+            self._call = _Loaded(*pool.load_message(self._full_call(job.fn, job.star)))
         self._sizer = ChunkSizer(
             workers=pool.size,
             fixed=options.chunksize,
@@ -190,16 +216,28 @@ class Scheduler(Generic[W]):
         kind = type(event)
         if kind is Done:
             worker.queue.remove(event.task_id)
-            self._forget(event.task_id)
+            task = self._forget(event.task_id)
+            if self._recorder is not None:
+                count, measured = len(event.values), event.measured
+                self._recorder.done(worker, task.sent_at, event.seconds, measured, count)
             self._sizer.record(items=len(event.values), seconds=event.seconds)
             self._received += len(event.values)
             self._ready.append(Batch(event.start, event.values, event.failed))
+        elif kind is Output:
+            if self._sink is not None:
+                if self._feed is not None:  # records name the item's place in its own call
+                    for kind, payload in event.entries:
+                        if kind == RECORD and payload.get("item_index", -1) >= 0:
+                            payload["item_index"] = self._shown(payload["item_index"])
+                self._sink(event.entries)
         elif kind is Cancelled:
             worker.queue.remove(event.task_id)
             self._forget(event.task_id)
         elif kind is Dead:
             self._lost(worker, None)
         elif kind is Crashed:
+            if self._recorder is not None:
+                self._recorder.crashes += 1
             worker.queue.remove(event.task_id)
             self._isolate(self._forget(event.task_id), event.error)
         elif kind is Unreadable:
@@ -322,10 +360,16 @@ class Scheduler(Generic[W]):
             return known[1]
         if len(self._loaded) >= CALLS_KEPT:
             self._loaded.clear()
-        full = Call(call.fn, call.star, self._returns, self._watched)
+        full = self._full_call(call.fn, call.star)
         loaded = _Loaded(*self._pool.load_message(full))
         self._loaded[id(call)] = (call, loaded)
         return loaded
+
+    def _full_call(self, fn: Callable[..., Any], star: bool) -> Call:
+        """What workers need to know to run ``fn`` in this job."""
+        measured = self._recorder is not None
+        output, levels = self._output, self._levels
+        return Call(fn, star, self._returns, self._watched, output, levels, measured)
 
     def _ahead(self) -> int:
         """Items read from the input whose results the consumer has not had yet. In input
@@ -372,6 +416,8 @@ class Scheduler(Generic[W]):
             self._split_unpicklable(task, exc)
             return
         self._tasks[task.id] = task
+        if self._recorder is not None:
+            task.sent_at = self._recorder.sent(worker, not worker.queue)
         worker.queue.append(task.id)
         if worker.budget is not None:
             worker.budget -= len(task.items)
@@ -423,6 +469,12 @@ class Scheduler(Generic[W]):
         requeue: list[_Task] = []
         started = status.task == running.id
         index = timed_out if timed_out is not None else status.index
+        recorder = self._recorder
+        if recorder is not None:
+            if timed_out is not None:
+                recorder.timeouts += 1
+            else:
+                recorder.crashes += 1
         if started and running.covers(index):
             offset = index - running.start
             before = running.items[:offset]
@@ -434,6 +486,8 @@ class Scheduler(Generic[W]):
             left = running.retries - status.retries_spent(index)
             if left > 0:
                 requeue.append(running.part(index, [running.items[offset]], left - 1))
+                if recorder is not None:
+                    recorder.retries += 1
             else:
                 error = self._fault(index, exitcode, timed_out is not None)
                 self._ready.append(Batch(index, [Failure(error, index)], True))

@@ -14,6 +14,7 @@ from .._backends import get_backend
 from .._options import Resolved
 from .feed import Feed, Request
 from .job import Job
+from .output import Sink
 from .scheduler import Scheduler
 
 
@@ -63,7 +64,7 @@ class Session:
                 feed.waker = pool.wake
                 try:
                     job = Job(_no_function, iter(()), False, None, self._options)
-                    for batch in Scheduler(pool, job, feed).run():
+                    for batch in Scheduler(pool, job, feed, sink=Sink()).run():
                         feed.deliver(batch)
                 finally:
                     feed.waker = None

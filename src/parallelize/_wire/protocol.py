@@ -3,7 +3,8 @@
 Caller to worker: :class:`Load` once per map and worker, :class:`Task` per chunk,
 :class:`GiveBack` (to a process) for the reply segments the caller is done with, and ``None`` to
 stop. Worker to caller: :class:`Done` or :class:`Cancelled` per chunk, and from a process
-:class:`Ready` once it can take work or :class:`InitFailed` when its initializer raised.
+:class:`Ready` once it can take work or :class:`InitFailed` when its initializer raised, and
+:class:`Output` for what it printed or logged.
 
 A thread worker receives the objects themselves. Over a process's pipe they travel as plain
 tuples tagged with their kind (:func:`to_wire`, :func:`from_wire`): the pickler writes and reads a
@@ -29,16 +30,39 @@ class Call:
     at start-up.
     """
 
-    __slots__ = ("fn", "keep_going", "star", "timed")
+    __slots__ = ("fn", "keep_going", "levels", "measured", "output", "star", "timed")
 
-    def __init__(self, fn: Callable[..., Any], star: bool, keep_going: bool, timed: bool):
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        star: bool,
+        keep_going: bool,
+        timed: bool,
+        output: str = "inherit",
+        levels: Any = None,
+        measured: bool = False,
+    ):
         self.fn = fn
         self.star = star  # the items are argument tuples (several iterables)
         self.keep_going = keep_going  # on_error="return": finish the chunk after a failure
         self.timed = timed  # a timeout is set: keep the item's start time up to date
+        self.output = output  # what becomes of the worker's output: forward, inherit or drop
+        self.levels = levels  # forwarded: the caller's logging levels when the map started
+        self.measured = measured  # stats are collected: time each item, count retries
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Call, (self.fn, self.star, self.keep_going, self.timed))
+        return (
+            Call,
+            (
+                self.fn,
+                self.star,
+                self.keep_going,
+                self.timed,
+                self.output,
+                self.levels,
+                self.measured,
+            ),
+        )
 
 
 class Load(NamedTuple):
@@ -67,13 +91,22 @@ class GiveBack(NamedTuple):
 
 class Done(NamedTuple):
     """Worker to caller: a chunk's values (a :class:`Failure` in place of each item that failed),
-    the seconds it took, and whether any value is a failure."""
+    the seconds it took, whether any value is a failure, and (when the call is ``measured``) its
+    slowest item's index and seconds, the retries it spent and the items it timed out."""
 
     task_id: int
     start: int
     values: list[Any]
     seconds: float
     failed: bool
+    measured: tuple[int, float, int, int] | None = None
+
+
+class Output(NamedTuple):
+    """Worker to caller: what the worker printed and logged, as entries of
+    :mod:`parallelize._worker.output` (sent as soon as a line is whole)."""
+
+    entries: list[Any]
 
 
 class Cancelled(NamedTuple):
@@ -94,7 +127,7 @@ class InitFailed(NamedTuple):
 
 READY = Ready()
 
-Message = Load | Task | GiveBack | Done | Cancelled | Ready | InitFailed
+Message = Load | Task | GiveBack | Done | Cancelled | Ready | InitFailed | Output
 # The kinds in the order of their tags on the wire.
 _KINDS: Final[tuple[type[Message], ...]] = (
     Load,
@@ -104,6 +137,7 @@ _KINDS: Final[tuple[type[Message], ...]] = (
     Cancelled,
     Ready,
     InitFailed,
+    Output,
 )
 _TAGS: Final = {kind: tag for tag, kind in enumerate(_KINDS)}
 

@@ -92,11 +92,17 @@ class Status:
         self.fields[_CANCEL] = task_id
 
 
+# What a measured chunk reports: its slowest item's index and seconds, the retries it spent, and
+# the items it timed out itself (only an engine's task does).
+Measured = tuple[int, float, int, int]
+
+
 def run_chunk(
     call: Call, task_id: int, start: int, items: Sequence[Any], retries: int, status: Status
-) -> tuple[list[Any], float, bool] | None:
-    """Run ``items`` (input indices from ``start``): their values, the seconds it took, and
-    whether some values are failures (so that nobody scans a clean chunk for them).
+) -> tuple[list[Any], float, bool, Measured | None] | None:
+    """Run ``items`` (input indices from ``start``): their values, the seconds it took, whether
+    some values are failures (so that nobody scans a clean chunk for them), and for a
+    ``measured`` call what :func:`_run_measured` found.
 
     A failing item is retried up to ``retries`` times, then stands in the values as a
     :class:`Failure`; without ``keep_going`` the chunk stops there. Returns None when the
@@ -115,6 +121,10 @@ def run_chunk(
     values: list[Any] = []
     began = time.perf_counter()
     done = 0
+    if call.measured:
+        measured = _run_measured(call, task_id, start, items, retries, status, values)
+        failed = any(type(value) is Failure for value in values)
+        return None if measured is None else (values, time.perf_counter() - began, failed, measured)
     if not call.timed:
         fn, append = call.fn, values.append
         index = start
@@ -128,16 +138,53 @@ def run_chunk(
                 for index, item in zip(itertools.count(start), items):
                     fields[_INDEX] = index
                     append(fn(item))
-            return values, time.perf_counter() - began, False
+            return values, time.perf_counter() - began, False, None
         except BaseException as exc:  # the worker must outlive anything the user raises
             done = index - start
             if _failed(call, items[done], index, retries, exc, status, values):
-                return values, time.perf_counter() - began, True
+                return values, time.perf_counter() - began, True, None
             done += 1
     if not _run_tracked(call, task_id, start, items, done, retries, status, values):
         return None
     seconds = time.perf_counter() - began
-    return values, seconds, any(type(value) is Failure for value in values)
+    return values, seconds, any(type(value) is Failure for value in values), None
+
+
+def _run_measured(
+    call: Call,
+    task_id: int,
+    start: int,
+    items: Sequence[Any],
+    retries: int,
+    status: Status,
+    values: list[Any],
+) -> Measured | None:
+    """Run ``items`` as :func:`_run_tracked` does, timing each one: the slowest item's index and
+    seconds, and the retries spent (None when the chunk was cancelled). Only a map that collects
+    stats pays for the clock."""
+    fn, star, timed, append = call.fn, call.star, call.timed, values.append
+    fields = status.fields
+    clock = time.perf_counter
+    slowest, slowest_seconds, retried = start, 0.0, 0
+    for index, item in zip(itertools.count(start), items):
+        if fields[_CANCEL] >= task_id:
+            return None
+        if timed:
+            fields[_START_NS] = time.monotonic_ns()
+        fields[_INDEX] = index
+        began = clock()
+        stop = False
+        try:
+            append(fn(*item) if star else fn(item))
+        except BaseException as exc:  # the worker must outlive anything the user raises
+            stop = _failed(call, item, index, retries, exc, status, values)
+            retried += status.retries_spent(index)
+        seconds = clock() - began
+        if seconds > slowest_seconds:
+            slowest, slowest_seconds = index, seconds
+        if stop:
+            break
+    return slowest, slowest_seconds, retried, 0
 
 
 def _run_tracked(

@@ -34,10 +34,12 @@ from .._wire.protocol import (
     GiveBack,
     InitFailed,
     Load,
+    Output,
     Task,
     from_wire,
     to_wire,
 )
+from . import output
 from .chunk import SLOT_WIDTH, Status, run_chunk
 from .init import StartInit, hand_globals, initialize, initialize_started
 
@@ -51,8 +53,14 @@ def serve(
     send: Callable[[Any], None],
     status: Status,
     max_items: int | None,
+    *,
+    remote: bool = False,
 ) -> None:
-    """Run chunks until told to stop, or until ``max_items`` items have run."""
+    """Run chunks until told to stop, or until ``max_items`` items have run.
+
+    ``remote``: this is a worker process, whose output is captured process-wide (a thread
+    worker's, in the caller's process, only for its own thread).
+    """
     calls: collections.OrderedDict[int, Call] = collections.OrderedDict()
     done = 0
     while True:
@@ -65,29 +73,37 @@ def serve(
             if len(calls) > CALL_CACHE:
                 calls.popitem(last=False)
             continue
-        done += _run_task(message, calls, send, status)
+        done += _run_task(message, calls, send, status, remote)
         message = None  # nothing of the chunk stays alive while the worker waits
         if max_items is not None and done >= max_items:
             return
 
 
 def _run_task(
-    task: Task, calls: dict[int, Call], send: Callable[[Any], None], status: Status
+    task: Task, calls: dict[int, Call], send: Callable[[Any], None], status: Status, remote: bool
 ) -> int:
     """Run one chunk and reply; how many items it had. Its items and results die with this frame,
     so an idle worker holds nothing of the last chunk."""
-    outcome = run_chunk(
-        calls[task.call_id], task.task_id, task.start, task.items, task.retries, status
-    )
+    call = calls[task.call_id]
+
+    def send_output(entries: list[Any]) -> None:
+        send(Output(entries))
+
+    begun = output.begin(call, send_output, lambda: status.index, remote=remote, process=remote)
+    try:
+        outcome = run_chunk(call, task.task_id, task.start, task.items, task.retries, status)
+    finally:
+        if begun is not None:
+            output.end(begun, process=remote)
     if outcome is None:
         send(Cancelled(task.task_id))
         return len(task.items)  # the scheduler charged them to this worker's budget too
-    values, seconds, failed = outcome
-    send(Done(task.task_id, task.start, values, seconds, failed))
+    values, seconds, failed, measured = outcome
+    send(Done(task.task_id, task.start, values, seconds, failed, measured))
     return len(task.items)
 
 
-def _encode_result(message: Done | Cancelled) -> bytes:
+def _encode_result(message: Done | Cancelled | Output) -> bytes:
     """Pickle a worker's reply (large buffers through shared memory); an unpicklable result
     becomes that item's SerializationError."""
     try:
@@ -181,15 +197,19 @@ def process_main(
                 return message
             sharedmem.given_back(message.names)
 
+    sending = threading.Lock()  # output may come from the user's threads too
+
     def send(message: Any) -> None:
-        conn.send_bytes(_encode_result(message))
+        blob = _encode_result(message)
+        with sending:
+            conn.send_bytes(blob)
         _flush()
 
     # The caller closed the pipe (it is shutting down, or gone) while this worker was busy:
     # nobody wants the reply, and a traceback about it would only alarm the user.
     try:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            serve(receive, send, status, max_items)
+            serve(receive, send, status, max_items, remote=True)
     finally:
         sharedmem.release_replies()
     _flush()
