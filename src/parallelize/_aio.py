@@ -43,7 +43,7 @@ class _Run:
         self.raise_first = options.on_error == "raise"
         self.ordered = options.ordered
         self.bar = open_bar(options.progress, job.total)
-        self.session = Session(options, "parallelize-async", private=False)
+        self.session = Session(options, "parallelize-async", private=False, fn=job.fn, bar=self.bar)
         self.request = Request(
             job.fn, job.items, star=job.star, chunk=options.chunksize,
             results=self._results, finish=self._finish, ahead=ahead,

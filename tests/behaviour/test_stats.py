@@ -47,15 +47,15 @@ def test_every_map_in_the_block_is_recorded(backend_options: dict[str, Any]) -> 
 def test_the_slowest_item_is_named(backend_options: dict[str, Any]) -> None:
     """One item far slower than the rest is found, and the diagnosis says so."""
     waits = [0.001] * 12
-    waits[7] = 0.6
+    waits[7] = 0.3
     with collect_stats() as collected:
         pmap(nap, waits, **backend_options)
     (stats,) = collected.maps
     assert stats.slowest is not None
     index, seconds = stats.slowest
     assert index == 7
-    assert seconds >= 0.6
-    assert stats.compute_s >= 0.6
+    assert seconds >= 0.3
+    assert stats.compute_s >= 0.3
     assert any("index 7" in finding for finding in stats.diagnosis), stats.diagnosis
 
 
@@ -71,7 +71,7 @@ def test_timeouts_are_counted(
 ) -> None:
     differs("timeout")
     with collect_stats() as collected:
-        out = pmap(nap, [0.01, 5.0, 0.01], timeout=0.5, on_error="return", **backend_options)
+        out = pmap(nap, [0.01, 1.5, 0.01], timeout=0.5, on_error="return", **backend_options)
     assert isinstance(out[1], TimeoutError)
     assert collected.maps[0].timeouts == 1
 

@@ -7,12 +7,12 @@ is :mod:`parallelize._worker.output`.
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
-from .._worker.output import RECORD, STDOUT, Entry
+from .._worker.output import RECORD, STDERR, STDOUT, Entry
 from .progress import NO_BAR, Bar
 
 
@@ -20,40 +20,42 @@ class Sink:
     """Where a map's workers' output goes in the caller; ``bar`` is cleared while lines are
     written."""
 
-    __slots__ = ("_bar",)
+    __slots__ = ("_clear",)
 
     def __init__(self, bar: Bar = NO_BAR):
-        self._bar = bar
+        # tqdm's way to write above its bars (None: no bar is shown).
+        self._clear: Callable[..., AbstractContextManager[None]] | None = getattr(
+            type(bar), "external_write_mode", None
+        )
 
     def __call__(self, entries: list[Entry]) -> None:
-        with self._above_bar():
-            for kind, payload in entries:
-                if kind == RECORD:
-                    self._handle(payload)
-                else:
-                    stream = sys.stdout if kind == STDOUT else sys.stderr
-                    if stream is not None:
-                        # A partial line, sent as its item ended, is a line of its own here.
-                        stream.write(payload if payload.endswith("\n") else payload + "\n")
+        if self._clear is None:
+            self._emit(entries)
+            return
+        with self._clear(file=sys.stderr):
+            self._emit(entries)
+
+    def _emit(self, entries: list[Entry]) -> None:
+        for kind, payload in entries:
+            if kind == RECORD:
+                _handle(payload)
+            else:
+                stream = sys.stdout if kind == STDOUT else sys.stderr
+                if stream is not None:
+                    # A partial line, sent as its item ended, is a line of its own here.
+                    stream.write(payload if payload.endswith("\n") else payload + "\n")
 
     def write(self, text: str) -> None:
         """Write ``text`` to stderr, above the bar (the map's stats report)."""
-        with self._above_bar():
-            if sys.stderr is not None:
-                sys.stderr.write(text)
+        if sys.stderr is not None:
+            self([(STDERR, text)])
 
-    def _handle(self, attributes: dict[str, Any]) -> None:
-        import logging  # a worker logged, so logging is loaded here already, or now
 
-        record = logging.makeLogRecord(attributes)
-        logger = logging.getLogger(record.name) if record.name != "root" else logging.root
-        logger.handle(record)
+def _handle(attributes: dict[str, Any]) -> None:
+    """Rebuild a worker's record and hand it to the caller's logger of the same name."""
+    import logging  # a worker logged, so logging is loaded here already
 
-    @contextlib.contextmanager
-    def _above_bar(self) -> Iterator[None]:
-        clear = getattr(type(self._bar), "external_write_mode", None)
-        if clear is None:
-            yield
-            return
-        with clear(file=sys.stderr):
-            yield
+    record = logging.LogRecord.__new__(logging.LogRecord)  # its __init__ would redo the fields
+    record.__dict__.update(attributes)
+    logger = logging.getLogger(record.name) if record.name != "root" else logging.root
+    logger.handle(record)

@@ -36,10 +36,7 @@ def _batches(job: Job, bar: Bar) -> Generator[Batch, None, None]:
                 recorder.items += len(batch.values)
                 yield batch
     finally:
-        measured = recorder.finish()
-        stats.publish(measured)
-        if options.stats:
-            sink.write(f"{measured}\n")
+        stats.report(recorder.finish(), sink if options.stats else None)
 
 
 def _values(batch: Batch, raise_first: bool) -> list[Any]:

@@ -9,22 +9,37 @@ scheduler as every map (chunks, crashes, timeouts, retries).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from .._backends import get_backend
 from .._options import Resolved
+from . import stats
 from .feed import Feed, Request
 from .job import Job
 from .output import Sink
+from .progress import NO_BAR, Bar
 from .scheduler import Scheduler
 
 
 class Session:
     """Runs the requests put into it on workers of its own; started by the first request."""
 
-    def __init__(self, options: Resolved, name: str, *, private: bool = True):
+    def __init__(
+        self,
+        options: Resolved,
+        name: str,
+        *,
+        private: bool = True,
+        fn: Callable[..., Any] | None = None,
+        bar: Bar = NO_BAR,
+    ):
         # Every item's error is its request's to report, so the job never stops at one.
         self._options = options.replace(on_error="return", ordered=False)
+        self._stats = options.stats
         self._name = name
+        self._fn = fn  # the one function its requests map, if it is one map (stats name it)
+        self._sink = Sink(bar)
         self._private = private  # workers of its own (a pool's), or the warm ones a map uses
         self.feed = Feed()
         self._lock = threading.Lock()
@@ -58,13 +73,21 @@ class Session:
     def _main(self) -> None:
         feed = self.feed
         error: BaseException | None = None
+        recorder = None
+        if stats.wanted(self._stats):  # the session's whole life, as one map
+            recorder = stats.Recorder(self._fn or self._name, self._options.backend)
         try:
             backend = get_backend(self._options.backend)
             with backend.open(self._options, private=self._private) as pool:
                 feed.waker = pool.wake
+                if recorder is not None:
+                    recorder.attach(pool)
                 try:
                     job = Job(_no_function, iter(()), False, None, self._options)
-                    for batch in Scheduler(pool, job, feed, sink=Sink()).run():
+                    scheduler = Scheduler(pool, job, feed, sink=self._sink, recorder=recorder)
+                    for batch in scheduler.run():
+                        if recorder is not None:
+                            recorder.items += len(batch.values)
                         feed.deliver(batch)
                 finally:
                     feed.waker = None
@@ -73,6 +96,8 @@ class Session:
         finally:
             if feed.halted is not None:
                 error = feed.halted
+            if recorder is not None:
+                stats.report(recorder.finish(), self._sink if self._stats else None)
             feed.fail_all(error or RuntimeError("the session ended"))
 
 

@@ -12,12 +12,19 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .._mapstats import MapStats
 
 if TYPE_CHECKING:
     from .._backends.base import WorkerSet
+
+
+class Printer(Protocol):
+    """Where ``stats=True`` prints a report (the map's output sink, above its bar)."""
+
+    def write(self, text: str) -> None: ...
+
 
 # A map keeps at most this many chunks in its timeline (a plot of more would show nothing more).
 TIMELINE_CHUNKS: Final = 100_000
@@ -81,7 +88,10 @@ class Recorder:
 
     def __init__(self, fn: Any, backend: str) -> None:
         self.started = time.perf_counter()
-        self._function = getattr(fn, "__qualname__", None) or type(fn).__name__
+        if isinstance(fn, str):  # a session's name: a Pool's or an Executor's calls
+            self._function = fn
+        else:
+            self._function = getattr(fn, "__qualname__", None) or type(fn).__name__
         self._backend = backend
         self._pool: WorkerSet[Any] | None = None
         self._bytes = (0, 0)
@@ -174,8 +184,11 @@ class Recorder:
         )
 
 
-def publish(stats: MapStats) -> None:
-    """Hand a finished map's stats to every open :func:`collect_stats` block."""
+def report(stats: MapStats, printer: Printer | None) -> None:
+    """Hand a finished map's stats to every open :func:`collect_stats` block, and print them
+    with ``printer`` (``stats=True``)."""
     with _lock:
         for collected in _open:
             collected.maps.append(stats)
+    if printer is not None:
+        printer.write(f"{stats}\n")

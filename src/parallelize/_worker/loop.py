@@ -200,6 +200,11 @@ def process_main(
     sending = threading.Lock()  # output may come from the user's threads too
 
     def send(message: Any) -> None:
+        if type(message) is Output:  # plain text and records: no buffers to share, no flush
+            blob = pickle.dumps(to_wire(message), pickle.HIGHEST_PROTOCOL)
+            with sending:
+                conn.send_bytes(blob)
+            return
         blob = _encode_result(message)
         with sending:
             conn.send_bytes(blob)

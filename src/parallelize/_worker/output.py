@@ -52,7 +52,7 @@ Entry = tuple[int, Any]
 # the loggers it disabled, and the level of logging.disable().
 Levels = tuple[dict[str, int], frozenset[str], int]
 
-_PLAIN: Final = (str, int, float, bool, type(None))
+_PLAIN: Final = frozenset({str, int, float, bool, type(None)})
 
 
 class Capture:
@@ -280,7 +280,7 @@ def _portable(record: logging.LogRecord) -> dict[str, Any]:
             attributes["exc_text"] = logging.Formatter().formatException(record.exc_info)
         attributes["exc_info"] = None
     for key, value in attributes.items():
-        if not isinstance(value, _PLAIN):
+        if type(value) not in _PLAIN:
             try:
                 pickle.dumps(value)
             except Exception:
