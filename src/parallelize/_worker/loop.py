@@ -63,6 +63,14 @@ def serve(
     """
     calls: collections.OrderedDict[int, Call] = collections.OrderedDict()
     done = 0
+
+    def send_output(entries: list[Any]) -> None:
+        send(Output(entries))
+
+    def index() -> int:
+        return status.index
+
+    capturer = output.Capturer(send_output, index, remote=remote)
     while True:
         message = receive()
         if message is None:
@@ -73,28 +81,27 @@ def serve(
             if len(calls) > CALL_CACHE:
                 calls.popitem(last=False)
             continue
-        done += _run_task(message, calls, send, status, remote)
+        done += _run_task(message, calls[message.call_id], send, status, capturer)
         message = None  # nothing of the chunk stays alive while the worker waits
         if max_items is not None and done >= max_items:
             return
 
 
 def _run_task(
-    task: Task, calls: dict[int, Call], send: Callable[[Any], None], status: Status, remote: bool
+    task: Task,
+    call: Call,
+    send: Callable[[Any], None],
+    status: Status,
+    capturer: output.Capturer,
 ) -> int:
-    """Run one chunk and reply; how many items it had. Its items and results die with this frame,
-    so an idle worker holds nothing of the last chunk."""
-    call = calls[task.call_id]
-
-    def send_output(entries: list[Any]) -> None:
-        send(Output(entries))
-
-    begun = output.begin(call, send_output, lambda: status.index, remote=remote, process=remote)
+    """Run one chunk and reply (after the chunk's last output); how many items it had. Its
+    items and results die with this frame, so an idle worker holds nothing of the last chunk."""
+    begun = capturer.begin(call)
     try:
         outcome = run_chunk(call, task.task_id, task.start, task.items, task.retries, status)
     finally:
         if begun is not None:
-            output.end(begun, process=remote)
+            capturer.end(begun)
     if outcome is None:
         send(Cancelled(task.task_id))
         return len(task.items)  # the scheduler charged them to this worker's budget too

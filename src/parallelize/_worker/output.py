@@ -72,14 +72,18 @@ class Capture:
         self.remote = remote
         self.index = index  # the input index of the item running now
         self.outer = outer  # a map nested in a worker: the capture of the item running it
-        self._partial = {STDOUT: "", STDERR: ""}  # the unfinished line of each stream
-        self._written_by = {STDOUT: -1, STDERR: -1}  # the item that wrote it
+        # Each stream's unfinished line, and the item that wrote it (made at the first write:
+        # most chunks write nothing).
+        self._partial: dict[int, str] | None = None
+        self._written_by: dict[int, int] = {}
 
     def write(self, stream: int, text: str) -> None:
         send = self.send
         if send is None or not text:
             return
         entries: list[Entry] = []
+        if self._partial is None:
+            self._partial = {STDOUT: "", STDERR: ""}
         partial, item = self._partial[stream], self.index()
         if partial and self._written_by[stream] != item:  # the item that wrote it has ended
             entries.append((stream, partial))
@@ -106,8 +110,10 @@ class Capture:
 
     def close(self) -> None:
         """The chunk has ended: send the partial lines."""
+        if not self._partial:
+            return
         entries = [(stream, text) for stream, text in self._partial.items() if text]
-        self._partial = {STDOUT: "", STDERR: ""}
+        self._partial = None
         if entries and self.send is not None:
             self.send(entries)
 
@@ -171,6 +177,26 @@ def end(begun: tuple[Capture, Capture | None], *, process: bool = False) -> None
         capture.close()
     finally:
         _activate(previous, process)
+
+
+class Capturer:
+    """A worker's :func:`begin` and :func:`end`, chunk after chunk, with what stays the same."""
+
+    __slots__ = ("_index", "_remote", "_send")
+
+    def __init__(
+        self, send: Callable[[list[Entry]], None], index: Callable[[], int], *, remote: bool
+    ):
+        self._send = send
+        self._index = index
+        self._remote = remote  # a worker process: capture all its threads
+
+    def begin(self, call: Call) -> tuple[Capture, Capture | None] | None:
+        remote = self._remote
+        return begin(call, self._send, self._index, remote=remote, process=remote)
+
+    def end(self, begun: tuple[Capture, Capture | None]) -> None:
+        end(begun, process=self._remote)
 
 
 class Redirected:
