@@ -32,7 +32,7 @@ from .._chunking import ChunkSizer
 from .._errors import Failure, SerializationError, crash_error
 from .._wire.pickling import unpicklable_argument
 from .._wire.protocol import CALL_CACHE, Call, Cancelled, Done, InitFailed, Output, Ready, Task
-from .._worker.output import FORWARD, RECORD, caller_levels
+from .._worker.output import INHERIT, RECORD, caller_levels
 from .feed import Feed
 from .job import Batch, Job
 
@@ -142,9 +142,10 @@ class Scheduler(Generic[W]):
         watched = options.timeout is not None and pool.watches_timeouts
         self._returns = options.on_error == "return"
         self._watched = watched
-        # What becomes of the workers' output: the caller's logging levels go with a forward.
+        # What becomes of the workers' output, and the caller's logging levels now (a worker
+        # applies them when forwarding; they tell it that the caller uses logging at all).
         self._output = options.output
-        self._levels = caller_levels() if options.output == FORWARD else None
+        self._levels = caller_levels() if options.output != INHERIT else None
         self._sink = sink
         self._recorder = recorder  # measures the map for its stats (None: not wanted)
         # A live job's input: calls put by other threads while it runs, each with its own

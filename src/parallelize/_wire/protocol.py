@@ -47,7 +47,7 @@ class Call:
         self.keep_going = keep_going  # on_error="return": finish the chunk after a failure
         self.timed = timed  # a timeout is set: keep the item's start time up to date
         self.output = output  # what becomes of the worker's output: forward, inherit or drop
-        self.levels = levels  # forwarded: the caller's logging levels when the map started
+        self.levels = levels  # the caller's logging levels when the map started (not inherited)
         self.measured = measured  # stats are collected: time each item, count retries
 
     def __reduce__(self) -> tuple[Any, ...]:
