@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 
-from parallelize import aimap, apmap, parallel
+from parallelize import MapErrorGroup, aimap, apmap, parallel
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -105,6 +105,23 @@ def test_errors_follow_on_error() -> None:
 
     one, error = asyncio.run(main())
     assert one == 1 and isinstance(error, ZeroDivisionError)
+
+
+def test_group_gathers_the_failures_of_an_async_map() -> None:
+    async def main() -> tuple[MapErrorGroup, list[int], MapErrorGroup]:
+        with pytest.raises(MapErrorGroup) as listed:
+            await apmap(lambda x: 1 // x, [1, 0, 1, 0], on_error="group", workers=2)
+        got = []
+        with pytest.raises(MapErrorGroup) as streamed:
+            async for value in aimap(lambda x: 1 // x, [0, 1, 1], on_error="group", workers=2):
+                got.append(value)
+        return listed.value, got, streamed.value
+
+    listed, got, streamed = asyncio.run(main())
+    assert listed.failed_indexes == [1, 3]
+    assert listed.results is not None and listed.results[0] == 1
+    assert got == [1, 1]
+    assert streamed.failed_indexes == [0]
 
 
 def test_bad_arguments_raise_before_any_await() -> None:

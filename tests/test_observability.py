@@ -36,6 +36,7 @@ def _stats(**changes: Any) -> MapStats:
         "bytes_pickled": 1000,
         "bytes_shared": 0,
         "retries": 0,
+        "replacements": 0,
         "crashes": 0,
         "timeouts": 0,
         "slowest": (3, 0.01),

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from ._counter import SharedCounter, shared_counter
     from ._decorator import ParallelFunction, parallel
     from ._errors import (
+        MapErrorGroup,
         ParallelizeError,
         RemoteError,
         RemoteTraceback,
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from ._mapoptions import MapOptions
     from ._mapstats import MapStats
     from ._pool import AsyncResult, IMapIterator, Pool, ThreadPool
+    from ._retry import Retry
 
 __version__ = "0.1.0"
 
@@ -31,6 +33,7 @@ __all__ = [
     "AsyncResult",
     "Executor",
     "IMapIterator",
+    "MapErrorGroup",
     "MapOptions",
     "MapStats",
     "ParallelFunction",
@@ -38,6 +41,7 @@ __all__ = [
     "Pool",
     "RemoteError",
     "RemoteTraceback",
+    "Retry",
     "SerializationError",
     "SharedCounter",
     "ThreadPool",
@@ -57,6 +61,7 @@ _SOURCES = {
     "AsyncResult": "._pool",
     "Executor": "._executor",
     "IMapIterator": "._pool",
+    "MapErrorGroup": "._errors",
     "MapOptions": "._mapoptions",
     "MapStats": "._mapstats",
     "ParallelFunction": "._decorator",
@@ -64,6 +69,7 @@ _SOURCES = {
     "Pool": "._pool",
     "RemoteError": "._errors",
     "RemoteTraceback": "._errors",
+    "Retry": "._retry",
     "SerializationError": "._errors",
     "SharedCounter": "._counter",
     "ThreadPool": "._pool",

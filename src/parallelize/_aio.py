@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, Unpack, overload
 from ._api import prepare
 from ._core.feed import Request
 from ._core.job import Job
+from ._core.policy import ErrorPolicy
 from ._core.progress import open_bar
 from ._core.scheduler import ahead_items
 from ._core.session import Session
-from ._errors import Failure
 from ._options import Options
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class _Run:
     def __init__(self, job: Job, *, ahead: int | None):
         self.loop = asyncio.get_running_loop()
         options = job.options
-        self.raise_first = options.on_error == "raise"
+        self.policy = ErrorPolicy(options.on_error)
         self.ordered = options.ordered
         self.bar = open_bar(options.progress, job.total)
         self.session = Session(options, "parallelize-async", private=False, fn=job.fn, bar=self.bar)
@@ -95,19 +95,6 @@ class _Run:
             self.done = True
         return what
 
-    def values(self, batch: list[Any]) -> list[Any]:
-        """A batch's values, a failure raised (or left as the exception) as the options say."""
-        out = []
-        for value in batch:
-            if type(value) is not Failure:
-                out.append(value)
-                continue
-            error = value.exception()
-            if self.raise_first:
-                raise error
-            out.append(error)
-        return out
-
 
 def _job(fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], options: Any, where: str,
          *, stream: bool) -> Job:  # fmt: skip
@@ -127,12 +114,14 @@ async def run_list_async(job: Job) -> list[Any]:
             if not isinstance(what, tuple):
                 raise what
             position, batch = what
-            received.append((position, run.values(batch)))
+            received.append((position, run.policy.values(batch, True)))
     finally:
         run.stop()  # cancelled, or the first failure raised: the rest stops now
     if run.ordered:
         received.sort(key=lambda pair: pair[0])
-    return [value for _, batch in received for value in batch]
+    results = [value for _, batch in received for value in batch]
+    run.policy.finish(results)
+    return results
 
 
 async def run_stream_async(job: Job) -> AsyncIterator[Any]:
@@ -146,7 +135,7 @@ async def run_stream_async(job: Job) -> AsyncIterator[Any]:
         while True:
             what = await run.next_arrival()
             if what is None:
-                return
+                break
             if not isinstance(what, tuple):
                 raise what
             position, batch = what
@@ -154,15 +143,16 @@ async def run_stream_async(job: Job) -> AsyncIterator[Any]:
                 early[position] = batch
                 while (ready := early.pop(next_position, None)) is not None:
                     next_position += len(ready)
-                    for value in run.values(ready):
+                    for value in run.policy.stream(ready, True):
                         yield value
                     _consumed(run, len(ready))
             else:
-                for value in run.values(batch):
+                for value in run.policy.stream(batch, True):
                     yield value
                 _consumed(run, len(batch))
     finally:
         run.stop()
+    run.policy.finish(None)
 
 
 def _consumed(run: _Run, count: int) -> None:

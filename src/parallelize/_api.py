@@ -58,11 +58,14 @@ def pmap(fn: Callable[..., R], /, *iterables: Iterable[Any], **options: Any) -> 
     Several iterables are zipped like the builtin ``map`` (stopping at the shortest). Options:
     ``workers``, ``chunksize``, ``ordered``, ``progress``, ``backend``, ``start_method``,
     ``timeout``, ``retries``, ``on_error``, ``initializer``, ``initargs``,
-    ``max_tasks_per_worker``, ``address``, ``max_ahead``, ``max_ahead_bytes``.
+    ``max_tasks_per_worker``, ``address``, ``max_ahead``, ``max_ahead_bytes``, ``output``,
+    ``stats``, ``max_worker_memory``.
 
     An exception raised by ``fn`` is re-raised here with its own type, the worker's traceback as
     ``__cause__`` and a note naming the item's index, and the rest of the map is cancelled; with
-    ``on_error="return"`` it takes the item's place in the list instead.
+    ``on_error="return"`` it takes the item's place in the list instead, and with
+    ``on_error="group"`` every item runs and the failures are raised together as a
+    ``MapErrorGroup``.
 
     >>> pmap(abs, [-1, 2, -3], backend="thread")
     [1, 2, 3]

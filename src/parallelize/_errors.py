@@ -4,6 +4,7 @@
 
     Exception
     ├── ParallelizeError                  base of every error parallelize itself raises
+    │   ├── MapErrorGroup                 also an ExceptionGroup: every failure of a map
     │   ├── WorkerCrashedError            also a concurrent.futures BrokenProcessPool
     │   ├── SerializationError            also a pickle.PicklingError and a TypeError
     │   └── RemoteError                   stand-in for a worker exception that cannot be pickled
@@ -22,11 +23,55 @@ from __future__ import annotations
 import builtins
 import pickle
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 
 class ParallelizeError(Exception):
     """Base class of the errors that parallelize raises on its own account."""
+
+
+class MapErrorGroup(ExceptionGroup[Exception], ParallelizeError):
+    """Raised by a map with ``on_error="group"`` once every item has run, if any failed.
+
+    Its ``exceptions`` are the failures in input order (each with its index note and remote
+    traceback); ``results`` is the map's whole list, each failed item's exception in its place;
+    ``failed_indexes`` are the failed items' input indices. ``except* ValueError:`` catches the
+    ``ValueError`` failures of a map. An ``imap`` stream, which keeps no list, raises it with
+    ``results`` None, after yielding every good result.
+    """
+
+    results: list[Any] | None
+    failed_indexes: list[int]
+
+    def __new__(
+        cls,
+        message: str,
+        exceptions: Sequence[Exception],
+        *,
+        results: list[Any] | None = None,
+        failed_indexes: list[int] | None = None,
+    ) -> MapErrorGroup:
+        group = super().__new__(cls, message, exceptions)
+        group.results = results
+        group.failed_indexes = failed_indexes if failed_indexes is not None else []
+        return group
+
+    def __init__(
+        self,
+        message: str,
+        exceptions: Sequence[Exception],
+        *,
+        results: list[Any] | None = None,
+        failed_indexes: list[int] | None = None,
+    ) -> None:
+        super().__init__(message, exceptions)
+
+    def derive(self, excs: Sequence[Exception]) -> MapErrorGroup:  # type: ignore[override]
+        """The group ``except*`` splits off: the same results, only some of the failures."""
+        return MapErrorGroup(
+            self.message, excs, results=self.results, failed_indexes=self.failed_indexes
+        )
 
 
 class SerializationError(ParallelizeError, pickle.PicklingError, TypeError):

@@ -26,6 +26,7 @@ from ._core.session import Session
 from ._errors import Failure, RemoteTraceback, crash_error
 from ._options import Resolved
 from ._pool import IMapIterator, face_options
+from ._retry import Retry
 from ._worker.chunk import invoke
 
 P = ParamSpec("P")
@@ -106,7 +107,7 @@ class Executor(concurrent.futures.Executor):
         start_method: str | None = None,
         progress: Any = False,
         timeout: float | None = None,
-        retries: int = 0,
+        retries: int | Retry = 0,
     ):
         if max_workers is not None and operator.index(max_workers) <= 0:
             raise ValueError("max_workers must be greater than 0")

@@ -7,10 +7,11 @@ create, and only type checkers and readers of the API need it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, SupportsIndex, TypedDict
+from typing import TYPE_CHECKING, Any, SupportsIndex, TypedDict
 
 if TYPE_CHECKING:
-    from ._options import BackendName, Output, Progress, StartMethod
+    from ._options import BackendName, OnError, Output, Progress, StartMethod
+    from ._retry import Retry
 
 
 class MapOptions(TypedDict, total=False):
@@ -28,8 +29,8 @@ class MapOptions(TypedDict, total=False):
     backend: BackendName
     start_method: StartMethod | None
     timeout: float | SupportsIndex | None
-    retries: SupportsIndex
-    on_error: Literal["raise", "return"]
+    retries: SupportsIndex | Retry
+    on_error: OnError
     initializer: Callable[..., object] | None
     initargs: tuple[Any, ...]
     max_tasks_per_worker: SupportsIndex | None
@@ -38,3 +39,4 @@ class MapOptions(TypedDict, total=False):
     max_ahead_bytes: SupportsIndex | None
     output: Output
     stats: bool
+    max_worker_memory: SupportsIndex | str | None

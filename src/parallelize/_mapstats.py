@@ -47,6 +47,7 @@ FIELDS: Final = (
     "bytes_pickled",
     "bytes_shared",
     "retries",
+    "replacements",
     "crashes",
     "timeouts",
     "slowest",
@@ -80,6 +81,7 @@ class MapStats:
     bytes_pickled: int
     bytes_shared: int
     retries: int
+    replacements: int
     crashes: int
     timeouts: int
     slowest: tuple[int, float] | None
@@ -134,10 +136,10 @@ class MapStats:
         if self.slowest is not None:
             index, slowest = self.slowest
             lines.append(f"  slowest  item {index}: {seconds(slowest)}")
-        if self.retries or self.crashes or self.timeouts:
+        if self.retries or self.crashes or self.timeouts or self.replacements:
             lines.append(
                 f"  faults   {self.retries} retries, {self.crashes} crashes, "
-                f"{self.timeouts} timeouts"
+                f"{self.timeouts} timeouts, {self.replacements} workers replaced for memory"
             )
         lines += [f"  - {finding}" for finding in self.diagnosis] or ["  - no problem found"]
         return "\n".join(lines)

@@ -13,10 +13,13 @@ import math
 import multiprocessing
 import operator
 import os
+import re
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
 from ._cpu import usable_cpus
+from ._retry import Retry
 
 
 class _Unset(enum.Enum):
@@ -32,12 +35,13 @@ BACKENDS: Final = ("process", "thread", "serial", "dask", "ray")
 DEFAULT_BACKEND: Final = "process"
 ENGINES: Final = ("dask", "ray")  # the backends that take an ``address``
 START_METHODS: Final = ("fork", "spawn", "forkserver")
-ON_ERROR: Final = ("raise", "return")
+ON_ERROR: Final = ("raise", "return", "group")
 OUTPUTS: Final = ("forward", "inherit", "drop")
 
 BackendName = Literal["process", "thread", "serial", "dask", "ray"]
 StartMethod = Literal["fork", "spawn", "forkserver"]
 Output = Literal["forward", "inherit", "drop"]
+OnError = Literal["raise", "return", "group"]
 Progress = bool | str | Mapping[str, Any]
 
 
@@ -60,6 +64,7 @@ OPTION_NAMES: Final = (
     "max_ahead_bytes",
     "output",
     "stats",
+    "max_worker_memory",
 )
 
 # What a stream may hold of finished results ahead of its consumer, by default.
@@ -194,6 +199,83 @@ def _check_progress(spec: Mapping[Any, Any]) -> dict[str, Any]:
     return dict(spec)
 
 
+def _check_retries(value: object) -> int | Retry:
+    """``retries``: a Retry as it is (it checked itself), or a count of at least 0."""
+    if isinstance(value, Retry):
+        return value
+    if _as_int(value) is None:
+        raise TypeError(f"retries must be an int >= 0 or a parallelize.Retry, got {value!r}")
+    count = _check_int("retries", value, minimum=0, allow_none=False)
+    assert count is not None
+    return count
+
+
+# Where a Linux process reads its own memory use (max_worker_memory needs it).
+STATM: Final = "/proc/self/statm"
+# The units a max_worker_memory string may carry, in bytes.
+MEMORY_UNITS: Final = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*")
+
+
+def memory_size(value: object) -> int:
+    """``max_worker_memory`` in bytes: an int, or a string such as ``"2GiB"`` or ``"500MB"``."""
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value)
+        unit = match[2].lower() if match else ""
+        if match is None or unit not in {"", *MEMORY_UNITS}:
+            raise ValueError(
+                f"max_worker_memory={value!r} is not a size: give bytes as an int, or a "
+                "number with a unit such as '2GiB', '500MB' (B, kB, MB, GB, TB, KiB, MiB, "
+                "GiB, TiB)"
+            )
+        size = int(float(match[1]) * MEMORY_UNITS.get(unit, 1))
+    else:
+        number = _as_int(value)
+        if number is None:
+            raise TypeError(
+                "max_worker_memory must be a number of bytes (an int) or a string such as "
+                f"'2GiB', or None, got {value!r}"
+            )
+        size = number
+    if size < 1:
+        raise ValueError(f"max_worker_memory must be at least 1 byte, got {value!r}")
+    return size
+
+
+def _check_memory_limit(backend: str, backend_is: str) -> None:
+    """ValueError unless ``max_worker_memory`` can apply: process workers, on Linux."""
+    if backend in ENGINES:
+        own = (
+            "Dask's memory_limit= of its workers (they are paused, then restarted, above it)"
+            if backend == "dask"
+            else "Ray's memory monitor (RAY_memory_usage_threshold) and memory= of tasks"
+        )
+        raise ValueError(
+            f"max_worker_memory cannot apply with backend={backend!r}{backend_is}: the engine "
+            f"manages its workers' memory itself; use {own}"
+        )
+    if backend != "process":
+        raise ValueError(
+            f"max_worker_memory cannot apply with backend={backend!r}{backend_is}: its "
+            "workers share the caller's process and memory; use backend='process'"
+        )
+    if not os.path.exists(STATM):
+        raise ValueError(
+            "max_worker_memory needs Linux's /proc to read a worker's memory, which this "
+            f"platform ({sys.platform}) does not have"
+        )
+
+
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
@@ -204,8 +286,9 @@ def _validate(name: str, value: Any) -> Any:
     TypeError or ValueError if it is bad."""
     if name in ("workers", "chunksize", "max_tasks_per_worker", "max_ahead", "max_ahead_bytes"):
         return _check_int(name, value, minimum=1, allow_none=True)
-    if name == "retries":
-        return _check_int(name, value, minimum=0, allow_none=False)
+    convert = _CONVERTERS.get(name)
+    if convert is not None:
+        return None if value is None and name in _NONE_ALLOWED else convert(value)
     if name == "ordered":
         if not isinstance(value, bool):
             raise TypeError(f"ordered must be True or False, got {value!r}")
@@ -221,16 +304,6 @@ def _validate(name: str, value: Any) -> Any:
             _check_choice("start_method", value, START_METHODS)
             if value not in multiprocessing.get_all_start_methods():
                 raise ValueError(f"start_method {value!r} is not available on this platform")
-    elif name == "timeout":
-        if value is not None:
-            seconds = float(value) if isinstance(value, float) else _as_int(value)
-            if seconds is None:
-                raise TypeError(f"timeout must be a number of seconds or None, got {value!r}")
-            if not (seconds > 0 and math.isfinite(seconds)):
-                raise ValueError(
-                    f"timeout must be a positive, finite number of seconds, got {value!r}"
-                )
-            return seconds
     elif name == "on_error":
         _check_choice("on_error", value, ON_ERROR)
     elif name == "output":
@@ -243,13 +316,34 @@ def _validate(name: str, value: Any) -> Any:
     elif name == "initializer":
         if value is not None and not callable(value):
             raise TypeError(f"initializer must be callable or None, got {value!r}")
-    elif name == "initargs":
-        if not isinstance(value, tuple | list):
-            raise TypeError(f"initargs must be a tuple, got {value!r}")
-        return tuple(value)
     elif name == "address" and value is not None and not isinstance(value, str):
         raise TypeError(f"address must be a string or None, got {value!r}")
     return value
+
+
+def _check_timeout(value: object) -> float | int:
+    seconds = float(value) if isinstance(value, float) else _as_int(value)
+    if seconds is None:
+        raise TypeError(f"timeout must be a number of seconds or None, got {value!r}")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"timeout must be a positive, finite number of seconds, got {value!r}")
+    return seconds
+
+
+def _check_initargs(value: object) -> tuple[Any, ...]:
+    if not isinstance(value, tuple | list):
+        raise TypeError(f"initargs must be a tuple, got {value!r}")
+    return tuple(value)
+
+
+# The options whose value is kept converted, and those of them that may be None.
+_NONE_ALLOWED: Final = frozenset({"timeout", "max_worker_memory"})
+_CONVERTERS: Final[dict[str, Callable[[Any], Any]]] = {
+    "retries": _check_retries,
+    "timeout": _check_timeout,
+    "max_worker_memory": memory_size,
+    "initargs": _check_initargs,
+}
 
 
 class Options:
@@ -268,8 +362,8 @@ class Options:
     backend: BackendName | _Unset
     start_method: StartMethod | _Unset | None
     timeout: float | _Unset | None
-    retries: int | _Unset
-    on_error: Literal["raise", "return"] | _Unset
+    retries: int | Retry | _Unset
+    on_error: OnError | _Unset
     initializer: Callable[..., object] | _Unset | None
     initargs: tuple[Any, ...] | _Unset
     max_tasks_per_worker: int | _Unset | None
@@ -278,6 +372,7 @@ class Options:
     max_ahead_bytes: int | _Unset | None
     output: Output | _Unset
     stats: bool | _Unset
+    max_worker_memory: int | _Unset | None
 
     def __init__(self, **given: Any) -> None:
         """Validate and keep ``given``; every other field is ``UNSET``. Unknown names: TypeError."""
@@ -337,6 +432,8 @@ class Options:
                     "only the dask and ray backends connect to a cluster; "
                     "drop address, or use backend='dask' or backend='ray'"
                 )
+        if backend is not UNSET and self.max_worker_memory not in (UNSET, None):
+            _check_memory_limit(backend, backend_is)
         chunksize, max_ahead = self.chunksize, self.max_ahead
         if isinstance(chunksize, int) and isinstance(max_ahead, int) and chunksize > max_ahead:
             raise ValueError(
@@ -391,6 +488,7 @@ class Options:
             max_ahead_bytes=_value(self.max_ahead_bytes, None) or DEFAULT_AHEAD_BYTES,
             output=_value(self.output, "forward"),
             stats=_value(self.stats, False),
+            max_worker_memory=_value(self.max_worker_memory, None),
         )
 
 
@@ -449,8 +547,8 @@ class Resolved:
     backend: BackendName
     start_method: StartMethod
     timeout: float | None
-    retries: int
-    on_error: Literal["raise", "return"]
+    retries: int | Retry
+    on_error: OnError
     initializer: Callable[..., object] | None
     initargs: tuple[Any, ...]
     max_tasks_per_worker: int | None
@@ -459,6 +557,7 @@ class Resolved:
     max_ahead_bytes: int
     output: Output
     stats: bool
+    max_worker_memory: int | None
 
     def __init__(self, **values: Any) -> None:
         for name in OPTION_NAMES:

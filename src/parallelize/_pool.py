@@ -26,6 +26,7 @@ from ._core.progress import NO_BAR, Bar, open_bar
 from ._core.session import Session
 from ._errors import Failure, ParallelizeError, RemoteTraceback, SerializationError
 from ._options import ENGINES, Options, Resolved
+from ._retry import Retry
 from ._worker.chunk import invoke
 
 R = TypeVar("R")
@@ -303,7 +304,7 @@ class Pool:
         start_method: str | None = None,
         progress: Any = False,
         timeout: float | None = None,
-        retries: int = 0,
+        retries: int | Retry = 0,
     ):
         self._session: Session | None = None
         self._lock = threading.Lock()
@@ -510,7 +511,7 @@ class ThreadPool(Pool):
         *,
         progress: Any = False,
         timeout: float | None = None,
-        retries: int = 0,
+        retries: int | Retry = 0,
     ):
         super().__init__(
             processes, initializer, initargs, progress=progress, timeout=timeout, retries=retries

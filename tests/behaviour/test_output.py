@@ -119,6 +119,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow  # a new interpreter per backend: the default suite keeps its time
 @pytest.mark.timeout(120)
 def test_inherit_leaves_output_to_the_workers_descriptors(
     backend: Backend, script_options: dict[str, Any], tmp_path: Path

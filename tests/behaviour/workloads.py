@@ -285,3 +285,49 @@ def last_words(x: int) -> int:
     if x == 2:
         os._exit(3)
     return x
+
+
+def picky(folder: str, x: int) -> int:
+    """Item 1 raises OSError on its first attempt; item 2 always raises ValueError. Every attempt
+    is noted in ``folder/attempts-x`` with its time."""
+    with open(os.path.join(folder, f"attempts-{x}"), "a") as f:
+        f.write(f"{time.monotonic()}\n")
+    with open(os.path.join(folder, f"attempts-{x}")) as f:
+        tries = len(f.read().split())
+    if x == 1 and tries == 1:
+        raise OSError("transient")
+    if x == 2:
+        raise ValueError("bad data")
+    return x
+
+
+def die_once(folder: str, x: int) -> int:
+    """Item 1's first attempt kills its worker process."""
+    tries = attempt(os.path.join(folder, f"attempts-{x}"))
+    if x == 1 and tries == 1:
+        os._exit(7)
+    return x
+
+
+_HOARD: list[bytearray] = []
+
+
+def resident(_: object) -> int:
+    """The worker's resident memory, in bytes."""
+    from parallelize._worker.memory import resident_bytes
+
+    return resident_bytes()
+
+
+def hoard(folder: str, x: int) -> int:
+    """Keep 16 MB more for good (a leak), note the attempt; the worker's pid."""
+    attempt(os.path.join(folder, f"attempts-{x}"))
+    _HOARD.append(bytearray(16 << 20))
+    return os.getpid()
+
+
+def overrun_once(log: str) -> int:
+    """Its first attempt runs past any short timeout; every later one returns at once."""
+    if attempt(log) == 1:
+        time.sleep(1.0)
+    return 1

@@ -28,6 +28,7 @@ from .._counter import CounterEngine, crossing
 from .._errors import Failure
 from .._lifecycle import engine_task, enter_worker
 from .._options import Resolved
+from .._retry import as_retry
 from .._wire.pickling import dumps, dumps_for_engine, dumps_function, picklable_values
 from .._wire.protocol import Call, Done, InitFailed, Output, Task
 from .._worker import output
@@ -243,6 +244,8 @@ def _run_timed(
                     value = Failure(error, index)
                 if type(value) is not Failure:
                     break
+                if call.retry_on is not None and not isinstance(value.error, call.retry_on):
+                    break  # not a failure this map retries
             values.append(value)
             if (seconds := time.perf_counter() - attempt) > slowest_seconds:
                 slowest, slowest_seconds = index, seconds
@@ -391,6 +394,19 @@ class EngineSet(WorkerSet[WorkerHandle]):
         if worker in self.workers:
             self.workers.remove(worker)
         return None
+
+
+def retry_counts(options: Resolved) -> tuple[int, int]:
+    """The retries a task makes of a raised exception itself (none when they wait: the
+    scheduler makes those), and the retries the engine makes of a task whose worker died (none
+    unless ``Retry(on=...)`` names crashes)."""
+    policy = as_retry(options.retries)
+    in_task = 0 if policy.backoff else policy.times
+    if policy.on is None:
+        return in_task, policy.times
+    from .. import _errors  # WorkerCrashedError is made on first use
+
+    return in_task, policy.times if policy.covers(_errors.WorkerCrashedError) else 0
 
 
 def encode_call(call: Call, options: Resolved, counters: CounterEngine) -> bytes:

@@ -28,7 +28,7 @@ from .._counter.engines import DaskCounters
 from .._cpu import usable_cpus
 from .._lifecycle import at_exit
 from .._options import Resolved
-from ._engine import EngineRun, EngineSet, Outcome, run_remote
+from ._engine import EngineRun, EngineSet, Outcome, retry_counts, run_remote
 from .base import Backend, missing_engine
 
 ENV_ADDRESS: Final = "PARALLELIZE_DASK_ADDRESS"
@@ -62,6 +62,7 @@ class _DaskRun(EngineRun):
         self._client = client
         self._distributed = distributed
         self._options = options
+        self._task_retries, self._engine_retries = retry_counts(options)
         self.slots = sum(client.nthreads().values())
         self._blob = blob
         self._call: Any = blob if len(blob) <= INLINE_CALL else self._scatter()
@@ -85,11 +86,11 @@ class _DaskRun(EngineRun):
             self._call,
             task.start,
             task.payload,
-            options.retries,
+            self._task_retries,
             options.timeout,
             key=f"{self._prefix}-{uuid.uuid4().hex}",
             pure=False,
-            retries=options.retries,
+            retries=self._engine_retries,
         )
         self._tasks[task.future.key] = task
         self._completed.add(task.future)

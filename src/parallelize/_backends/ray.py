@@ -32,7 +32,7 @@ from .._counter.engines import RayCounters
 from .._cpu import usable_cpus
 from .._lifecycle import at_exit
 from .._options import Resolved
-from ._engine import EngineRun, EngineSet, Outcome, run_remote
+from ._engine import EngineRun, EngineSet, Outcome, retry_counts, run_remote
 from .base import Backend, missing_engine
 
 
@@ -44,8 +44,8 @@ class _RayRun(EngineRun):
         self._ray = ray_module
         self.slots = int(ray_module.cluster_resources().get("CPU", 1))
         self._call = ray_module.put(blob)
-        self._remote = remote.options(max_retries=options.retries, name=name)
-        self._retries = options.retries
+        self._retries, engine_retries = retry_counts(options)
+        self._remote = remote.options(max_retries=engine_retries, name=name)
         self._timeout = options.timeout
         self._pending: set[Any] = set()  # ObjectRefs of the tasks not yet collected
         exceptions = ray_module.exceptions

@@ -1,7 +1,7 @@
 """Running a job: the backend's workers under the scheduler, then order, progress and errors.
 
 Done once here for every backend: results in input order (or as they complete), the progress bar
-counted in items, and the error policy (raise the first failure, or return it in place).
+counted in items, and the error policy (:mod:`parallelize._core.policy`).
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from contextlib import closing
 from typing import Any
 
 from .._backends import get_backend
-from .._errors import Failure
 from . import stats
 from .job import Batch, Job
 from .output import Sink
+from .policy import ErrorPolicy
 from .progress import Bar, open_bar
 from .scheduler import Scheduler
 
@@ -39,42 +39,23 @@ def _batches(job: Job, bar: Bar) -> Generator[Batch, None, None]:
         stats.report(recorder.finish(), sink if options.stats else None)
 
 
-def _values(batch: Batch, raise_first: bool) -> list[Any]:
-    """The batch's values with failures raised, or turned into exception objects."""
-    return batch.values if not batch.failed else list(_emit(batch, raise_first))
-
-
-def _emit(batch: Batch, raise_first: bool) -> Iterator[Any]:
-    """The batch's values one by one; a failure is raised (or yielded) where it stands."""
-    if not batch.failed:
-        yield from batch.values
-        return
-    for value in batch.values:
-        if type(value) is Failure:
-            error = value.exception()
-            if raise_first:
-                raise error
-            yield error
-        else:
-            yield value
-
-
 def run_list(job: Job) -> list[Any]:
     """Run a job to completion; the results in input (or completion) order."""
     options = job.options
-    raise_first = options.on_error == "raise"
+    policy = ErrorPolicy(options.on_error)
     bar = open_bar(options.progress, job.total)
     try:
         with closing(_batches(job, bar)) as batches:
             if not options.ordered:
                 out: list[Any] = []
                 for batch in batches:
-                    out += _values(batch, raise_first)
+                    out += policy.values(batch.values, batch.failed)
                     bar.update(len(batch.values))
+                policy.finish(out)
                 return out
             received = []
             for batch in batches:
-                received.append((batch.start, _values(batch, raise_first)))
+                received.append((batch.start, policy.values(batch.values, batch.failed)))
                 bar.update(len(batch.values))
     finally:
         bar.close()
@@ -82,6 +63,7 @@ def run_list(job: Job) -> list[Any]:
     out = []
     for _, values in received:
         out += values
+    policy.finish(out)
     return out
 
 
@@ -92,25 +74,25 @@ def _start(pair: tuple[int, list[Any]]) -> int:
 def run_stream(job: Job) -> Iterator[Any]:
     """Run a job lazily, yielding results as the consumer asks for them."""
     options = job.options
-    raise_first = options.on_error == "raise"
+    policy = ErrorPolicy(options.on_error)
     bar = open_bar(options.progress, job.total)
     try:
         with closing(_batches(job, bar)) as batches:
             if not options.ordered:
                 for batch in batches:
-                    values = _values(batch, raise_first)
-                    bar.update(len(values))
-                    yield from values
-                return
-            # In input order, a failure is raised when the stream reaches it, after the results
-            # before it.
-            waiting: dict[int, Batch] = {}
-            next_index = 0
-            for batch in batches:
-                waiting[batch.start] = batch
-                bar.update(len(batch.values))
-                while (ready := waiting.pop(next_index, None)) is not None:
-                    next_index += len(ready.values)
-                    yield from _emit(ready, raise_first)
+                    bar.update(len(batch.values))
+                    yield from policy.stream(batch.values, batch.failed)
+            else:
+                # In input order, a failure is raised when the stream reaches it, after the
+                # results before it.
+                waiting: dict[int, Batch] = {}
+                next_index = 0
+                for batch in batches:
+                    waiting[batch.start] = batch
+                    bar.update(len(batch.values))
+                    while (ready := waiting.pop(next_index, None)) is not None:
+                        next_index += len(ready.values)
+                        yield from policy.stream(ready.values, ready.failed)
     finally:
         bar.close()
+    policy.finish(None)

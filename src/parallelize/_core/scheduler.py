@@ -22,6 +22,8 @@ turns faults into per-item results:
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import signal
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic
 from .._backends.base import Crashed, Dead, Unreadable, W, WorkerSet
 from .._chunking import ChunkSizer
 from .._errors import Failure, SerializationError, crash_error
+from .._retry import as_retry
 from .._wire.pickling import unpicklable_argument
 from .._wire.protocol import CALL_CACHE, Call, Cancelled, Done, InitFailed, Output, Ready, Task
 from .._worker.output import INHERIT, RECORD, caller_levels
@@ -140,7 +143,13 @@ class Scheduler(Generic[W]):
         self._pool = pool
         self._job = job
         watched = options.timeout is not None and pool.watches_timeouts
-        self._returns = options.on_error == "return"
+        self._returns = options.on_error != "raise"  # the worker finishes a chunk that failed
+        # Retries: how many, of which failures; with a backoff, the scheduler makes them (a
+        # worker would sleep), holding each failed item back until its time.
+        self._policy = as_retry(options.retries)
+        self._held = self._policy.backoff > 0
+        self._delayed: list[tuple[float, int, _Task]] = []  # (due, order, chunk) heap
+        self._delays = itertools.count()
         self._watched = watched
         # What becomes of the workers' output, and the caller's logging levels now (a worker
         # applies them when forwarding; they tell it that the caller uses logging at all).
@@ -189,6 +198,9 @@ class Scheduler(Generic[W]):
                 # wait for their exit like for any other event.
                 if self._tasks or (not self._ready and self._has_work()):
                     timeout = 0.0 if self._ready else self._poll_timeout()
+                    if not self._tasks and not self._retry and self._delayed and timeout:
+                        time.sleep(timeout)  # only held retries are left: wait for their time
+                        continue
                     for worker, event in self._pool.wait(timeout):
                         self._handle(worker, event)
                     if self._stream:
@@ -223,7 +235,12 @@ class Scheduler(Generic[W]):
                 self._recorder.done(worker, task.sent_at, event.seconds, measured, count)
             self._sizer.record(items=len(event.values), seconds=event.seconds)
             self._received += len(event.values)
-            self._ready.append(Batch(event.start, event.values, event.failed))
+            if self._held and event.failed:
+                self._hold_failures(task, event.values)
+            else:
+                self._ready.append(Batch(event.start, event.values, event.failed))
+            if event.retiring:
+                self._retire(worker, task, len(event.values))
         elif kind is Output:
             if self._sink is not None:
                 if self._feed is not None:  # records name the item's place in its own call
@@ -262,6 +279,8 @@ class Scheduler(Generic[W]):
     # -- handing out work --
 
     def _fill(self) -> None:
+        if self._delayed:
+            self._promote()
         while not self._alone and (worker := self._pick_worker()) is not None:
             if self._retry and self._retry[0].suspect:
                 if not self._tasks:  # it runs alone: wait until nothing else is in flight
@@ -291,7 +310,7 @@ class Scheduler(Generic[W]):
         return None
 
     def _has_work(self) -> bool:
-        if self._retry or self._lookahead:
+        if self._retry or self._lookahead or self._delayed:
             return True
         if self._feed is not None:
             return self._feed.has_items()
@@ -336,7 +355,7 @@ class Scheduler(Generic[W]):
             items = [*items, *more] if items else more  # a slice (of a range: a range) as it is
         if not items:
             return None
-        task = _Task(self._next_index, items, self._job.options.retries, self._call)
+        task = _Task(self._next_index, items, self._policy.times, self._call)
         self._next_index += len(items)
         return task
 
@@ -350,7 +369,7 @@ class Scheduler(Generic[W]):
         items, call = self._feed.take(size)
         if call is None:
             return None
-        task = _Task(self._next_index, items, self._job.options.retries, self._load(call))
+        task = _Task(self._next_index, items, self._policy.times, self._load(call))
         self._next_index += len(items)
         return task
 
@@ -368,14 +387,20 @@ class Scheduler(Generic[W]):
 
     def _full_call(self, fn: Callable[..., Any], star: bool) -> Call:
         """What workers need to know to run ``fn`` in this job."""
+        options = self._job.options
         measured = self._recorder is not None
         output, levels = self._output, self._levels
-        return Call(fn, star, self._returns, self._watched, output, levels, measured)
+        keep_going = self._returns or self._held  # held retries need every item's outcome
+        # Process workers only (a backend from the environment may have taken the map elsewhere).
+        memory = options.max_worker_memory if options.backend == "process" else None
+        return Call(
+            fn, star, keep_going, self._watched, output, levels, measured, self._policy.on, memory
+        )
 
     def _ahead(self) -> int:
         """Items read from the input whose results the consumer has not had yet. In input
         order, that counts the finished results held behind the oldest unfinished item."""
-        pending = [*self._tasks.values(), *self._retry]
+        pending = [*self._tasks.values(), *self._retry, *(task for _, _, task in self._delayed)]
         if not pending:
             return 0
         if self._job.options.ordered:
@@ -410,7 +435,8 @@ class Scheduler(Generic[W]):
     def _send(self, worker: W, task: _Task) -> None:
         task.id = self._pool.new_task_id()
         call = task.call
-        message = Task(task.id, call.id, task.start, task.items, task.retries)
+        retries = 0 if self._held else task.retries  # held: the worker retries nothing itself
+        message = Task(task.id, call.id, task.start, task.items, retries)
         try:
             payload, task.lease = self._pool.encode(message)
         except Exception as exc:
@@ -485,8 +511,12 @@ class Scheduler(Generic[W]):
             # Retries the worker already spent on this item (it raised, then died or overran in
             # a retry) are spent: an item runs at most retries + 1 times in all.
             left = running.retries - status.retries_spent(index)
-            if left > 0:
-                requeue.append(running.part(index, [running.items[offset]], left - 1))
+            if left > 0 and self._retries_fault(timed_out is not None):
+                again = running.part(index, [running.items[offset]], left - 1)
+                if self._held:
+                    self._delay(again, self._policy.times - left)
+                else:
+                    requeue.append(again)
                 if recorder is not None:
                     recorder.retries += 1
             else:
@@ -506,6 +536,60 @@ class Scheduler(Generic[W]):
             self._ready.append(Batch(running.start, failures, True))
         requeue.extend(waiting)
         self._retry.extendleft(reversed(requeue))
+
+    def _retire(self, worker: W, task: _Task, done: int) -> None:
+        """The worker went over ``max_worker_memory`` after ``done`` items of ``task`` and
+        exits: the rest of that chunk and the chunks queued to it go to other workers, as they
+        are (none of them ran), and a new worker takes its place."""
+        requeue = []
+        if done < len(task.items):
+            requeue.append(task.part(task.start + done, task.items[done:], task.retries))
+        requeue += [self._forget(task_id) for task_id in worker.queue]
+        worker.queue.clear()
+        worker.retiring = True
+        self._retry.extendleft(reversed(requeue))
+        if self._recorder is not None:
+            self._recorder.replacements += 1
+
+    def _hold_failures(self, task: _Task, values: list[Any]) -> None:
+        """A chunk's values, its failures that are to run again held back until their time: the
+        rest is ready, in runs of consecutive items."""
+        start, run = task.start, list[Any]()
+        for offset, value in enumerate(values):
+            index = task.start + offset
+            if type(value) is Failure and task.retries > 0 and self._policy.covers(value.error):
+                if run:
+                    self._ready.append(Batch(start, run, _any_failure(run)))
+                again = task.part(index, [task.items[offset]], task.retries - 1)
+                self._delay(again, self._policy.times - task.retries)
+                if self._recorder is not None:
+                    self._recorder.retries += 1
+                start, run = index + 1, []
+            else:
+                run.append(value)
+        if run:
+            self._ready.append(Batch(start, run, _any_failure(run)))
+
+    def _delay(self, task: _Task, k: int) -> None:
+        """Hold ``task`` (one item's k-th retry, from 0) back for its backoff."""
+        due = time.monotonic() + self._policy.delay(k)
+        heapq.heappush(self._delayed, (due, next(self._delays), task))
+
+    def _promote(self) -> None:
+        """Held retries whose time has come go first in line."""
+        now = time.monotonic()
+        while self._delayed and self._delayed[0][0] <= now:
+            self._retry.appendleft(heapq.heappop(self._delayed)[2])
+
+    def _retries_fault(self, timed_out: bool) -> bool:
+        """Whether the map retries a crash (or a timeout): ``Retry(on=...)`` names it."""
+        if self._policy.on is None:
+            return True
+        if timed_out:
+            return self._policy.covers(TimeoutError)
+        from .. import _errors  # WorkerCrashedError is made on first use
+
+        return self._policy.covers(_errors.WorkerCrashedError)
 
     def _isolate(self, task: _Task, error: BaseException) -> None:
         """An engine lost the worker running ``task`` (after its own retries), without saying
@@ -576,6 +660,15 @@ class Scheduler(Generic[W]):
         )
 
     def _poll_timeout(self) -> float | None:
+        if self._delayed:  # no later than the next held retry's time
+            due = max(MIN_POLL, self._delayed[0][0] - time.monotonic())
+            if not self._tasks:
+                return min(due, RETIRE_POLL)
+            timeout = self._task_poll_timeout()
+            return due if timeout is None else min(due, timeout)
+        return self._task_poll_timeout()
+
+    def _task_poll_timeout(self) -> float | None:
         if not self._tasks:
             return RETIRE_POLL
         if self._timeout_ns is None:
@@ -674,6 +767,10 @@ class Scheduler(Generic[W]):
                     worker.queue.remove(event.task_id)
                 elif kind is Unreadable and worker.queue:
                     worker.queue.popleft()  # its oldest chunk's reply, which is dropped anyway
+
+
+def _any_failure(values: list[Any]) -> bool:
+    return any(type(value) is Failure for value in values)
 
 
 def describe_exit(exitcode: int | None) -> str:

@@ -105,6 +105,7 @@ class Recorder:
         self.idle = 0.0  # workers' idle time before the last chunk went out
         self.slowest: tuple[int, float] | None = None
         self.retries = 0
+        self.replacements = 0  # workers replaced for going over max_worker_memory
         self.crashes = 0
         self.timeouts = 0
 
@@ -177,6 +178,7 @@ class Recorder:
             bytes_pickled=pickled,
             bytes_shared=shared,
             retries=self.retries,
+            replacements=self.replacements,
             crashes=self.crashes,
             timeouts=self.timeouts,
             slowest=self.slowest,

@@ -30,7 +30,17 @@ class Call:
     at start-up.
     """
 
-    __slots__ = ("fn", "keep_going", "levels", "measured", "output", "star", "timed")
+    __slots__ = (
+        "fn",
+        "keep_going",
+        "levels",
+        "measured",
+        "memory_limit",
+        "output",
+        "retry_on",
+        "star",
+        "timed",
+    )
 
     def __init__(
         self,
@@ -41,6 +51,8 @@ class Call:
         output: str = "inherit",
         levels: Any = None,
         measured: bool = False,
+        retry_on: tuple[type[BaseException], ...] | None = None,
+        memory_limit: int | None = None,
     ):
         self.fn = fn
         self.star = star  # the items are argument tuples (several iterables)
@@ -49,6 +61,8 @@ class Call:
         self.output = output  # what becomes of the worker's output: forward, inherit or drop
         self.levels = levels  # the caller's logging levels when the map started (not inherited)
         self.measured = measured  # stats are collected: time each item, count retries
+        self.retry_on = retry_on  # only these exceptions are retried (None: any)
+        self.memory_limit = memory_limit  # a process worker retires above this resident size
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
@@ -61,6 +75,8 @@ class Call:
                 self.output,
                 self.levels,
                 self.measured,
+                self.retry_on,
+                self.memory_limit,
             ),
         )
 
@@ -92,7 +108,9 @@ class GiveBack(NamedTuple):
 class Done(NamedTuple):
     """Worker to caller: a chunk's values (a :class:`Failure` in place of each item that failed),
     the seconds it took, whether any value is a failure, and (when the call is ``measured``) its
-    slowest item's index and seconds, the retries it spent and the items it timed out."""
+    slowest item's index and seconds, the retries it spent and the items it timed out; and
+    whether the worker retires after it (over ``max_worker_memory``: the chunk's items after
+    ``values`` did not run)."""
 
     task_id: int
     start: int
@@ -100,6 +118,7 @@ class Done(NamedTuple):
     seconds: float
     failed: bool
     measured: tuple[int, float, int, int] | None = None
+    retiring: bool = False
 
 
 class Output(NamedTuple):

@@ -277,9 +277,12 @@ def _retry(
     timeout must not go on spending retries that the scheduler has handed to another attempt.
     """
     fields = status.fields
+    retry_on = call.retry_on
     for spent in range(1, retries + 1):
         if fields[_CANCEL] >= fields[_TASK]:
             break
+        if retry_on is not None and not isinstance(error, retry_on):
+            break  # not a failure this map retries
         if call.timed:
             fields[_START_NS] = time.monotonic_ns()
         fields[_RETRIED_ALL] += 1

@@ -42,6 +42,7 @@ from .._wire.protocol import (
 from . import output
 from .chunk import SLOT_WIDTH, Status, run_chunk
 from .init import StartInit, hand_globals, initialize, initialize_started
+from .memory import resident_bytes
 
 # After its parent is gone, a worker busy in a long item gets this long before it exits anyway,
 # so that no orphan outlives the caller.
@@ -81,9 +82,10 @@ def serve(
             if len(calls) > CALL_CACHE:
                 calls.popitem(last=False)
             continue
-        done += _run_task(message, calls[message.call_id], send, status, capturer)
+        ran, retiring = _run_task(message, calls[message.call_id], send, status, capturer)
+        done += ran
         message = None  # nothing of the chunk stays alive while the worker waits
-        if max_items is not None and done >= max_items:
+        if retiring or (max_items is not None and done >= max_items):
             return
 
 
@@ -93,21 +95,62 @@ def _run_task(
     send: Callable[[Any], None],
     status: Status,
     capturer: output.Capturer,
-) -> int:
-    """Run one chunk and reply (after the chunk's last output); how many items it had. Its
-    items and results die with this frame, so an idle worker holds nothing of the last chunk."""
+) -> tuple[int, bool]:
+    """Run one chunk and reply (after the chunk's last output): how many items it had, and
+    whether the worker is to retire now (over its memory limit). Its items and results die with
+    this frame, so an idle worker holds nothing of the last chunk."""
     begun = capturer.begin(call)
+    retiring = False
     try:
-        outcome = run_chunk(call, task.task_id, task.start, task.items, task.retries, status)
+        if call.memory_limit is None:
+            outcome = run_chunk(call, task.task_id, task.start, task.items, task.retries, status)
+        else:
+            outcome, retiring = _run_within(call, task, status, call.memory_limit)
     finally:
         if begun is not None:
             capturer.end(begun)
     if outcome is None:
         send(Cancelled(task.task_id))
-        return len(task.items)  # the scheduler charged them to this worker's budget too
+        return len(task.items), False  # the scheduler charged them to this worker's budget too
     values, seconds, failed, measured = outcome
-    send(Done(task.task_id, task.start, values, seconds, failed, measured))
-    return len(task.items)
+    send(Done(task.task_id, task.start, values, seconds, failed, measured, retiring))
+    return len(task.items), retiring
+
+
+def _run_within(
+    call: Call, task: Task, status: Status, limit: int
+) -> tuple[tuple[list[Any], float, bool, Any] | None, bool]:
+    """Run a chunk item by item, reading the worker's resident memory after each: the outcome
+    of the items run, and whether the worker went over ``limit`` (it stops there, to retire
+    before it takes more work; the scheduler sends the rest elsewhere)."""
+    values: list[Any] = []
+    seconds, failed, measured = 0.0, False, None
+    for offset in range(len(task.items)):
+        index = task.start + offset
+        one = run_chunk(
+            call, task.task_id, index, task.items[offset : offset + 1], task.retries, status
+        )
+        if one is None:
+            return None, False
+        values += one[0]
+        seconds += one[1]
+        failed = failed or one[2]
+        measured = _merged(measured, one[3])
+        if one[2] and not call.keep_going:
+            break
+        if resident_bytes() > limit:
+            return (values, seconds, failed, measured), True
+    return (values, seconds, failed, measured), False
+
+
+def _merged(
+    total: tuple[int, float, int, int] | None, one: tuple[int, float, int, int] | None
+) -> tuple[int, float, int, int] | None:
+    """Two measured runs as one: the slower item, the retries and timeouts of both."""
+    if total is None or one is None:
+        return one or total
+    slowest = total if total[1] >= one[1] else one
+    return (slowest[0], slowest[1], total[2] + one[2], total[3] + one[3])
 
 
 def _encode_result(message: Done | Cancelled | Output) -> bytes:
