@@ -540,6 +540,7 @@ def test_exit_during_a_map_in_a_daemon_thread_is_quiet(start_method: str, script
     assert done.stdout == done.stderr == ""
 
 
+@pytest.mark.slow  # ten seconds of waiting: the default suite keeps its time
 @pytest.mark.timeout(120)
 def test_exit_handler_joining_a_daemon_thread_in_a_map_does_not_hang(script: Path) -> None:
     # An exit handler that runs after parallelize's (registered before the import) waits for a

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from parallelize import Executor, MapStats, Pool, collect_stats, pmap
+from parallelize import Executor, MapStats, Pool, collect_stats, imap, pmap
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -145,3 +145,42 @@ def test_async_maps_and_pools_are_recorded() -> None:
     functions = [stats.function for stats in collected.maps]
     assert functions == ["abs", "parallelize-executor"]
     assert [stats.items for stats in collected.maps] == [10, 6]
+
+
+def torrent(x: int) -> int:
+    """Print about a megabyte: more than the pipe to the caller holds."""
+    line = "." * 99
+    for _ in range(10_000):
+        print(line)
+    return x
+
+
+def test_output_waiting_for_a_slow_consumer_does_not_count_against_the_timeout(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A stream's consumer that is slow to ask for more leaves the pipe full; the item waiting
+    to print is not running, and must not time out for it."""
+    import time
+
+    got = []
+    for value in imap(torrent, range(3), workers=1, timeout=1.0, chunksize=1):
+        got.append(value)
+        time.sleep(1.5)
+    assert got == [0, 1, 2]
+    assert len(capsys.readouterr().out.splitlines()) == 30_000
+
+
+def test_derived_groups_keep_their_own_indexes() -> None:
+    from parallelize import MapErrorGroup
+
+    group = MapErrorGroup(
+        "3 failed",
+        [KeyError(1), ValueError(2), KeyError(3)],
+        results=[None] * 8,
+        failed_indexes=[0, 4, 7],
+    )
+    keys, rest = group.split(KeyError)
+    assert keys is not None and rest is not None
+    assert keys.failed_indexes == [0, 7]
+    assert rest.failed_indexes == [4]
+    assert keys.results is group.results

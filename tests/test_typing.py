@@ -32,6 +32,7 @@ def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # a type checker run: the default suite keeps its time (CI runs slow tests)
 @pytest.mark.timeout(CHECK_TIMEOUT + 30)
 def test_mypy_strict_sees_the_documented_types(tmp_path: Path) -> None:
     pytest.importorskip("mypy")
@@ -45,6 +46,7 @@ def test_mypy_strict_sees_the_documented_types(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow  # a type checker run: the default suite keeps its time (CI runs slow tests)
 @pytest.mark.timeout(CHECK_TIMEOUT + 30)
 def test_pyright_sees_the_documented_types_and_src_is_clean() -> None:
     pyright = _tool("pyright")

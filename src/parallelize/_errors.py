@@ -68,10 +68,12 @@ class MapErrorGroup(ExceptionGroup[Exception], ParallelizeError):
         super().__init__(message, exceptions)
 
     def derive(self, excs: Sequence[Exception]) -> MapErrorGroup:  # type: ignore[override]
-        """The group ``except*`` splits off: the same results, only some of the failures."""
-        return MapErrorGroup(
-            self.message, excs, results=self.results, failed_indexes=self.failed_indexes
-        )
+        """The group ``except*`` splits off: the same results, some of the failures, and
+        their indices."""
+        kept = {id(error) for error in excs}
+        pairs = zip(self.failed_indexes, self.exceptions, strict=False)
+        indexes = [index for index, error in pairs if id(error) in kept]
+        return MapErrorGroup(self.message, excs, results=self.results, failed_indexes=indexes)
 
 
 class SerializationError(ParallelizeError, pickle.PicklingError, TypeError):

@@ -98,6 +98,7 @@ def test_timeout_fails_only_the_slow_item(
     assert type(caught.value) is TimeoutError
 
 
+@pytest.mark.slow  # seconds of overruns per backend: the default suite keeps its time
 def test_retries_count_overruns_and_raises_alike(
     backend_options: dict[str, Any], differs: Callable[[str], None], tmp_path: Path
 ) -> None:

@@ -16,7 +16,14 @@ from parallelize import WorkerCrashedError, imap, pmap
 from support import script_env
 
 from .conftest import Backend
-from .workloads import WORKER_LOGGER, chatty, half_lines, last_words, log_failure
+from .workloads import (
+    WORKER_LOGGER,
+    chatty,
+    half_lines,
+    last_words,
+    log_failure,
+    log_odd_extra,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,6 +62,25 @@ def test_the_callers_level_at_the_start_decides(
     caplog.set_level(logging.WARNING, logger=WORKER_LOGGER)
     pmap(chatty, range(3), **backend_options)
     assert _worker_records(caplog) == []
+
+
+def test_extra_values_that_are_not_plain_data_arrive_as_their_repr(
+    backend: Backend, backend_options: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Plain data (a dict of lists) arrives as itself; anything else as its repr, so that a
+    value the caller could not rebuild never costs the map."""
+    caplog.set_level(logging.INFO, logger=WORKER_LOGGER)
+    assert pmap(log_odd_extra, range(3), **backend_options) == [0, 1, 2]
+    records = _worker_records(caplog)
+    assert len(records) == 3
+    for record in records:
+        index = record.item_index  # type: ignore[attr-defined]
+        assert record.ctx == {"user": index, "tags": ["a", "b"]}  # type: ignore[attr-defined]
+        odd = record.odd  # type: ignore[attr-defined]
+        if backend.in_caller:  # handled in the caller's process: the object itself
+            assert isinstance(odd, Exception)
+        else:
+            assert odd == f"TwoArgError({index}, 2)" or "TwoArgError" in odd
 
 
 def test_an_exception_logged_in_a_worker_keeps_its_traceback(

@@ -331,3 +331,19 @@ def overrun_once(log: str) -> int:
     if attempt(log) == 1:
         time.sleep(1.0)
     return 1
+
+
+class TwoArgError(Exception):
+    """An exception that pickles in a worker but cannot be rebuilt from its pickle."""
+
+    def __init__(self, a: int, b: int):
+        super().__init__(f"{a}/{b}")
+
+
+def log_odd_extra(x: int) -> int:
+    """Log with ``extra`` values that are plain data, and one that is not."""
+    import logging
+
+    extra = {"ctx": {"user": x, "tags": ["a", "b"]}, "odd": TwoArgError(x, 2)}
+    logging.getLogger(WORKER_LOGGER).warning("odd %d", x, extra=extra)
+    return x

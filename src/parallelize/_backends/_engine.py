@@ -195,6 +195,8 @@ class _ItemRunner:
                     index, item = message
                     outcome = run_chunk(call, _TASK_ID, index, [item], 0, status)
                     assert outcome is not None
+                    if begun is not None:  # the item's partial line, before its result
+                        begun[0].close()
                     self.outbox.put(outcome[0][0])
             finally:
                 if begun is not None:

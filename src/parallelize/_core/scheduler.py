@@ -198,11 +198,14 @@ class Scheduler(Generic[W]):
                 # wait for their exit like for any other event.
                 if self._tasks or (not self._ready and self._has_work()):
                     timeout = 0.0 if self._ready else self._poll_timeout()
-                    if not self._tasks and not self._retry and self._delayed and timeout:
-                        time.sleep(timeout)  # only held retries are left: wait for their time
-                        continue
-                    for worker, event in self._pool.wait(timeout):
+                    began = time.monotonic()
+                    events = self._pool.wait(timeout)
+                    for worker, event in events:
                         self._handle(worker, event)
+                    if not events and not self._tasks and self._delayed and timeout:
+                        # Only held retries are left, and a set with nothing in flight may
+                        # return at once (an engine's, the caller's): wait for their time.
+                        time.sleep(max(0.0, timeout - (time.monotonic() - began)))
                     if self._stream:
                         self._measure()
                     if self._timeout_ns is not None:
@@ -476,6 +479,8 @@ class Scheduler(Generic[W]):
         """Account for a worker that died (or was stopped because item ``timed_out`` overran)."""
         status = worker.status
         exitcode = self._pool.reap(worker)
+        if self._recorder is not None:
+            self._recorder.gone(worker)
         if not worker.ready and status.initializing:
             self._pool.broken = True
             raise crash_error(
@@ -550,6 +555,7 @@ class Scheduler(Generic[W]):
         self._retry.extendleft(reversed(requeue))
         if self._recorder is not None:
             self._recorder.replacements += 1
+            self._recorder.gone(worker)
 
     def _hold_failures(self, task: _Task, values: list[Any]) -> None:
         """A chunk's values, its failures that are to run again held back until their time: the
@@ -679,7 +685,7 @@ class Scheduler(Generic[W]):
             status = worker.status
             running = worker.queue and status.task == worker.queue[0]
             if running or (not worker.ready and status.initializing):
-                soonest = min(soonest, status.started_ns + self._timeout_ns - now)
+                soonest = min(soonest, self._timeout_ns - status.running_ns(now))
         return max(MIN_POLL, soonest / 1e9)
 
     def _expire(self) -> None:
@@ -702,11 +708,11 @@ class Scheduler(Generic[W]):
                 continue
             task = self._tasks[worker.queue[0]]
             status = worker.status
-            index = status.index  # before started_ns: see Status.index
+            index = status.index  # before the start time: see Status.index
             if (
                 status.task == task.id
                 and task.covers(index)
-                and now - status.started_ns > self._timeout_ns
+                and status.running_ns(now) > self._timeout_ns
             ):
                 self._pool.kill(worker)
                 self._lost(worker, index)

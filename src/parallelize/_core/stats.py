@@ -9,6 +9,7 @@ every open :func:`collect_stats` block, and to stderr with ``stats=True``.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import threading
 import time
 from collections.abc import Iterator
@@ -74,13 +75,14 @@ def wanted(printed: bool) -> bool:
 class _Line:
     """One worker's timeline so far."""
 
-    __slots__ = ("busy", "first", "last_end", "number")
+    __slots__ = ("busy", "ended", "first", "last_end", "number")
 
     def __init__(self, number: int, first: float):
-        self.number = number
+        self.number = number  # its row: a worker that replaces another takes the other's
         self.first = first  # when it was sent its first chunk
         self.last_end: float | None = None  # when its last chunk came back
         self.busy = 0.0  # seconds it held a chunk
+        self.ended: float | None = None  # when it died or retired
 
 
 class Recorder:
@@ -96,6 +98,8 @@ class Recorder:
         self._pool: WorkerSet[Any] | None = None
         self._bytes = (0, 0)
         self._lines: dict[object, _Line] = {}
+        self._rows = 0  # rows handed out so far
+        self._free_rows: list[int] = []  # the rows of workers that are gone
         self._first_sent: float | None = None
         self._last_sent = self.started
         self._timeline: list[tuple[int, float, float, float]] = []
@@ -122,7 +126,11 @@ class Recorder:
         self._last_sent = now
         line = self._lines.get(worker)
         if line is None:
-            line = self._lines[worker] = _Line(len(self._lines), now)
+            if self._free_rows:
+                row = heapq.heappop(self._free_rows)
+            else:
+                row, self._rows = self._rows, self._rows + 1
+            line = self._lines[worker] = _Line(row, now)
         elif idle and line.last_end is not None:
             self.idle += now - line.last_end
         return now
@@ -149,13 +157,22 @@ class Recorder:
             self.retries += retried
             self.timeouts += timed_out
 
+    def gone(self, worker: object) -> None:
+        """The worker died, was stopped or retired: its time ends here, and its row goes to
+        whichever worker takes its place."""
+        line = self._lines.get(worker)
+        if line is not None and line.ended is None:
+            line.ended = time.perf_counter()
+            heapq.heappush(self._free_rows, line.number)
+
     def finish(self) -> MapStats:
         """The map has ended: its stats."""
         end = time.perf_counter()
         busy = sum(line.busy for line in self._lines.values())
         # Idle: each worker's time from its first chunk to the end, less the time it held one;
         # the tail is the part after the last chunk went out.
-        idle = sum(end - line.first - line.busy for line in self._lines.values())
+        lines = self._lines.values()
+        idle = sum(max(0.0, (line.ended or end) - line.first - line.busy) for line in lines)
         idle = max(idle, self.idle)
         pickled = shared = 0
         if self._pool is not None:
@@ -168,7 +185,7 @@ class Recorder:
             items=self.items,
             chunks=self.chunks,
             workers=self._pool.size if self._pool is not None else 0,
-            workers_used=len(self._lines),
+            workers_used=self._rows,
             wall_s=end - self.started,
             compute_s=self.compute,
             overhead_s=max(0.0, busy - self.compute),

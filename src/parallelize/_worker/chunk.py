@@ -24,7 +24,8 @@ _CANCEL: Final = 3  # written by the caller: chunks with an id up to this one ar
 _RETRIED: Final = 4  # the index of the chunk's item that raised and is being retried (-1: none)
 _RETRIES: Final = 5  # retries spent on that item: a timeout or crash during one grants none anew
 _RETRIED_ALL: Final = 6  # retries the worker has spent in all (for a map's stats)
-SLOT_WIDTH: Final = 7
+_WAITING_NS: Final = 7  # time.monotonic_ns() since the item waits to send output (0: it does not)
+SLOT_WIDTH: Final = 8
 # In the task field: the worker is running its initializer (since the start field's time).
 _INITIALIZING: Final = -2
 
@@ -41,7 +42,7 @@ class Status:
 
     def __init__(self, fields: Fields | None = None):
         if fields is None:  # a fresh slot: no chunk, no item, nothing cancelled
-            fields = [0, -1, -1, 0, -1, 0, 0]
+            fields = [0, -1, -1, 0, -1, 0, 0, 0]
         self.fields = fields
 
     def reset(self) -> None:
@@ -49,7 +50,7 @@ class Status:
         harmless."""
         fields = self.fields
         fields[_TASK], fields[_INDEX], fields[_START_NS] = -1, -1, -1
-        fields[_RETRIED], fields[_RETRIES] = -1, 0
+        fields[_RETRIED], fields[_RETRIES], fields[_WAITING_NS] = -1, 0, 0
 
     @property
     def task(self) -> int:
@@ -82,6 +83,27 @@ class Status:
     def end_initializer(self) -> None:
         """The initializer returned."""
         self.fields[_TASK] = -1
+
+    def running_ns(self, now: int) -> int:
+        """How long the item has run by ``now`` (``time.monotonic_ns()``), not counting the
+        time it waited for the caller to read its output (a stream's consumer slow to ask for
+        more leaves the pipe full)."""
+        fields = self.fields
+        waiting = fields[_WAITING_NS]  # before the start: the worker writes them the other way
+        ran = now - fields[_START_NS]
+        return ran - (now - waiting) if waiting else ran
+
+    def waits_to_send(self) -> int:
+        """The worker is about to send output, which may wait for the caller: from when."""
+        now = time.monotonic_ns()
+        self.fields[_WAITING_NS] = now
+        return now
+
+    def sent(self, since: int) -> None:
+        """The output sent (after :meth:`waits_to_send`): the wait moves the start on."""
+        fields = self.fields
+        fields[_START_NS] += time.monotonic_ns() - since
+        fields[_WAITING_NS] = 0
 
     def retries_spent(self, index: int) -> int:
         """Retries the worker spent on the item at ``index`` (it raised, then ran again)."""

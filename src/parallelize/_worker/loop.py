@@ -252,8 +252,12 @@ def process_main(
     def send(message: Any) -> None:
         if type(message) is Output:  # plain text and records: no buffers to share, no flush
             blob = pickle.dumps(to_wire(message), pickle.HIGHEST_PROTOCOL)
-            with sending:
-                conn.send_bytes(blob)
+            since = status.waits_to_send()  # a full pipe must not time the item out
+            try:
+                with sending:
+                    conn.send_bytes(blob)
+            finally:
+                status.sent(since)
             return
         blob = _encode_result(message)
         with sending:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -53,13 +52,15 @@ Entry = tuple[int, Any]
 Levels = tuple[dict[str, int], frozenset[str], int]
 
 _PLAIN: Final = frozenset({str, int, float, bool, type(None)})
+# How deep a record's extra value may nest lists and dicts and still travel as itself.
+_NESTING: Final = 4
 
 
 class Capture:
     """A worker's output while it runs one chunk; ``send`` takes each batch of entries (None:
     the output is dropped). ``remote``: records are sent, not handled here."""
 
-    __slots__ = ("_partial", "_written_by", "index", "outer", "remote", "send")
+    __slots__ = ("_lock", "_partial", "_written_by", "index", "outer", "remote", "send")
 
     def __init__(
         self,
@@ -76,11 +77,19 @@ class Capture:
         # most chunks write nothing).
         self._partial: dict[int, str] | None = None
         self._written_by: dict[int, int] = {}
+        self._lock = threading.Lock()  # a worker process's threads may all print
 
     def write(self, stream: int, text: str) -> None:
         send = self.send
         if send is None or not text:
             return
+        with self._lock:
+            entries = self._lines(stream, text)
+        if entries:
+            send(entries)
+
+    def _lines(self, stream: int, text: str) -> list[Entry]:
+        """What of ``text`` (with what came before it) is whole lines to send now."""
         entries: list[Entry] = []
         if self._partial is None:
             self._partial = {STDOUT: "", STDERR: ""}
@@ -93,8 +102,7 @@ class Capture:
         if cut:
             entries.append((stream, text[:cut]))
         self._partial[stream], self._written_by[stream] = text[cut:], item
-        if entries:
-            send(entries)
+        return entries
 
     def log(self, logger: logging.Logger, record: logging.LogRecord) -> None:
         if self.send is None:
@@ -109,11 +117,12 @@ class Capture:
             _handlers_of(logger, record)
 
     def close(self) -> None:
-        """The chunk has ended: send the partial lines."""
-        if not self._partial:
+        """The item or chunk has ended: send the partial lines."""
+        with self._lock:
+            partial, self._partial = self._partial, None
+        if not partial:
             return
-        entries = [(stream, text) for stream, text in self._partial.items() if text]
-        self._partial = None
+        entries = [(stream, text) for stream, text in partial.items() if text]
         if entries and self.send is not None:
             self.send(entries)
 
@@ -228,6 +237,16 @@ class Redirected:
 
 
 _install_lock = threading.Lock()
+
+
+def _fresh_lock() -> None:
+    """In a forked child: the lock another thread of the parent may have held at the fork."""
+    global _install_lock
+    _install_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock)
 # logging.Logger.callHandlers as logging defines it, once it is wrapped.
 _handlers_of: Callable[[logging.Logger, logging.LogRecord], None]
 
@@ -292,7 +311,9 @@ def _redirected() -> bool:
 
 def _portable(record: logging.LogRecord) -> dict[str, Any]:
     """The record's attributes as the caller rebuilds it: the message formatted, the exception
-    as text, and any ``extra`` value that would not pickle as its repr."""
+    as text, and any ``extra`` value that is not plain data (strings, numbers, None, and lists,
+    tuples and string-keyed dicts of them) as its repr: anything else might pickle here and not
+    unpickle in the caller, which must never lose a map to a log record."""
     attributes = dict(record.__dict__)
     try:
         attributes["msg"] = record.getMessage()
@@ -306,12 +327,22 @@ def _portable(record: logging.LogRecord) -> dict[str, Any]:
             attributes["exc_text"] = logging.Formatter().formatException(record.exc_info)
         attributes["exc_info"] = None
     for key, value in attributes.items():
-        if type(value) not in _PLAIN:
-            try:
-                pickle.dumps(value)
-            except Exception:
-                attributes[key] = repr(value)
+        if type(value) not in _PLAIN and not _plain_data(value, 0):
+            attributes[key] = repr(value)
     return attributes
+
+
+def _plain_data(value: object, depth: int) -> bool:
+    """Whether ``value`` is plain data, nested at most a few levels."""
+    if type(value) in _PLAIN:
+        return True
+    if depth >= _NESTING:
+        return False
+    if isinstance(value, list | tuple) and type(value) in (list, tuple):
+        return all(_plain_data(item, depth + 1) for item in value)
+    if isinstance(value, dict) and type(value) is dict:
+        return all(type(k) is str and _plain_data(v, depth + 1) for k, v in value.items())
+    return False
 
 
 _applied: Levels | None = None
