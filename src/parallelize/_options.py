@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 import math
 import multiprocessing
-import operator
 import os
 import re
 import sys
@@ -19,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
 from ._cpu import usable_cpus
+from ._numbers import as_int, as_real
 from ._retry import Retry
 
 
@@ -74,24 +74,11 @@ ENV_WORKERS: Final = "PARALLELIZE_WORKERS"
 ENV_BACKEND: Final = "PARALLELIZE_BACKEND"
 
 
-def _as_int(value: object) -> int | None:
-    """``value`` as a plain int if it is an integer of any kind (``numpy.int64``, anything with
-    ``__index__``), else None. A bool is not taken for a number."""
-    if isinstance(value, bool):
-        return None
-    if type(value) is int:
-        return value
-    try:
-        return operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-
-
 def _check_int(name: str, value: object, *, minimum: int, allow_none: bool) -> int | None:
     """``value`` as a plain int of at least ``minimum`` (or None, if allowed)."""
     if value is None and allow_none:
         return None
-    number = _as_int(value)
+    number = as_int(value)
     if number is None:
         allowed = f"an int >= {minimum}" + (" or None" if allow_none else "")
         raise TypeError(f"{name} must be {allowed}, got {value!r}")
@@ -105,19 +92,9 @@ def _check_int(name: str, value: object, *, minimum: int, allow_none: bool) -> i
 _Check = Callable[[object], bool | None]
 
 
-def _number(value: object) -> float | None:
-    """``value`` as a float if it is a real number (not a bool or a string), else None."""
-    if isinstance(value, bool | str | bytes):
-        return None
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-
-
 def _at_least(low: float, *, above: bool = False, high: float = math.inf) -> _Check:
     def check(value: object) -> bool | None:
-        number = _number(value)
+        number = as_real(value)
         if number is None:
             return None
         return (number > low if above else number >= low) and number <= high  # NaN: False
@@ -126,7 +103,7 @@ def _at_least(low: float, *, above: bool = False, high: float = math.inf) -> _Ch
 
 
 def _count(value: object) -> bool | None:
-    count = _as_int(value)
+    count = as_int(value)
     return None if count is None else count >= 0
 
 
@@ -203,7 +180,7 @@ def _check_retries(value: object) -> int | Retry:
     """``retries``: a Retry as it is (it checked itself), or a count of at least 0."""
     if isinstance(value, Retry):
         return value
-    if _as_int(value) is None:
+    if as_int(value) is None:
         raise TypeError(f"retries must be an int >= 0 or a parallelize.Retry, got {value!r}")
     count = _check_int("retries", value, minimum=0, allow_none=False)
     assert count is not None
@@ -240,7 +217,7 @@ def memory_size(value: object) -> int:
             )
         size = int(float(match[1]) * MEMORY_UNITS.get(unit, 1))
     else:
-        number = _as_int(value)
+        number = as_int(value)
         if number is None:
             raise TypeError(
                 "max_worker_memory must be a number of bytes (an int) or a string such as "
@@ -322,7 +299,7 @@ def _validate(name: str, value: Any) -> Any:
 
 
 def _check_timeout(value: object) -> float | int:
-    seconds = float(value) if isinstance(value, float) else _as_int(value)
+    seconds = float(value) if isinstance(value, float) else as_int(value)
     if seconds is None:
         raise TypeError(f"timeout must be a number of seconds or None, got {value!r}")
     if not (seconds > 0 and math.isfinite(seconds)):

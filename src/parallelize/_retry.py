@@ -9,8 +9,9 @@ costs no round trip.
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any, Final
+
+from ._numbers import as_int, as_real
 
 # Where a retry delay stops growing, unless the Retry says otherwise: one minute.
 MAX_BACKOFF: Final = 60.0
@@ -46,14 +47,14 @@ class Retry:
         max_backoff: float = MAX_BACKOFF,
         on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
     ):
-        count = _count(times)
+        count = as_int(times)
         if count is None:
             raise TypeError(f"Retry(times=...) must be an int >= 0, got {times!r}")
         if count < 0:
             raise ValueError(f"Retry(times=...) must be >= 0, got {times!r}")
         object.__setattr__(self, "times", count)
         for name, value in (("backoff", backoff), ("max_backoff", max_backoff)):
-            seconds = _seconds(value)
+            seconds = as_real(value)
             if seconds is None:
                 raise TypeError(f"Retry({name}=...) must be a number of seconds, got {value!r}")
             if not (seconds >= 0 and math.isfinite(seconds)):
@@ -105,24 +106,6 @@ class Retry:
 
 def _rebuild(times: int, kwargs: dict[str, Any]) -> Retry:
     return Retry(times, **kwargs)
-
-
-def _count(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-
-
-def _seconds(value: object) -> float | None:
-    if isinstance(value, bool | str | bytes):
-        return None
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
 
 
 def _exception_types(on: object) -> tuple[type[BaseException], ...] | None:

@@ -215,30 +215,22 @@ def _run_timed(
     status: Status,
     values: list[Any],
 ) -> tuple[int, float, float] | None:
-    """Run ``items`` as :func:`_run_tracked` does, timing each one: the slowest item's index and
-    seconds, and the seconds of all (None when the chunk was cancelled). Only a map that
-    collects stats pays for the clock."""
-    fn, star, timed, append = call.fn, call.star, call.timed, values.append
-    fields = status.fields
+    """Run ``items`` through :func:`_run_tracked` one at a time, timing each: the slowest
+    item's index and seconds, and the seconds of all (None when the chunk was cancelled). Only
+    a map that collects stats pays for the clock."""
     clock = time.perf_counter
     slowest, slowest_seconds, total = start, 0.0, 0.0
-    for index, item in zip(itertools.count(start), items):
-        if fields[_CANCEL] >= task_id:
-            return None
-        if timed:
-            fields[_START_NS] = time.monotonic_ns()
-        fields[_INDEX] = index
+    for offset in range(len(items)):
+        index = start + offset
         began = clock()
-        stop = False
-        try:
-            append(fn(*item) if star else fn(item))
-        except BaseException as exc:  # the worker must outlive anything the user raises
-            stop = _failed(call, item, index, retries, exc, status, values)
+        if not _run_tracked(call, task_id, index, items[offset : offset + 1], 0, retries, status,
+                            values):  # fmt: skip
+            return None
         seconds = clock() - began
         total += seconds
         if seconds > slowest_seconds:
             slowest, slowest_seconds = index, seconds
-        if stop:
+        if type(values[-1]) is Failure and not call.keep_going:
             break
     return slowest, slowest_seconds, total
 
