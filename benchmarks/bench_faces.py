@@ -19,14 +19,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
-import json
 import multiprocessing
 import multiprocessing.pool
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import parallelize
+from benchmarks.report import save_record
 from benchmarks.tasks import square
 
 RESULTS = Path(__file__).resolve().parent / "results" / "faces.json"
@@ -141,19 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         fmt = "{:.3g}".format
         lines.append(f"| {name} | {fmt(ours)} | {fmt(theirs)} | {ratio:.2f}x |")
     print("\n".join(lines))
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    record = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "platform": platform.platform(),
-        "commit": commit,
-        "command": "python benchmarks/bench_faces.py " + " ".join(sys.argv[1:]),
-        "workers": args.workers,
-        "results": table,
-    }
-    RESULTS.write_text(json.dumps(record, indent=1) + "\n")
+    save_record(RESULTS, "benchmarks/bench_faces.py", args.workers, table)
 
 
 if __name__ == "__main__":

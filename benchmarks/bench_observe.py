@@ -17,13 +17,9 @@ Every pool is warm, and rounds go round robin, so a slow moment of the machine h
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import logging
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import parallelize
+from benchmarks.report import save_record
 from benchmarks.tasks import log_to_devnull, logged_spin, logged_square, spin, square
 from benchmarks.workloads import calibrate_spin
 
@@ -110,19 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         table[name] = {"plain": plain, "observed": observed, "ratio": ratio, **by_side}
         lines.append(f"| {name} | {plain:.3g} | {observed:.3g} | {ratio:.2f} |")
     print("\n".join(lines))
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    record = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "platform": platform.platform(),
-        "commit": commit,
-        "command": "python benchmarks/bench_observe.py " + " ".join(sys.argv[1:]),
-        "workers": args.workers,
-        "results": table,
-    }
-    RESULTS.write_text(json.dumps(record, indent=1) + "\n")
+    save_record(RESULTS, "benchmarks/bench_observe.py", args.workers, table)
 
 
 if __name__ == "__main__":

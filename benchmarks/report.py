@@ -6,8 +6,15 @@ means parallelize wins (more items per second, a larger speed-up, fewer seconds 
 
 from __future__ import annotations
 
+import datetime
+import json
 import math
+import os
+import platform
 import statistics
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from .tools import TOOLS
@@ -214,3 +221,21 @@ def render(data: dict[str, Any]) -> str:
         parts += ["", backlog_table(data["workloads"]["backlog"])]
     parts += ["", targets_table(data["targets"])]
     return "\n".join(parts)
+
+
+def save_record(path: Path, script: str, workers: int, results: dict[str, Any]) -> None:
+    """Write a standalone benchmark's ``results`` to ``path`` as JSON, with the date, the
+    machine, the commit and the command that made them (``script`` and this run's arguments)."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    record = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "platform": platform.platform(),
+        "commit": commit,
+        "command": f"python {script} " + " ".join(sys.argv[1:]),
+        "workers": workers,
+        "results": results,
+    }
+    path.write_text(json.dumps(record, indent=1) + "\n")
