@@ -1,0 +1,335 @@
+"""``checkpoint=``: a map's finished results kept in a SQLite file, so a map run again after a
+crash computes only what is missing.
+
+WORK IN PROGRESS (branch wip/checkpoint): the store below is complete and tested on its own
+(tests/test_checkpoint_store.py); wiring it into pmap/imap (``_core``) is the next step, see
+the closing note of session 7.
+
+The file: ``meta`` (format, the function's name and code digest, created and updated times) and
+``results`` (an item's position, the digest of its pickled bytes, whether it failed, and the
+result pickled with protocol 5, its large buffers, NumPy arrays', stored raw in ``buffers``).
+WAL journal with ``synchronous=NORMAL``: a result committed survives the caller being killed;
+one committed just before a power loss may be lost, and is computed again. Results are written
+in transactions of up to ``BATCH`` results or ``BATCH_SECONDS``, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import functools
+import hashlib
+import os
+import pickle
+import sqlite3
+import stat
+import time
+import types
+from typing import Any, Final, Literal
+
+from ._errors import ParallelizeError
+
+FORMAT: Final = "parallelize-checkpoint/1"
+# Results per transaction, and the longest a result waits for its commit.
+BATCH: Final = 256
+BATCH_SECONDS: Final = 0.5
+
+
+class CheckpointError(ParallelizeError):
+    """A checkpoint file cannot be used for this map: another function's, in use by another map,
+    not a checkpoint at all, or not safe to unpickle from. The message says which."""
+
+
+class Checkpoint:
+    """Where a map keeps its finished results (``checkpoint=Checkpoint(path)``), and what to do
+    when the file holds another function's: ``on_mismatch="error"`` (raise
+    ``CheckpointError``) or ``"recompute"`` (start the file afresh)."""
+
+    __slots__ = ("on_mismatch", "path")
+
+    path: str
+    on_mismatch: Literal["error", "recompute"]
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, on_mismatch: Literal["error", "recompute"] = "error"
+    ):
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"Checkpoint(path) must be a str or os.PathLike, got {path!r}")
+        if on_mismatch not in ("error", "recompute"):
+            raise ValueError(
+                f"Checkpoint(on_mismatch=...) must be 'error' or 'recompute', got {on_mismatch!r}"
+            )
+        object.__setattr__(self, "path", os.fspath(path))
+        object.__setattr__(self, "on_mismatch", on_mismatch)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("a Checkpoint is immutable")
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.path!r}, on_mismatch={self.on_mismatch!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Checkpoint) and (self.path, self.on_mismatch) == (
+            other.path,
+            other.on_mismatch,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.on_mismatch))
+
+
+def as_checkpoint(value: str | os.PathLike[str] | Checkpoint) -> Checkpoint:
+    """The ``checkpoint`` option as a Checkpoint."""
+    return value if isinstance(value, Checkpoint) else Checkpoint(value)
+
+
+def item_digest(item: Any) -> bytes:
+    """A digest of the item's pickled bytes: an item changed at a position is computed again."""
+    try:
+        blob = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        import cloudpickle
+
+        blob = cloudpickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+    return hashlib.blake2b(blob, digest_size=16).digest()
+
+
+def function_identity(fn: Any) -> tuple[str, str]:
+    """The function's qualified name and a digest of its code (and a partial's arguments)."""
+    digest = hashlib.blake2b(digest_size=16)
+    name = _describe(fn, digest)
+    return name, digest.hexdigest()
+
+
+def _describe(fn: Any, digest: Any) -> str:
+    if isinstance(fn, functools.partial):
+        digest.update(item_digest((fn.args, sorted(fn.keywords.items()))))
+        return f"partial({_describe(fn.func, digest)})"
+    fn = getattr(fn, "__wrapped__", fn)
+    code = getattr(fn, "__code__", None)
+    if isinstance(code, types.CodeType):
+        _code_digest(code, digest)
+    module = getattr(fn, "__module__", None) or ""
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}.{qualname}" if module else qualname
+
+
+def _code_digest(code: types.CodeType, digest: Any) -> None:
+    digest.update(code.co_code)
+    digest.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _code_digest(const, digest)
+        else:
+            digest.update(repr(const).encode())
+
+
+class Store:
+    """An open checkpoint file for one run of a map: locked for it, checked against its
+    function. ``stored()`` says what is there; ``add()`` records a result as it reaches the
+    caller; ``close()`` commits the rest and unlocks."""
+
+    def __init__(self, spec: Checkpoint, function: tuple[str, str]):
+        self.path = spec.path
+        self._lock_fd = self._open_locked()
+        try:
+            self._db = self._connect()
+            self._check(function, spec.on_mismatch)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._pending: list[tuple[int, bytes, bool, bytes, list[bytes]]] = []
+        self._since = time.monotonic()
+
+    def _open_locked(self) -> int:
+        """Open (or create, mode 0600) the file and take its lock: a second map on the same file
+        fails at once. SQLite's own locks are POSIX record locks; this is a separate flock."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise CheckpointError(f"cannot open the checkpoint file {self.path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CheckpointError(
+                f"the checkpoint file {self.path} is in use by another map (it holds the file's "
+                "lock); wait for it to end, or give this map another file"
+            ) from None
+        return fd
+
+    def _connect(self) -> sqlite3.Connection:
+        """Connect, refusing a file that is not a checkpoint (left untouched)."""
+        fresh = os.fstat(self._lock_fd).st_size == 0
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            if not fresh:
+                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+                if not {"meta", "results", "buffers"} <= tables:
+                    db.close()
+                    raise CheckpointError(
+                        f"{self.path} is a SQLite file but not a parallelize checkpoint; it was "
+                        "left untouched: give the map another path"
+                    )
+        except sqlite3.DatabaseError as exc:
+            raise CheckpointError(
+                f"{self.path} is not a parallelize checkpoint ({exc}); it was left untouched: "
+                "give the map another path"
+            ) from exc
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        if fresh:
+            db.executescript(
+                """
+                CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                CREATE TABLE results (
+                    position INTEGER PRIMARY KEY, digest BLOB NOT NULL,
+                    failed INTEGER NOT NULL, data BLOB NOT NULL);
+                CREATE TABLE buffers (
+                    position INTEGER NOT NULL, number INTEGER NOT NULL, data BLOB NOT NULL,
+                    PRIMARY KEY (position, number));
+                """
+            )
+        return db
+
+    def _check(self, function: tuple[str, str], on_mismatch: str) -> None:
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        now = _now()
+        if not meta:
+            self._write_meta({"format": FORMAT, "created": now}, function)
+            return
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(
+                f"{self.path} holds checkpoint format {meta.get('format')!r}, not {FORMAT!r}"
+            )
+        name, code = function
+        differs = []
+        if meta.get("function") != name:
+            differs.append(f"the function is {name}, the file's is {meta.get('function')}")
+        elif meta.get("function_digest") != code:
+            differs.append(f"the code of {name} changed since the file was written")
+        if not differs:
+            return
+        if on_mismatch == "error":
+            raise CheckpointError(
+                f"the checkpoint {self.path} belongs to another function: {differs[0]}; pass "
+                "checkpoint=Checkpoint(path, on_mismatch='recompute') to start it afresh"
+            )
+        with self._transaction():
+            self._db.execute("DELETE FROM results")
+            self._db.execute("DELETE FROM buffers")
+        self._write_meta({"created": now}, function)
+
+    def _write_meta(self, values: dict[str, str], function: tuple[str, str]) -> None:
+        values = {**values, "function": function[0], "function_digest": function[1]}
+        values["updated"] = _now()
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", values.items()
+            )
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Any:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def stored(self) -> dict[int, tuple[bytes, bool]]:
+        """Each stored position's item digest, and whether its item failed."""
+        rows = self._db.execute("SELECT position, digest, failed FROM results")
+        return {position: (digest, bool(failed)) for position, digest, failed in rows}
+
+    def load(self, position: int) -> Any:
+        """The result stored at ``position``, unpickled (only from a file that is this user's
+        and not writable by others: unpickling runs code)."""
+        self._check_owner()
+        row = self._db.execute(
+            "SELECT data FROM results WHERE position = ?", (position,)
+        ).fetchone()
+        buffers = self._db.execute(
+            "SELECT data FROM buffers WHERE position = ? ORDER BY number", (position,)
+        ).fetchall()
+        return pickle.loads(row[0], buffers=[data for (data,) in buffers])
+
+    def _check_owner(self) -> None:
+        info = os.fstat(self._lock_fd)
+        if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise CheckpointError(
+                f"refusing to unpickle results from {self.path}: it belongs to another user or "
+                "others may write to it, and unpickling runs code; make it yours, mode 0600"
+            )
+
+    def add(self, position: int, digest: bytes, value: Any, *, failed: bool = False) -> None:
+        """Record a result (or, ``failed``, that the item failed: it runs again next time)."""
+        buffers: list[bytes] = []
+        if failed:
+            data = b""
+        else:
+            data = pickle.dumps(
+                value, 5, buffer_callback=lambda b: buffers.append(bytes(b.raw()))
+            )
+        self._pending.append((position, digest, failed, data, buffers))
+        if len(self._pending) >= BATCH or time.monotonic() - self._since >= BATCH_SECONDS:
+            self.commit()
+
+    def commit(self) -> None:
+        """Write the results added since the last commit, in one transaction."""
+        pending, self._pending = self._pending, []
+        self._since = time.monotonic()
+        if not pending:
+            return
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO results (position, digest, failed, data) "
+                "VALUES (?, ?, ?, ?)",
+                [(p, d, int(f), data) for p, d, f, data, _ in pending],
+            )
+            self._db.executemany(
+                "DELETE FROM buffers WHERE position = ?", [(p,) for p, *_ in pending]
+            )
+            self._db.executemany(
+                "INSERT INTO buffers (position, number, data) VALUES (?, ?, ?)",
+                [(p, n, b) for p, _, _, _, bufs in pending for n, b in enumerate(bufs)],
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('updated', ?)", (_now(),)
+            )
+
+    def close(self) -> None:
+        """Commit what is pending, close the file and release its lock."""
+        try:
+            self.commit()
+            self._db.close()
+        finally:
+            os.close(self._lock_fd)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def summary(path: str) -> dict[str, Any]:
+    """What ``python -m parallelize checkpoint PATH`` prints: the function, items done and
+    failed, and when the file was created and last updated (read-only; no lock needed)."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        done, failed = db.execute(
+            "SELECT COUNT(*) - COALESCE(SUM(failed), 0), COALESCE(SUM(failed), 0) FROM results"
+        ).fetchone()
+        db.close()
+    except sqlite3.DatabaseError as exc:
+        raise CheckpointError(f"{path} is not a parallelize checkpoint ({exc})") from exc
+    return {
+        "path": path,
+        "function": meta.get("function"),
+        "done": done,
+        "failed": failed,
+        "created": meta.get("created"),
+        "updated": meta.get("updated"),
+    }
