@@ -79,9 +79,16 @@ class Checkpoint:
         return hash((self.path, self.on_mismatch))
 
 
-def as_checkpoint(value: str | os.PathLike[str] | Checkpoint) -> Checkpoint:
-    """The ``checkpoint`` option as a Checkpoint."""
-    return value if isinstance(value, Checkpoint) else Checkpoint(value)
+def as_checkpoint(value: object) -> Checkpoint:
+    """The ``checkpoint`` option as a Checkpoint; TypeError for what is not a path."""
+    if isinstance(value, Checkpoint):
+        return value
+    if not isinstance(value, str | os.PathLike):
+        raise TypeError(
+            f"checkpoint must be a path (str or os.PathLike) or a parallelize.Checkpoint, "
+            f"got {value!r}"
+        )
+    return Checkpoint(value)
 
 
 def item_digest(item: Any) -> bytes:
@@ -270,9 +277,7 @@ class Store:
         if failed:
             data = b""
         else:
-            data = pickle.dumps(
-                value, 5, buffer_callback=lambda b: buffers.append(bytes(b.raw()))
-            )
+            data = pickle.dumps(value, 5, buffer_callback=lambda b: buffers.append(bytes(b.raw())))
         self._pending.append((position, digest, failed, data, buffers))
         if len(self._pending) >= BATCH or time.monotonic() - self._since >= BATCH_SECONDS:
             self.commit()

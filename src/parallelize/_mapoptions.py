@@ -10,6 +10,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, SupportsIndex, TypedDict
 
 if TYPE_CHECKING:
+    import os
+
+    from ._checkpoint import Checkpoint
     from ._options import BackendName, OnError, Output, Progress, StartMethod
     from ._retry import Retry
 
@@ -40,3 +43,4 @@ class MapOptions(TypedDict, total=False):
     output: Output
     stats: bool
     max_worker_memory: SupportsIndex | str | None
+    checkpoint: str | os.PathLike[str] | Checkpoint | None

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
+from ._checkpoint import Checkpoint, as_checkpoint
 from ._cpu import usable_cpus
 from ._numbers import as_int, as_real
 from ._retry import Retry
@@ -65,6 +66,7 @@ OPTION_NAMES: Final = (
     "output",
     "stats",
     "max_worker_memory",
+    "checkpoint",
 )
 
 # What a stream may hold of finished results ahead of its consumer, by default.
@@ -314,11 +316,12 @@ def _check_initargs(value: object) -> tuple[Any, ...]:
 
 
 # The options whose value is kept converted, and those of them that may be None.
-_NONE_ALLOWED: Final = frozenset({"timeout", "max_worker_memory"})
+_NONE_ALLOWED: Final = frozenset({"timeout", "max_worker_memory", "checkpoint"})
 _CONVERTERS: Final[dict[str, Callable[[Any], Any]]] = {
     "retries": _check_retries,
     "timeout": _check_timeout,
     "max_worker_memory": memory_size,
+    "checkpoint": as_checkpoint,
     "initargs": _check_initargs,
 }
 
@@ -350,6 +353,7 @@ class Options:
     output: Output | _Unset
     stats: bool | _Unset
     max_worker_memory: int | _Unset | None
+    checkpoint: Checkpoint | _Unset | None
 
     def __init__(self, **given: Any) -> None:
         """Validate and keep ``given``; every other field is ``UNSET``. Unknown names: TypeError."""
@@ -466,6 +470,7 @@ class Options:
             output=_value(self.output, "forward"),
             stats=_value(self.stats, False),
             max_worker_memory=_value(self.max_worker_memory, None),
+            checkpoint=_value(self.checkpoint, None),
         )
 
 
@@ -535,6 +540,7 @@ class Resolved:
     output: Output
     stats: bool
     max_worker_memory: int | None
+    checkpoint: Checkpoint | None
 
     def __init__(self, **values: Any) -> None:
         for name in OPTION_NAMES:

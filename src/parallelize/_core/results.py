@@ -12,6 +12,7 @@ from typing import Any
 
 from .._backends import get_backend
 from . import stats
+from .checkpoints import checkpointed
 from .job import Batch, Job
 from .output import Sink
 from .policy import ErrorPolicy
@@ -44,6 +45,8 @@ def run_list(job: Job) -> list[Any]:
     options = job.options
     policy = ErrorPolicy(options.on_error)
     bar = open_bar(options.progress, job.total)
+    if options.checkpoint is not None:
+        return _run_list_checkpointed(job, policy, bar)
     try:
         with closing(_batches(job, bar)) as batches:
             if not options.ordered:
@@ -71,11 +74,39 @@ def _start(pair: tuple[int, list[Any]]) -> int:
     return pair[0]
 
 
+def _run_list_checkpointed(job: Job, policy: ErrorPolicy, bar: Bar) -> list[Any]:
+    """run_list with a checkpoint: the results always in input order."""
+    out: list[Any] = []
+    try:
+        with closing(checkpointed(job, lambda sub: _batches(sub, bar))) as runs:
+            for values in runs:
+                out += policy.values(values, True)
+                bar.update(len(values))
+    finally:
+        bar.close()
+    if job.input_error is not None:
+        raise job.input_error
+    policy.finish(out)
+    return out
+
+
 def run_stream(job: Job) -> Iterator[Any]:
     """Run a job lazily, yielding results as the consumer asks for them."""
     options = job.options
     policy = ErrorPolicy(options.on_error)
     bar = open_bar(options.progress, job.total)
+    if options.checkpoint is not None:
+        try:
+            with closing(checkpointed(job, lambda sub: _batches(sub, bar))) as runs:
+                for values in runs:
+                    bar.update(len(values))
+                    yield from policy.stream(values, True)
+        finally:
+            bar.close()
+        if job.input_error is not None:
+            raise job.input_error
+        policy.finish(None)
+        return
     try:
         with closing(_batches(job, bar)) as batches:
             if not options.ordered:
