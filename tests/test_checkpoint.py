@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from parallelize import imap, pmap
-from parallelize._checkpoint import Checkpoint, CheckpointError, summary
+from parallelize import Checkpoint, CheckpointError, imap, pmap
+from parallelize._checkpoint import summary
 from support import script_env
 
 pytestmark = pytest.mark.timeout(120)

@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._aio import aimap, apmap
     from ._api import imap, pmap
+    from ._checkpoint import Checkpoint
     from ._core.stats import collect_stats
     from ._counter import SharedCounter, shared_counter
     from ._decorator import ParallelFunction, parallel
     from ._errors import (
+        CheckpointError,
         MapErrorGroup,
         ParallelizeError,
         RemoteError,
@@ -31,6 +33,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncResult",
+    "Checkpoint",
+    "CheckpointError",
     "Executor",
     "IMapIterator",
     "MapErrorGroup",
@@ -59,6 +63,8 @@ __all__ = [
 # process imports ``parallelize._worker``, which needs none of the caller's side.
 _SOURCES = {
     "AsyncResult": "._pool",
+    "Checkpoint": "._checkpoint",
+    "CheckpointError": "._errors",
     "Executor": "._executor",
     "IMapIterator": "._pool",
     "MapErrorGroup": "._errors",

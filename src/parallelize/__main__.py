@@ -394,7 +394,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_parser.add_argument("--json", action="store_true", help="print the results as JSON")
     bench_parser.set_defaults(run=bench)
+
+    checkpoint_parser = commands.add_parser(
+        "checkpoint",
+        help="show what a map's checkpoint file holds",
+        description="Print the function a checkpoint file belongs to, its items done, failed "
+        "and in all (when the map's input had a length), and when it was created and updated.",
+    )
+    checkpoint_parser.add_argument("path", help="the checkpoint file")
+    checkpoint_parser.add_argument("--json", action="store_true", help="print it as JSON")
+    checkpoint_parser.set_defaults(run=show_checkpoint)
     return parser
+
+
+def show_checkpoint(args: argparse.Namespace) -> int:
+    """``python -m parallelize checkpoint PATH [--json]``."""
+    from ._checkpoint import summary
+    from ._errors import CheckpointError
+
+    try:
+        info = summary(args.path)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    total = "unknown" if info["total"] is None else info["total"]
+    print(f"checkpoint  {info['path']}")
+    print(f"function    {info['function']}")
+    print(f"items       {info['done']} done, {info['failed']} failed, {total} in all")
+    print(f"created     {info['created']}")
+    print(f"updated     {info['updated']}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,17 +28,12 @@ import time
 import types
 from typing import Any, Final, Literal
 
-from ._errors import ParallelizeError
+from ._errors import CheckpointError
 
 FORMAT: Final = "parallelize-checkpoint/1"
 # Results per transaction, and the longest a result waits for its commit.
 BATCH: Final = 256
 BATCH_SECONDS: Final = 0.5
-
-
-class CheckpointError(ParallelizeError):
-    """A checkpoint file cannot be used for this map: another function's, in use by another map,
-    not a checkpoint at all, or not safe to unpickle from. The message says which."""
 
 
 class Checkpoint:
@@ -246,6 +241,14 @@ class Store:
             raise
         self._db.execute("COMMIT")
 
+    def set_total(self, total: int | None) -> None:
+        """The number of the map's items, when its input has a length (for the summary)."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('total', ?)",
+                (str(total) if total is not None else "",),
+            )
+
     def stored(self) -> dict[int, tuple[bytes, bool]]:
         """Each stored position's item digest, and whether its item failed."""
         rows = self._db.execute("SELECT position, digest, failed FROM results")
@@ -330,11 +333,13 @@ def summary(path: str) -> dict[str, Any]:
         db.close()
     except sqlite3.DatabaseError as exc:
         raise CheckpointError(f"{path} is not a parallelize checkpoint ({exc})") from exc
+    total = meta.get("total")
     return {
         "path": path,
         "function": meta.get("function"),
         "done": done,
         "failed": failed,
+        "total": int(total) if total else None,
         "created": meta.get("created"),
         "updated": meta.get("updated"),
     }

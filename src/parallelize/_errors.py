@@ -5,6 +5,7 @@
     Exception
     ├── ParallelizeError                  base of every error parallelize itself raises
     │   ├── MapErrorGroup                 also an ExceptionGroup: every failure of a map
+    │   ├── CheckpointError               a checkpoint file this map cannot use
     │   ├── WorkerCrashedError            also a concurrent.futures BrokenProcessPool
     │   ├── SerializationError            also a pickle.PicklingError and a TypeError
     │   └── RemoteError                   stand-in for a worker exception that cannot be pickled
@@ -29,6 +30,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 class ParallelizeError(Exception):
     """Base class of the errors that parallelize raises on its own account."""
+
+
+class CheckpointError(ParallelizeError):
+    """A map's ``checkpoint`` file cannot be used: it holds another function's results, another
+    map is using it, it is not a checkpoint at all, or it is not safe to unpickle from. The
+    message says which."""
 
 
 class MapErrorGroup(ExceptionGroup[Exception], ParallelizeError):

@@ -29,6 +29,7 @@ def checkpointed(
     assert options.checkpoint is not None
     store = Store(options.checkpoint, function_identity(job.fn))
     try:
+        store.set_total(job.total)
         stored = store.stored()
         plan: collections.deque[tuple[int, bytes, bool]] = collections.deque()
 
