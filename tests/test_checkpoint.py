@@ -123,7 +123,7 @@ def test_a_map_killed_half_way_resumes_where_it_stopped(tmp_path: Path) -> None:
     work.mkdir()
     script.write_text(textwrap.dedent(KILLED.format()))
     cmd = [sys.executable, str(script), str(path), str(work)]
-    first = subprocess.Popen(cmd, env=script_env(), stdout=subprocess.PIPE)
+    first = subprocess.Popen(cmd, env=script_env(), stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while len(_ran(work)) < 20 and time.monotonic() < deadline:
         time.sleep(0.02)

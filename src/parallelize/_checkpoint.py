@@ -24,6 +24,7 @@ import os
 import pickle
 import sqlite3
 import stat
+import threading
 import time
 import types
 from typing import Any, Final, Literal
@@ -31,6 +32,12 @@ from typing import Any, Final, Literal
 from ._errors import CheckpointError
 
 FORMAT: Final = "parallelize-checkpoint/1"
+# The byte a map locks in its checkpoint file: far beyond any SQLite file, and beyond the bytes
+# SQLite locks (at 1 GiB) itself.
+LOCK_BYTE: Final = 1 << 62
+# The checkpoint files this process has open, by (device, inode).
+_open_files: set[tuple[int, int]] = set()
+_open_lock = threading.Lock()
 # Results per transaction, and the longest a result waits for its commit.
 BATCH: Final = 256
 BATCH_SECONDS: Final = 0.5
@@ -139,26 +146,33 @@ class Store:
             self._db = self._connect()
             self._check(function, spec.on_mismatch)
         except BaseException:
-            os.close(self._lock_fd)
+            self._unlock()
             raise
         self._pending: list[tuple[int, bytes, bool, bytes, list[bytes]]] = []
         self._since = time.monotonic()
 
     def _open_locked(self) -> int:
         """Open (or create, mode 0600) the file and take its lock: a second map on the same file
-        fails at once. SQLite's own locks are POSIX record locks; this is a separate flock."""
+        fails at once, in this process (a registry of open files) or another (a POSIX record
+        lock on a byte SQLite never locks; unlike a flock, forked workers do not inherit it)."""
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise CheckpointError(f"cannot open the checkpoint file {self.path}: {exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise CheckpointError(
-                f"the checkpoint file {self.path} is in use by another map (it holds the file's "
-                "lock); wait for it to end, or give this map another file"
-            ) from None
+        info = os.fstat(fd)
+        self._key = (info.st_dev, info.st_ino)
+        with _open_lock:
+            try:
+                if self._key in _open_files:
+                    raise BlockingIOError
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, LOCK_BYTE)
+            except OSError:
+                os.close(fd)
+                raise CheckpointError(
+                    f"the checkpoint file {self.path} is in use by another map (it holds the "
+                    "file's lock); wait for it to end, or give this map another file"
+                ) from None
+            _open_files.add(self._key)
         return fd
 
     def _connect(self) -> sqlite3.Connection:
@@ -314,7 +328,13 @@ class Store:
             self.commit()
             self._db.close()
         finally:
-            os.close(self._lock_fd)
+            self._unlock()
+
+    def _unlock(self) -> None:
+        """Close the file (which drops its lock) and forget it."""
+        os.close(self._lock_fd)
+        with _open_lock:
+            _open_files.discard(self._key)
 
 
 def _now() -> str:
