@@ -1,4 +1,4 @@
-"""``checkpoint=``: a map run again computes only what its file does not hold (WIP)."""
+"""``checkpoint=``: a map run again computes only what its file does not hold."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from parallelize import Checkpoint, CheckpointError, imap, pmap
+from parallelize import Checkpoint, CheckpointError, Executor, MapErrorGroup, Pool, imap, pmap
 from parallelize._checkpoint import summary
 from support import script_env
 
@@ -96,6 +96,126 @@ def test_two_maps_on_one_file_the_second_is_refused_at_once(tmp_path: Path) -> N
     assert pmap(abs, range(3), checkpoint=path, backend="thread") == [0, 1, 2]
 
 
+def test_an_imap_takes_the_lock_when_called_and_a_dropped_one_gives_it_back(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "map.ckpt"
+    first = imap(abs, range(3), checkpoint=path, backend="thread")
+    with pytest.raises(CheckpointError, match="in use"):
+        imap(abs, range(3), checkpoint=path, backend="thread")
+    del first  # never started: dropping it releases the file
+    assert list(imap(abs, range(3), checkpoint=path, backend="thread")) == [0, 1, 2]
+
+
+HOLDER = """
+import sys, time
+from parallelize import imap
+
+def slow(x):
+    time.sleep(0.2)
+    return x
+
+if __name__ == "__main__":
+    stream = imap(slow, range(1000), checkpoint=sys.argv[1], backend="thread")
+    next(stream)
+    print("holding", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_map_in_another_process_holds_the_file(tmp_path: Path) -> None:
+    script, path = tmp_path / "hold.py", tmp_path / "map.ckpt"
+    script.write_text(HOLDER)
+    with subprocess.Popen(
+        [sys.executable, str(script), str(path)], env=script_env(), stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:  # fmt: skip
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+            with pytest.raises(CheckpointError, match="in use"):
+                pmap(abs, range(3), checkpoint=path, backend="thread")
+        finally:
+            holder.kill()
+    again = Checkpoint(path, on_mismatch="recompute")
+    assert pmap(abs, range(3), checkpoint=again, backend="thread") == [0, 1, 2]
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
+def test_workers_started_during_a_map_do_not_keep_its_lock(
+    tmp_path: Path, start_method: str
+) -> None:
+    path = tmp_path / "map.ckpt"
+    assert pmap(abs, [1, -2], checkpoint=path, workers=3, start_method=start_method) == [1, 2]
+    other = "from parallelize import pmap; import sys; print(pmap(abs, [1, -2], "
+    other += "checkpoint=sys.argv[1], backend='thread'))"
+    done = subprocess.run(
+        [sys.executable, "-c", other, str(path)], env=script_env(), capture_output=True,
+        text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.stdout == "[1, 2]\n", done.stderr
+
+
+def test_results_stored_in_a_file_others_may_write_are_not_unpickled(tmp_path: Path) -> None:
+    path = tmp_path / "map.ckpt"
+    pmap(abs, [1, -2], checkpoint=path, backend="thread")
+    os.chmod(path, 0o666)
+    with pytest.raises(CheckpointError, match="unpickling runs code"):
+        pmap(abs, [1, -2], checkpoint=path, backend="thread")
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("keep me\n")
+    with pytest.raises(CheckpointError, match="not a parallelize checkpoint"):
+        pmap(abs, [1], checkpoint=path, backend="thread")
+    assert path.read_text() == "keep me\n"
+
+
+def test_a_group_records_its_failures_to_run_again(tmp_path: Path) -> None:
+    work, path = tmp_path / "work", tmp_path / "map.ckpt"
+    work.mkdir()
+    fn = functools.partial(noted, str(work))
+    for _ in range(2):
+        _clear(work)
+        with pytest.raises(MapErrorGroup) as caught:
+            pmap(fn, [11, 12, 13], checkpoint=path, on_error="group")
+        assert caught.value.failed_indexes == [2]
+        assert caught.value.results[:2] == [121, 144]
+    assert _ran(work) == {13}
+
+
+def test_unordered_results_come_in_input_order(tmp_path: Path) -> None:
+    path = tmp_path / "map.ckpt"
+    pmap(abs, range(-5, 0), checkpoint=path)
+    assert pmap(abs, range(-5, 5), checkpoint=path, ordered=False) == [5, 4, 3, 2, 1, 0, 1, 2, 3, 4]
+
+
+def test_pool_and_executor_maps_keep_a_checkpoint(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    fn = functools.partial(noted, str(work))
+    with Pool(2) as pool:
+        assert pool.map(fn, range(4), checkpoint=tmp_path / "pool.ckpt") == [0, 1, 4, 9]
+        _clear(work)
+        assert pool.map(fn, range(6), checkpoint=tmp_path / "pool.ckpt") == [
+            x * x for x in range(6)
+        ]
+        assert _ran(work) == {4, 5}
+        _clear(work)
+        with pytest.raises(ValueError, match="thirteen"):
+            pool.starmap(noted, [(str(work), 12), (str(work), 13)],
+                         checkpoint=tmp_path / "star.ckpt")  # fmt: skip
+        assert summary(str(tmp_path / "star.ckpt"))["done"] == 1
+    _clear(work)
+    with Executor(2) as executor:
+        assert list(executor.map(fn, range(3), checkpoint=tmp_path / "ex.ckpt")) == [0, 1, 4]
+        _clear(work)
+        assert list(executor.map(fn, range(5), checkpoint=tmp_path / "ex.ckpt")) == [
+            x * x for x in range(5)
+        ]
+        assert _ran(work) == {3, 4}
+
+
 def test_a_bad_checkpoint_option_fails_before_any_worker_starts() -> None:
     with pytest.raises(TypeError, match="checkpoint"):
         pmap(abs, [1], checkpoint=3)
@@ -116,9 +236,10 @@ if __name__ == "__main__":
 
 
 @pytest.mark.timeout(180)
-def test_a_map_killed_half_way_resumes_where_it_stopped(tmp_path: Path) -> None:
-    """SIGKILL the caller mid-map; the second run computes only what the first did not
-    deliver, and returns what a fresh run returns."""
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT])
+def test_a_map_killed_half_way_resumes_where_it_stopped(tmp_path: Path, signum: int) -> None:
+    """SIGKILL (or Ctrl-C) the caller mid-map; the second run computes only what the first did
+    not deliver, and returns what a fresh run returns."""
     script, path, work = tmp_path / "s.py", tmp_path / "map.ckpt", tmp_path / "work"
     work.mkdir()
     script.write_text(textwrap.dedent(KILLED.format()))
@@ -127,7 +248,7 @@ def test_a_map_killed_half_way_resumes_where_it_stopped(tmp_path: Path) -> None:
     deadline = time.monotonic() + 60
     while len(_ran(work)) < 20 and time.monotonic() < deadline:
         time.sleep(0.02)
-    first.send_signal(signal.SIGKILL)
+    first.send_signal(signum)
     first.wait()
     stored = summary(str(path))["done"]
     assert 0 < stored < 60

@@ -1,4 +1,4 @@
-"""The checkpoint store on its own (WIP: the map does not use it yet)."""
+"""The checkpoint store on its own: the file, its lock, its checks."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
 """``checkpoint=``: a map's finished results kept in a SQLite file, so a map run again after a
 crash computes only what is missing.
 
-WORK IN PROGRESS (branch wip/checkpoint): the store below is complete and tested on its own
-(tests/test_checkpoint_store.py); wiring it into pmap/imap (``_core``) is the next step, see
-the closing note of session 7.
-
 The file: ``meta`` (format, the function's name and code digest, created and updated times) and
 ``results`` (an item's position, the digest of its pickled bytes, whether it failed, and the
 result pickled with protocol 5, its large buffers, NumPy arrays', stored raw in ``buffers``).
@@ -32,12 +28,23 @@ from typing import Any, Final, Literal
 from ._errors import CheckpointError
 
 FORMAT: Final = "parallelize-checkpoint/1"
-# The byte a map locks in its checkpoint file: far beyond any SQLite file, and beyond the bytes
-# SQLite locks (at 1 GiB) itself.
-LOCK_BYTE: Final = 1 << 62
-# The checkpoint files this process has open, by (device, inode).
-_open_files: set[tuple[int, int]] = set()
+# The checkpoint files this process has open, by (device, inode): their locked descriptors.
+_open_files: dict[tuple[int, int], int] = {}
 _open_lock = threading.Lock()
+
+
+def _forget_in_child() -> None:
+    """In a forked child: close the copies of the parent's locked descriptors (the lock stays
+    with the parent, which still has its own) and forget them."""
+    global _open_lock
+    _open_lock = threading.Lock()
+    for fd in _open_files.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _open_files.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 # Results per transaction, and the longest a result waits for its commit.
 BATCH: Final = 256
 BATCH_SECONDS: Final = 0.5
@@ -150,11 +157,17 @@ class Store:
             raise
         self._pending: list[tuple[int, bytes, bool, bytes, list[bytes]]] = []
         self._since = time.monotonic()
+        self._owner_checked = False
+        self._closed = False
 
     def _open_locked(self) -> int:
         """Open (or create, mode 0600) the file and take its lock: a second map on the same file
-        fails at once, in this process (a registry of open files) or another (a POSIX record
-        lock on a byte SQLite never locks; unlike a flock, forked workers do not inherit it)."""
+        fails at once, in this process (a registry of open files) or another (a ``flock``).
+
+        Not a POSIX record lock: SQLite drops every such lock this process has on the file
+        when it unlocks. A forked child closes its copy of the descriptor at once
+        (:func:`_forget_in_child`), so a worker forked during the map does not keep the lock.
+        """
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
@@ -165,14 +178,14 @@ class Store:
             try:
                 if self._key in _open_files:
                     raise BlockingIOError
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, LOCK_BYTE)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
                 raise CheckpointError(
                     f"the checkpoint file {self.path} is in use by another map (it holds the "
                     "file's lock); wait for it to end, or give this map another file"
                 ) from None
-            _open_files.add(self._key)
+            _open_files[self._key] = fd
         return fd
 
     def _connect(self) -> sqlite3.Connection:
@@ -323,7 +336,11 @@ class Store:
             )
 
     def close(self) -> None:
-        """Commit what is pending, close the file and release its lock."""
+        """Commit what is pending, close the file and release its lock (once; again does
+        nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.commit()
             self._db.close()
@@ -332,9 +349,10 @@ class Store:
 
     def _unlock(self) -> None:
         """Close the file (which drops its lock) and forget it."""
-        os.close(self._lock_fd)
         with _open_lock:
-            _open_files.discard(self._key)
+            if _open_files.get(self._key) == self._lock_fd:  # not in a forked child
+                del _open_files[self._key]
+                os.close(self._lock_fd)
 
 
 def _now() -> str:
@@ -344,6 +362,8 @@ def _now() -> str:
 def summary(path: str) -> dict[str, Any]:
     """What ``python -m parallelize checkpoint PATH`` prints: the function, items done and
     failed, and when the file was created and last updated (read-only; no lock needed)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"there is no checkpoint file at {path}")
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.process
+import contextlib
 import multiprocessing
 import operator
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sized
 from typing import Any, ParamSpec, TypeVar
 
+from ._checkpoint import Checkpoint, as_checkpoint
+from ._core.checkpoints import closed_with, open_store, resumed
 from ._core.feed import Request
 from ._core.session import Session
 from ._errors import Failure, RemoteTraceback, crash_error
@@ -133,12 +136,15 @@ class Executor(concurrent.futures.Executor):
         self._pid = os.getpid()
         _live.add(self)
 
+    def _check_open(self) -> None:
+        if _exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
     def _put(self, request: Request) -> None:
         with self._lock:
-            if _exiting:
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._check_open()
             session = self._session
             if session is None or session.feed.closed:  # none yet, or its workers failed
                 session = self._session = Session(self._options, "parallelize-executor")
@@ -176,12 +182,14 @@ class Executor(concurrent.futures.Executor):
         timeout: float | None = None,
         chunksize: int | None = None,
         buffersize: int | None = None,
+        checkpoint: str | os.PathLike[str] | Checkpoint | None = None,
     ) -> Iterator[R]:
         """``fn`` over the zipped iterables, results in order, read lazily.
 
         ``timeout`` counts from this call, as in the standard library; ``chunksize=None`` sizes
         chunks from measured run times; ``buffersize`` bounds the items read ahead of the
-        results taken, in chunks (``chunksize`` items each, or one).
+        results taken, in chunks (``chunksize`` items each, or one); ``checkpoint`` keeps the
+        results in a file, so the map run again computes only what it lacks (see ``pmap``).
         """
         if chunksize is not None and operator.index(chunksize) < 1:
             raise ValueError("chunksize must be >= 1.")
@@ -192,12 +200,52 @@ class Executor(concurrent.futures.Executor):
                 raise ValueError("buffersize must be None or > 0")
         deadline = None if timeout is None else time.monotonic() + timeout
         ahead = None if buffersize is None else buffersize * (chunksize or 1)
+        if checkpoint is not None:
+            spec = as_checkpoint(checkpoint)
+            with self._lock:
+                self._check_open()
+            return self._map_checkpointed(fn, iterables, spec, deadline, chunksize, ahead)
         stream: IMapIterator[R] = IMapIterator(
             fn, zip(*iterables, strict=False), star=True, chunk=chunksize, ordered=True,
             ahead=ahead,
         )  # fmt: skip
         self._put(stream._request)
         return self._results(stream, deadline)
+
+    def _map_checkpointed(
+        self, fn: Callable[..., R], iterables: tuple[Iterable[Any], ...], spec: Checkpoint,
+        deadline: float | None, chunksize: int | None, ahead: int | None,
+    ) -> Iterator[R]:  # fmt: skip
+        """``map`` with a checkpoint: its file opened (or refused) now, the items at the first
+        ``next()``."""
+        total = None
+        if all(isinstance(iterable, Sized) for iterable in iterables):
+            total = min(len(iterable) for iterable in iterables)  # type: ignore[arg-type]
+        items = zip(*iterables, strict=False)
+        store = open_store(spec, fn, total)
+
+        def compute(todo: Iterator[Any]) -> Generator[list[Any], None, None]:
+            stream: IMapIterator[R] = IMapIterator(
+                fn, todo, star=True, chunk=chunksize, ordered=True, ahead=ahead
+            )
+            self._put(stream._request)
+            try:
+                yield from stream.runs(deadline)
+            finally:
+                stream.cancel()
+
+        def results() -> Generator[R, None, None]:
+            try:
+                with contextlib.closing(resumed(store, items, compute)) as runs:
+                    for values in runs:
+                        for value in values:
+                            if type(value) is Failure:
+                                raise _as_raised(value)
+                            yield value
+            finally:
+                store.close()
+
+        return closed_with(results(), store)
 
     def _results(self, stream: IMapIterator[R], deadline: float | None) -> Iterator[R]:
         try:

@@ -11,16 +11,21 @@ method) sizes chunks from measured run times; functions travel with cloudpickle.
 from __future__ import annotations
 
 import collections
+import contextlib
 import multiprocessing
 import multiprocessing.pool
 import operator
+import os
 import sys
 import threading
+import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from typing import Any, Final, Generic, TypeVar, cast
 
+from ._checkpoint import Checkpoint, as_checkpoint
+from ._core.checkpoints import open_store, resumed
 from ._core.feed import Request
 from ._core.progress import NO_BAR, Bar, open_bar
 from ._core.session import Session
@@ -253,6 +258,27 @@ class IMapIterator(Iterator[R]):
     def __next__(self) -> R:
         return self.next()
 
+    def runs(self, deadline: float | None = None) -> Iterator[list[Any]]:
+        """The values as they become ready, a list at a time, failures as ``Failure`` objects
+        (a checkpointed map records them); ``TimeoutError`` if ``deadline`` (a
+        ``time.monotonic()`` time) passes first."""
+        request = self._request
+        while True:
+            with self._cond:
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not self._cond.wait_for(lambda: self._ready or self._over, timeout):
+                    raise TimeoutError
+                values = list(self._ready)
+                self._ready.clear()
+                if not values:
+                    if self._last is not None:
+                        error, self._last = self._last, None
+                        raise error
+                    return
+            if request.ahead is not None and request.feed is not None:
+                request.feed.consumed(request, len(values))
+            yield values
+
     # -- the session's thread --
 
     def _results(self, position: int, values: list[Any], failed: bool) -> None:
@@ -374,8 +400,17 @@ class Pool:
         return result
 
     def map(
-        self, func: Callable[[Any], R], iterable: Iterable[Any], chunksize: int | None = None
+        self,
+        func: Callable[[Any], R],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        *,
+        checkpoint: str | os.PathLike[str] | Checkpoint | None = None,
     ) -> list[R]:
+        """As the standard library's; ``checkpoint`` keeps the results in a file, so the map
+        run again computes only what it lacks (see ``pmap``)."""
+        if checkpoint is not None:
+            return self._map_checkpointed(func, iterable, chunksize, checkpoint, star=False)
         return self._map_async(func, iterable, chunksize, None, None, star=False).get()
 
     def map_async(
@@ -393,7 +428,12 @@ class Pool:
         func: Callable[..., R],
         iterable: Iterable[Iterable[Any]],
         chunksize: int | None = None,
+        *,
+        checkpoint: str | os.PathLike[str] | Checkpoint | None = None,
     ) -> list[R]:
+        """As the standard library's; ``checkpoint`` as for ``map``."""
+        if checkpoint is not None:
+            return self._map_checkpointed(func, iterable, chunksize, checkpoint, star=True)
         return self._map_async(func, iterable, chunksize, None, None, star=True).get()
 
     def starmap_async(
@@ -428,6 +468,43 @@ class Pool:
         )  # fmt: skip
         self._put(result._request)
         return result
+
+    def _map_checkpointed(
+        self, func: Callable[..., R], iterable: Iterable[Any], chunksize: int | None,
+        checkpoint: object, *, star: bool,
+    ) -> list[R]:  # fmt: skip
+        """``map`` or ``starmap`` with a checkpoint. Every item runs, then the first failure is
+        raised: the other items' results are kept in the file."""
+        self._check_running()
+        spec = as_checkpoint(checkpoint)
+        chunk = _chunksize(chunksize)
+        items = iterable if hasattr(iterable, "__len__") else list(iterable)
+        store = open_store(spec, func, len(items))  # type: ignore[arg-type]
+        bar = self._bar(items)
+
+        def compute(todo: Iterator[Any]) -> Generator[list[Any], None, None]:
+            stream: IMapIterator[R] = IMapIterator(
+                func, map(tuple, todo) if star else todo, star=star, chunk=chunk, ordered=True
+            )
+            self._put(stream._request)
+            try:
+                yield from stream.runs()
+            finally:
+                stream.cancel()
+
+        out: list[Any] = []
+        try:
+            with contextlib.closing(resumed(store, items, compute)) as runs:
+                for values in runs:
+                    out += values
+                    bar.update(len(values))
+        finally:
+            store.close()
+            bar.close()
+        for value in out:
+            if type(value) is Failure:
+                raise _as_raised(value)
+        return out
 
     def imap(
         self, func: Callable[[Any], R], iterable: Iterable[Any], chunksize: int | None = None

@@ -1,4 +1,4 @@
-"""``checkpoint=`` on every backend: a second run computes only what the file lacks (WIP)."""
+"""``checkpoint=`` on every backend: a second run computes only what the file lacks."""
 
 from __future__ import annotations
 

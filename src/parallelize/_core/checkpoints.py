@@ -1,78 +1,102 @@
 """A map with ``checkpoint=``: the results stored by an earlier run come from the file, the
 others are computed, and each computed result is written as it reaches the caller.
 
-The items still to compute go to the scheduler as a job of their own, in input order; each item
-read notes its place in a plan (stored, or to compute). Results come back chunk by chunk: a
-chunk's results are written in one transaction, and then reach the caller, in input order, with
-the stored results between them.
+The items still to compute go to the workers as a map of their own, in input order; each item
+read notes its place in a plan (stored, or to compute). Results come back a run at a time: a
+run's results are written in one transaction, and then reach the caller, in input order, with
+the stored results between them. Every face (pmap and imap, Pool, Executor) runs its map through
+:func:`resumed`; only how the missing items are computed differs.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-from collections.abc import Callable, Generator, Iterator
-from typing import Any
+import weakref
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import closing
+from typing import Any, TypeVar
 
-from .._checkpoint import Store, function_identity, item_digest
+from .._checkpoint import Checkpoint, Store, function_identity, item_digest
 from .._errors import Failure
 from .job import Batch, Job
 
+T = TypeVar("T")
 
-def checkpointed(
-    job: Job, batches_of: Callable[[Job], Generator[Batch, None, None]]
-) -> Generator[list[Any], None, None]:
-    """The job's values in input order, in lists (a chunk's worth, with the stored results
-    before it), failures as :class:`Failure` objects at their input positions.
-    ``batches_of(job)`` runs a job: its batches in completion order."""
-    options = job.options
-    assert options.checkpoint is not None
-    store = Store(options.checkpoint, function_identity(job.fn))
+# How the missing items are computed: their values in input order, a list at a time, failures
+# as Failure objects.
+Compute = Callable[[Iterator[Any]], Generator[list[Any], None, None]]
+
+
+def open_store(spec: Checkpoint, fn: Callable[..., Any], total: int | None) -> Store:
+    """Open and lock the map's file, checked against ``fn``: every refusal is raised here, when
+    the map is called, before any worker starts."""
+    store = Store(spec, function_identity(fn))
     try:
-        store.set_total(job.total)
-        stored = store.stored()
-        plan: collections.deque[tuple[int, bytes, bool]] = collections.deque()
-
-        def missing() -> Iterator[Any]:
-            for position, item in enumerate(job.items):
-                digest = item_digest(item)
-                known = stored.get(position)
-                compute = known is None or known[0] != digest or known[1]
-                plan.append((position, digest, compute))
-                if compute:
-                    yield item
-
-        sub = Job(job.fn, missing(), job.star, None, options.replace(checkpoint=None), stream=True)
-        batches = batches_of(sub)
-        with contextlib.closing(batches):
-            yield from _merged(_in_order(batches), plan, store)
-        if sub.input_error is not None:
-            job.input_error = sub.input_error
-        yield [store.load(position) for position, _, _ in plan]
-    finally:
+        store.set_total(total)
+    except BaseException:
         store.close()
+        raise
+    return store
 
 
-def _merged(
-    computed: Iterator[list[Any]],
-    plan: collections.deque[tuple[int, bytes, bool]],
-    store: Store,
-) -> Iterator[list[Any]]:
-    """Each run of computed values, written, with the stored results before it."""
-    for values in computed:
-        out: list[Any] = []
-        for value in values:
-            while not plan[0][2]:  # the stored results before this one
-                out.append(store.load(plan.popleft()[0]))
-            position, digest, _ = plan.popleft()
-            if type(value) is Failure:
-                value.index = position
-                store.add(position, digest, None, failed=True)
-            else:
-                store.add(position, digest, value)
-            out.append(value)
-        store.commit()  # before the caller has them: what it got is never computed again
-        yield out
+def closed_with(stream: Generator[T, None, None], store: Store) -> Generator[T, None, None]:
+    """``stream``, which closes ``store`` when it ends, with the store also closed when the
+    stream is dropped unstarted (a generator that never ran has no ``finally`` to run)."""
+    weakref.finalize(stream, store.close)
+    return stream
+
+
+def resumed(
+    store: Store, items: Iterable[Any], compute: Compute
+) -> Generator[list[Any], None, None]:
+    """Every item's value in input order, a list at a time: stored results from the file, the
+    rest from ``compute``, written (failures recorded as failed, with their input position)
+    before the caller has them."""
+    stored = store.stored()
+    plan: collections.deque[tuple[int, bytes, bool]] = collections.deque()
+
+    def missing() -> Iterator[Any]:
+        for position, item in enumerate(items):
+            digest = item_digest(item)
+            known = stored.get(position)
+            todo = known is None or known[0] != digest or known[1]
+            plan.append((position, digest, todo))
+            if todo:
+                yield item
+
+    with closing(compute(missing())) as computed:
+        for values in computed:
+            out: list[Any] = []
+            for value in values:
+                while not plan[0][2]:  # the stored results before this one
+                    out.append(store.load(plan.popleft()[0]))
+                position, digest, _ = plan.popleft()
+                if type(value) is Failure:
+                    value.index = position
+                    store.add(position, digest, None, failed=True)
+                else:
+                    store.add(position, digest, value)
+                out.append(value)
+            store.commit()  # before the caller has them: what it got is never computed again
+            yield out
+    yield [store.load(position) for position, _, _ in plan]
+
+
+def computed_by(job: Job, batches_of: Callable[[Job], Generator[Batch, None, None]]) -> Compute:
+    """How pmap and imap compute a checkpointed job's missing items: as a job of their own,
+    run by ``batches_of`` (an input error is handed back to ``job``)."""
+
+    def compute(todo: Iterator[Any]) -> Generator[list[Any], None, None]:
+        options = job.options.replace(checkpoint=None)
+        sub = Job(job.fn, todo, job.star, None, options, stream=True)
+        try:
+            with closing(batches_of(sub)) as batches:
+                yield from _in_order(batches)
+        finally:
+            if sub.input_error is not None:
+                job.input_error = sub.input_error
+
+    return compute
 
 
 def _in_order(batches: Iterator[Batch]) -> Iterator[list[Any]]:

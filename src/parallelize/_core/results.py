@@ -11,8 +11,9 @@ from contextlib import closing
 from typing import Any
 
 from .._backends import get_backend
+from .._checkpoint import Store
 from . import stats
-from .checkpoints import checkpointed
+from .checkpoints import closed_with, computed_by, open_store, resumed
 from .job import Batch, Job
 from .output import Sink
 from .policy import ErrorPolicy
@@ -78,10 +79,16 @@ def _run_list_checkpointed(job: Job, policy: ErrorPolicy, bar: Bar) -> list[Any]
     """run_list with a checkpoint: the results always in input order."""
     out: list[Any] = []
     try:
-        with closing(checkpointed(job, lambda sub: _batches(sub, bar))) as runs:
-            for values in runs:
-                out += policy.values(values, True)
-                bar.update(len(values))
+        assert job.options.checkpoint is not None
+        store = open_store(job.options.checkpoint, job.fn, job.total)
+        try:
+            compute = computed_by(job, lambda sub: _batches(sub, bar))
+            with closing(resumed(store, job.items, compute)) as runs:
+                for values in runs:
+                    out += policy.values(values, True)
+                    bar.update(len(values))
+        finally:
+            store.close()
     finally:
         bar.close()
     if job.input_error is not None:
@@ -91,22 +98,37 @@ def _run_list_checkpointed(job: Job, policy: ErrorPolicy, bar: Bar) -> list[Any]
 
 
 def run_stream(job: Job) -> Iterator[Any]:
-    """Run a job lazily, yielding results as the consumer asks for them."""
+    """Run a job lazily, yielding results as the consumer asks for them. A checkpoint's file is
+    opened (and refused) now; the workers start at the first ``next()``."""
+    if job.options.checkpoint is None:
+        return _stream(job)
+    store = open_store(job.options.checkpoint, job.fn, job.total)
+    return closed_with(_stream_checkpointed(job, store), store)
+
+
+def _stream_checkpointed(job: Job, store: Store) -> Generator[Any, None, None]:
+    """run_stream with a checkpoint: the results always in input order."""
     options = job.options
     policy = ErrorPolicy(options.on_error)
     bar = open_bar(options.progress, job.total)
-    if options.checkpoint is not None:
-        try:
-            with closing(checkpointed(job, lambda sub: _batches(sub, bar))) as runs:
-                for values in runs:
-                    bar.update(len(values))
-                    yield from policy.stream(values, True)
-        finally:
-            bar.close()
-        if job.input_error is not None:
-            raise job.input_error
-        policy.finish(None)
-        return
+    try:
+        compute = computed_by(job, lambda sub: _batches(sub, bar))
+        with closing(resumed(store, job.items, compute)) as runs:
+            for values in runs:
+                bar.update(len(values))
+                yield from policy.stream(values, True)
+    finally:
+        store.close()
+        bar.close()
+    if job.input_error is not None:
+        raise job.input_error
+    policy.finish(None)
+
+
+def _stream(job: Job) -> Generator[Any, None, None]:
+    options = job.options
+    policy = ErrorPolicy(options.on_error)
+    bar = open_bar(options.progress, job.total)
     try:
         with closing(_batches(job, bar)) as batches:
             if not options.ordered:
