@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import parallelize
+from benchmarks.paired import ratio_table, seconds
 from benchmarks.report import save_record
 from benchmarks.tasks import log_to_devnull, logged_spin, logged_square, spin, square
 from benchmarks.workloads import calibrate_spin
@@ -39,12 +38,6 @@ CPU_ITEMS = 200
 CPU_ITEM_MS = 5.0
 # The stats case takes ~35 ms a run: it gets this many times the rounds, in alternating order.
 STATS_ROUNDS = 6
-
-
-def _seconds(call: Callable[[], object]) -> float:
-    began = time.perf_counter()
-    call()
-    return time.perf_counter() - began
 
 
 def measure(rounds: int, workers: int) -> dict[str, dict[str, list[float]]]:
@@ -86,7 +79,7 @@ def measure(rounds: int, workers: int) -> dict[str, dict[str, list[float]]]:
                 continue  # only the short stats case needs more rounds to see 2% through noise
             sides = [("plain", plain), ("observed", observed)]
             for side, call in sides if round_ % 2 else reversed(sides):
-                samples[name][side].append(_seconds(call))
+                samples[name][side].append(seconds(call))
     return samples
 
 
@@ -96,17 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     samples = measure(2 if args.quick else 5, args.workers)
-    lines = [
-        "| case | plain (s) | observed (s) | ratio (1.00: free) |",
-        "|---|---|---|---|",
-    ]
-    table: dict[str, Any] = {}
-    for name, by_side in samples.items():
-        plain, observed = (statistics.median(by_side[s]) for s in ("plain", "observed"))
-        ratio = plain / observed
-        table[name] = {"plain": plain, "observed": observed, "ratio": ratio, **by_side}
-        lines.append(f"| {name} | {plain:.3g} | {observed:.3g} | {ratio:.2f} |")
-    print("\n".join(lines))
+    text, table = ratio_table(samples, "observed")
+    print(text)
     save_record(RESULTS, "benchmarks/bench_observe.py", args.workers, table)
 
 

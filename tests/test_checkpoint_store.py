@@ -35,7 +35,7 @@ def test_results_survive_a_reopen(tmp_path: Path) -> None:
     assert os.stat(path).st_mode & 0o777 == 0o600
     again = Store(Checkpoint(path), function_identity(square))
     assert again.stored() == {0: (item_digest(3), False), 2: (item_digest(5), True)}
-    assert again.load(0) == 9
+    assert again.load(0, 1) == [9]
     again.close()
     info = summary(str(path))
     assert (info["done"], info["failed"]) == (1, 1)
@@ -52,7 +52,7 @@ def test_numpy_results_are_stored_as_raw_buffers(tmp_path: Path) -> None:
     (size,) = db.execute("SELECT length(data) FROM buffers").fetchone()
     assert size == 8_000_000
     store = Store(Checkpoint(path), function_identity(square))
-    assert store.load(0).sum() == np.arange(1_000_000, dtype=np.float64).sum()
+    assert store.load(0, 1)[0].sum() == np.arange(1_000_000, dtype=np.float64).sum()
     store.close()
 
 
@@ -93,7 +93,7 @@ def test_results_are_not_unpickled_from_a_file_others_may_write(tmp_path: Path) 
     os.chmod(path, 0o666)
     store = Store(Checkpoint(path), function_identity(square))
     with pytest.raises(CheckpointError, match="unpickling runs code"):
-        store.load(0)
+        store.load(0, 1)
     store.close()
 
 

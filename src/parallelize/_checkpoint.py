@@ -6,7 +6,8 @@ The file: ``meta`` (format, the function's name and code digest, created and upd
 result pickled with protocol 5, its large buffers, NumPy arrays', stored raw in ``buffers``).
 WAL journal with ``synchronous=NORMAL``: a result committed survives the caller being killed;
 one committed just before a power loss may be lost, and is computed again. Results are written
-in transactions of up to ``BATCH`` results or ``BATCH_SECONDS``, whichever comes first.
+a transaction per run of results that reach the caller together (split at ``BATCH`` results or
+``BATCH_BYTES``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import pickle
 import sqlite3
 import stat
 import threading
-import time
 import types
 from typing import Any, Final, Literal
 
@@ -45,9 +45,9 @@ def _forget_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
-# Results per transaction, and the longest a result waits for its commit.
-BATCH: Final = 256
-BATCH_SECONDS: Final = 0.5
+# The most results, and pickled bytes, one transaction holds.
+BATCH: Final = 4096
+BATCH_BYTES: Final = 64 << 20
 
 
 class Checkpoint:
@@ -155,10 +155,13 @@ class Store:
         except BaseException:
             self._unlock()
             raise
-        self._pending: list[tuple[int, bytes, bool, bytes, list[bytes]]] = []
-        self._since = time.monotonic()
+        self._pending: list[tuple[int, bytes, int, bytes]] = []
+        self._pending_buffers: list[tuple[int, int, memoryview]] = []
+        self._stale: list[tuple[int]] = []  # positions whose old buffers go
+        self._pending_bytes = 0
         self._owner_checked = False
         self._closed = False
+        self._rewritten: set[int] = set()
 
     def _open_locked(self) -> int:
         """Open (or create, mode 0600) the file and take its lock: a second map on the same file
@@ -279,19 +282,29 @@ class Store:
     def stored(self) -> dict[int, tuple[bytes, bool]]:
         """Each stored position's item digest, and whether its item failed."""
         rows = self._db.execute("SELECT position, digest, failed FROM results")
-        return {position: (digest, bool(failed)) for position, digest, failed in rows}
+        found = {position: (digest, bool(failed)) for position, digest, failed in rows}
+        self._rewritten = set(found)  # a result written there replaces the old one's buffers
+        return found
 
-    def load(self, position: int) -> Any:
-        """The result stored at ``position``, unpickled (only from a file that is this user's
-        and not writable by others: unpickling runs code)."""
-        self._check_owner()
-        row = self._db.execute(
-            "SELECT data FROM results WHERE position = ?", (position,)
-        ).fetchone()
-        buffers = self._db.execute(
-            "SELECT data FROM buffers WHERE position = ? ORDER BY number", (position,)
-        ).fetchall()
-        return pickle.loads(row[0], buffers=[data for (data,) in buffers])
+    def load(self, first: int, count: int) -> list[Any]:
+        """The ``count`` results stored from position ``first`` on, unpickled (only from a file
+        that is this user's and not writable by others: unpickling runs code)."""
+        if not self._owner_checked:
+            self._check_owner()
+            self._owner_checked = True
+        last = first + count - 1
+        buffers: dict[int, list[bytes]] = {}
+        for position, data in self._db.execute(
+            "SELECT position, data FROM buffers WHERE position BETWEEN ? AND ? "
+            "ORDER BY position, number",
+            (first, last),
+        ):
+            buffers.setdefault(position, []).append(data)
+        rows = self._db.execute(
+            "SELECT position, data FROM results WHERE position BETWEEN ? AND ? ORDER BY position",
+            (first, last),
+        )
+        return [pickle.loads(data, buffers=buffers.get(position, ())) for position, data in rows]
 
     def _check_owner(self) -> None:
         info = os.fstat(self._lock_fd)
@@ -302,38 +315,46 @@ class Store:
             )
 
     def add(self, position: int, digest: bytes, value: Any, *, failed: bool = False) -> None:
-        """Record a result (or, ``failed``, that the item failed: it runs again next time)."""
-        buffers: list[bytes] = []
+        """Record a result (or, ``failed``, that the item failed: it runs again next time).
+        Large buffers (NumPy arrays') are kept out of the pickle and stored raw."""
+        if position in self._rewritten:
+            self._stale.append((position,))
         if failed:
-            data = b""
-        else:
-            data = pickle.dumps(value, 5, buffer_callback=lambda b: buffers.append(bytes(b.raw())))
-        self._pending.append((position, digest, failed, data, buffers))
-        if len(self._pending) >= BATCH or time.monotonic() - self._since >= BATCH_SECONDS:
+            self._pending.append((position, digest, 1, b""))
+            return
+        buffers: list[pickle.PickleBuffer] = []
+        data = pickle.dumps(value, 5, buffer_callback=buffers.append)
+        self._pending.append((position, digest, 0, data))
+        self._pending_bytes += len(data)
+        for number, buffer in enumerate(buffers):
+            raw = buffer.raw()
+            self._pending_buffers.append((position, number, raw))
+            self._pending_bytes += raw.nbytes
+        if len(self._pending) >= BATCH or self._pending_bytes >= BATCH_BYTES:
             self.commit()
 
     def commit(self) -> None:
         """Write the results added since the last commit, in one transaction."""
-        pending, self._pending = self._pending, []
-        self._since = time.monotonic()
-        if not pending:
+        if not self._pending:
             return
         with self._transaction():
             self._db.executemany(
                 "INSERT OR REPLACE INTO results (position, digest, failed, data) "
                 "VALUES (?, ?, ?, ?)",
-                [(p, d, int(f), data) for p, d, f, data, _ in pending],
+                self._pending,
             )
-            self._db.executemany(
-                "DELETE FROM buffers WHERE position = ?", [(p,) for p, *_ in pending]
-            )
-            self._db.executemany(
-                "INSERT INTO buffers (position, number, data) VALUES (?, ?, ?)",
-                [(p, n, b) for p, _, _, _, bufs in pending for n, b in enumerate(bufs)],
-            )
+            if self._stale:
+                self._db.executemany("DELETE FROM buffers WHERE position = ?", self._stale)
+            if self._pending_buffers:
+                self._db.executemany(
+                    "INSERT INTO buffers (position, number, data) VALUES (?, ?, ?)",
+                    self._pending_buffers,
+                )
             self._db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('updated', ?)", (_now(),)
             )
+        self._pending, self._pending_buffers, self._stale = [], [], []
+        self._pending_bytes = 0
 
     def close(self) -> None:
         """Commit what is pending, close the file and release its lock (once; again does

@@ -224,9 +224,9 @@ class Executor(concurrent.futures.Executor):
         items = zip(*iterables, strict=False)
         store = open_store(spec, fn, total)
 
-        def compute(todo: Iterator[Any]) -> Generator[list[Any], None, None]:
+        def compute(todo: Iterable[Any]) -> Generator[list[Any], None, None]:
             stream: IMapIterator[R] = IMapIterator(
-                fn, todo, star=True, chunk=chunksize, ordered=True, ahead=ahead
+                fn, iter(todo), star=True, chunk=chunksize, ordered=True, ahead=ahead
             )
             self._put(stream._request)
             try:

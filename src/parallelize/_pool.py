@@ -482,9 +482,9 @@ class Pool:
         store = open_store(spec, func, len(items))  # type: ignore[arg-type]
         bar = self._bar(items)
 
-        def compute(todo: Iterator[Any]) -> Generator[list[Any], None, None]:
+        def compute(todo: Iterable[Any]) -> Generator[list[Any], None, None]:
             stream: IMapIterator[R] = IMapIterator(
-                func, map(tuple, todo) if star else todo, star=star, chunk=chunk, ordered=True
+                func, map(tuple, todo) if star else iter(todo), star=star, chunk=chunk, ordered=True
             )
             self._put(stream._request)
             try:
@@ -494,7 +494,7 @@ class Pool:
 
         out: list[Any] = []
         try:
-            with contextlib.closing(resumed(store, items, compute)) as runs:
+            with contextlib.closing(resumed(store, items, compute, up_front=True)) as runs:
                 for values in runs:
                     out += values
                     bar.update(len(values))

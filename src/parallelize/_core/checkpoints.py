@@ -22,9 +22,11 @@ from .job import Batch, Job
 
 T = TypeVar("T")
 
-# How the missing items are computed: their values in input order, a list at a time, failures
-# as Failure objects.
-Compute = Callable[[Iterator[Any]], Generator[list[Any], None, None]]
+# How the missing items (an iterator, or a list when planned up front) are computed: their
+# values in input order, a list at a time, failures as Failure objects.
+Compute = Callable[[Iterable[Any]], Generator[list[Any], None, None]]
+# Stored results after the last computed one come in lists of at most this many.
+TAIL = 4096
 
 
 def open_store(spec: Checkpoint, fn: Callable[..., Any], total: int | None) -> Store:
@@ -47,11 +49,12 @@ def closed_with(stream: Generator[T, None, None], store: Store) -> Generator[T, 
 
 
 def resumed(
-    store: Store, items: Iterable[Any], compute: Compute
+    store: Store, items: Iterable[Any], compute: Compute, *, up_front: bool = False
 ) -> Generator[list[Any], None, None]:
     """Every item's value in input order, a list at a time: stored results from the file, the
     rest from ``compute``, written (failures recorded as failed, with their input position)
-    before the caller has them."""
+    before the caller has them. ``up_front``: plan every item before computing any, so the
+    missing ones go to ``compute`` as a list (chunked as a plain map of them would be)."""
     stored = store.stored()
     plan: collections.deque[tuple[int, bytes, bool]] = collections.deque()
 
@@ -64,12 +67,12 @@ def resumed(
             if todo:
                 yield item
 
-    with closing(compute(missing())) as computed:
+    with closing(compute(list(missing()) if up_front else missing())) as computed:
         for values in computed:
             out: list[Any] = []
             for value in values:
-                while not plan[0][2]:  # the stored results before this one
-                    out.append(store.load(plan.popleft()[0]))
+                if not plan[0][2]:  # stored results come before this one
+                    out += _stored(plan, store, None)
                 position, digest, _ = plan.popleft()
                 if type(value) is Failure:
                     value.index = position
@@ -79,16 +82,37 @@ def resumed(
                 out.append(value)
             store.commit()  # before the caller has them: what it got is never computed again
             yield out
-    yield [store.load(position) for position, _, _ in plan]
+    while plan:
+        yield _stored(plan, store, TAIL)
+
+
+def _stored(
+    plan: collections.deque[tuple[int, bytes, bool]], store: Store, most: int | None
+) -> list[Any]:
+    """The stored results at the head of the plan (at most ``most``), taken off it. (Indexed,
+    not iterated: the thread that reads the items may be adding to the plan meanwhile.)"""
+    count = 0
+    while count != most and count < len(plan) and not plan[count][2]:
+        count += 1
+    if not count:
+        return []
+    first = plan[0][0]
+    for _ in range(count):
+        plan.popleft()
+    return store.load(first, count)
 
 
 def computed_by(job: Job, batches_of: Callable[[Job], Generator[Batch, None, None]]) -> Compute:
     """How pmap and imap compute a checkpointed job's missing items: as a job of their own,
     run by ``batches_of`` (an input error is handed back to ``job``)."""
 
-    def compute(todo: Iterator[Any]) -> Generator[list[Any], None, None]:
+    def compute(todo: Iterable[Any]) -> Generator[list[Any], None, None]:
         options = job.options.replace(checkpoint=None)
-        sub = Job(job.fn, todo, job.star, None, options, stream=True)
+        if isinstance(todo, list):
+            source = None if job.star else todo
+            sub = Job(job.fn, iter(todo), job.star, len(todo), options, job.stream, source)
+        else:
+            sub = Job(job.fn, iter(todo), job.star, None, options, stream=True)
         try:
             with closing(batches_of(sub)) as batches:
                 yield from _in_order(batches)

@@ -83,7 +83,8 @@ def _run_list_checkpointed(job: Job, policy: ErrorPolicy, bar: Bar) -> list[Any]
         store = open_store(job.options.checkpoint, job.fn, job.total)
         try:
             compute = computed_by(job, lambda sub: _batches(sub, bar))
-            with closing(resumed(store, job.items, compute)) as runs:
+            up_front = job.total is not None
+            with closing(resumed(store, job.items, compute, up_front=up_front)) as runs:
                 for values in runs:
                     out += policy.values(values, True)
                     bar.update(len(values))
