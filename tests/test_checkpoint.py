@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -256,3 +257,127 @@ def test_a_map_killed_half_way_resumes_where_it_stopped(tmp_path: Path, signum: 
     done = subprocess.run(cmd, env=script_env(), capture_output=True, text=True, check=True)
     assert int(done.stdout) == sum(x * x for x in range(60))
     assert len(_ran(work)) <= 60 - stored
+
+
+SEEDED = """
+import sys
+from parallelize import pmap
+
+def kind(word):
+    return word in {"alpha", "beta", "gamma", "delta"}
+
+if __name__ == "__main__":
+    items = [frozenset({"x", "y", "z"}), "alpha", "omega"]
+    print(pmap(kind, items, checkpoint=sys.argv[1], backend="thread"))
+"""
+
+
+def test_a_set_in_the_code_or_the_items_does_not_depend_on_the_hash_seed(tmp_path: Path) -> None:
+    script, path = tmp_path / "seeded.py", tmp_path / "map.ckpt"
+    script.write_text(SEEDED)
+    for seed in ("1", "2"):
+        done = subprocess.run(
+            [sys.executable, str(script), str(path)], env={**script_env(), "PYTHONHASHSEED": seed},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.stdout == "[False, True, False]\n", done.stderr
+    assert summary(str(path))["done"] == 3
+
+
+def scaled(x: int, scale: int = 2) -> int:
+    return x * scale
+
+
+def test_changed_default_arguments_are_another_function(tmp_path: Path) -> None:
+    path = tmp_path / "map.ckpt"
+    pmap(scaled, [1, 2], checkpoint=path, backend="thread")
+    scaled.__defaults__ = (3,)
+    try:
+        with pytest.raises(CheckpointError, match="default or bound arguments"):
+            pmap(scaled, [1, 2], checkpoint=path, backend="thread")
+    finally:
+        scaled.__defaults__ = (2,)
+
+
+def test_what_plain_pickle_refuses_works_on_threads(tmp_path: Path) -> None:
+    import threading
+
+    path = tmp_path / "map.ckpt"
+    lock = threading.Lock()
+    out = pmap(lambda x: lambda: x, [lock, 2], checkpoint=path, backend="thread")
+    assert out[1]() == 2
+    again = pmap(lambda x: lambda: x, [lock, 2], checkpoint=path, backend="thread")
+    assert again[1]() == 2
+
+
+def test_arrays_read_back_are_writable(tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    path = tmp_path / "map.ckpt"
+    pmap(np.arange, [100_000], checkpoint=path, backend="thread")
+    (array,) = pmap(np.arange, [100_000], checkpoint=path, backend="thread")
+    array += 1
+    assert array[0] == 1
+
+
+def test_a_file_with_no_tables_yet_becomes_a_checkpoint(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "map.ckpt"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")  # a first run killed before it made its tables
+    db.close()
+    assert pmap(abs, [-1], checkpoint=path, backend="thread") == [1]
+
+
+def test_an_input_error_names_its_position_in_the_whole_input(tmp_path: Path) -> None:
+    def items() -> Iterator[int]:
+        yield from range(5)
+        raise KeyError("bad input")
+
+    path = tmp_path / "map.ckpt"
+    pmap(abs, range(3), checkpoint=path, backend="thread")
+    for run in (pmap, lambda *a, **k: list(imap(*a, **k))):
+        with pytest.raises(KeyError) as caught:
+            run(abs, items(), checkpoint=path, backend="thread")
+        assert "at position 5" in caught.value.__notes__[-1]
+
+
+def test_the_asyncio_maps_refuse_a_checkpoint(tmp_path: Path) -> None:
+    import asyncio
+
+    from parallelize import apmap
+
+    with pytest.raises(ValueError, match="checkpoint= is not supported by apmap"):
+        asyncio.run(apmap(abs, [1], checkpoint=tmp_path / "map.ckpt"))
+
+
+def test_the_summary_counts_the_last_runs_items(tmp_path: Path) -> None:
+    path = tmp_path / "odd #name?.ckpt"
+    pmap(abs, range(10), checkpoint=path, backend="thread")
+    pmap(abs, range(3), checkpoint=path, backend="thread")
+    info = summary(str(path))
+    assert (info["done"], info["failed"], info["total"]) == (3, 0, 3)
+    with pytest.raises(CheckpointError, match="no checkpoint file"):
+        summary(str(tmp_path / "missing.ckpt"))
+
+
+def test_the_command_line_shows_a_checkpoint(tmp_path: Path) -> None:
+    import json
+
+    path = tmp_path / "map.ckpt"
+    pmap(abs, [1, -2, 3], checkpoint=path, backend="thread")
+    cli = [sys.executable, "-m", "parallelize", "checkpoint", str(path)]
+    text = subprocess.run(cli, env=script_env(), capture_output=True, text=True, check=True)
+    assert "builtins.abs" in text.stdout
+    assert "3 done, 0 failed, 3 in all" in text.stdout
+    as_json = subprocess.run(
+        [*cli, "--json"], env=script_env(), capture_output=True, text=True, check=True
+    )
+    info = json.loads(as_json.stdout)
+    assert (info["function"], info["done"], info["total"]) == ("builtins.abs", 3, 3)
+    assert info["created"] and info["updated"]
+    missing = subprocess.run(
+        [*cli[:-1], str(tmp_path / "nope.ckpt")], env=script_env(), capture_output=True,
+        text=True, check=False,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "no checkpoint file" in missing.stderr

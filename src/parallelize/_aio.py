@@ -98,7 +98,13 @@ class _Run:
 
 def _job(fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], options: Any, where: str,
          *, stream: bool) -> Job:  # fmt: skip
-    return prepare(fn, iterables, Options.from_kwargs(options, where), stream=stream)
+    job = prepare(fn, iterables, Options.from_kwargs(options, where), stream=stream)
+    if job.options.checkpoint is not None:
+        raise ValueError(
+            f"checkpoint= is not supported by {where}() yet; run the map with pmap or imap "
+            "(in a thread: await asyncio.to_thread(pmap, fn, items, checkpoint=...))"
+        )
+    return job
 
 
 async def run_list_async(job: Job) -> list[Any]:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from .._checkpoint import Checkpoint, Store, function_identity, item_digest
 from .._errors import Failure
-from .job import Batch, Job
+from .job import Batch, Job, note_input_error
 
 T = TypeVar("T")
 
@@ -59,20 +59,44 @@ def resumed(
     plan: collections.deque[tuple[int, bytes, bool]] = collections.deque()
 
     def missing() -> Iterator[Any]:
-        for position, item in enumerate(items):
+        position = 0
+        source = iter(items)
+        while True:
+            try:
+                item = next(source)
+            except StopIteration:
+                return
+            except Exception as exc:  # its position in the whole input, not among the missing
+                note_input_error(exc, position)
+                raise
             digest = item_digest(item)
             known = stored.get(position)
             todo = known is None or known[0] != digest or known[1]
             plan.append((position, digest, todo))
+            position += 1
             if todo:
                 yield item
 
-    with closing(compute(list(missing()) if up_front else missing())) as computed:
+    def ready() -> Iterator[list[Any]]:
+        """The stored results at the head of the plan, in lists of at most TAIL."""
+        while plan and not plan[0][2]:
+            yield _stored(plan, store, TAIL)
+
+    if up_front:
+        todo = list(missing())
+        computing = compute(todo) if todo else _nothing()
+    else:
+        computing = compute(missing())
+    with closing(computing) as computed:
         for values in computed:
             out: list[Any] = []
             for value in values:
                 if not plan[0][2]:  # stored results come before this one
-                    out += _stored(plan, store, None)
+                    if out:
+                        store.commit()
+                        yield out
+                        out = []
+                    yield from ready()
                 position, digest, _ = plan.popleft()
                 if type(value) is Failure:
                     value.index = position
@@ -82,13 +106,16 @@ def resumed(
                 out.append(value)
             store.commit()  # before the caller has them: what it got is never computed again
             yield out
-    while plan:
-        yield _stored(plan, store, TAIL)
+            yield from ready()  # those read already, after this run: not held back
+    yield from ready()
 
 
-def _stored(
-    plan: collections.deque[tuple[int, bytes, bool]], store: Store, most: int | None
-) -> list[Any]:
+def _nothing() -> Generator[list[Any], None, None]:
+    """What computes no item."""
+    yield from ()
+
+
+def _stored(plan: collections.deque[tuple[int, bytes, bool]], store: Store, most: int) -> list[Any]:
     """The stored results at the head of the plan (at most ``most``), taken off it. (Indexed,
     not iterated: the thread that reads the items may be adding to the plan meanwhile.)"""
     count = 0

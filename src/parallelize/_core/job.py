@@ -67,16 +67,25 @@ class Job:
             try:
                 taken.extend(itertools.islice(self.items, count))  # keeps what came before a raise
             except Exception as exc:
-                exc.add_note(
-                    f"(raised by the input of the map at position {self._taken + len(taken)}; "
-                    "the results of the items before it were delivered first)"
-                )
+                note_input_error(exc, self._taken + len(taken))
                 self.input_error = exc
             self._taken += len(taken)
             return taken
         chunk = self._source[self._taken : self._taken + count]
         self._taken += len(chunk)
         return chunk
+
+
+def note_input_error(exc: Exception, position: int) -> None:
+    """Say where the map's input raised ``exc`` (once: a map that reads the input for another
+    map, such as a checkpointed one, knows the true position first)."""
+    if getattr(exc, "_parallelize_noted", False):
+        return
+    exc.add_note(
+        f"(raised by the input of the map at position {position}; "
+        "the results of the items before it were delivered first)"
+    )
+    exc._parallelize_noted = True  # type: ignore[attr-defined]
 
 
 class Batch:
