@@ -2,9 +2,11 @@
 
 Each worker has its own pipe, so the scheduler knows exactly which chunks a worker holds, and a
 status slot in a shared array, so it knows which item it is running. Workers are started from a
-``multiprocessing`` context with the chosen start method, lazily, up to ``workers`` of them. The
-pool lives until its configuration changes or the interpreter exits; a second map running at the
-same time (another thread, or two interleaved ``imap`` loops) gets a private pool of its own.
+``multiprocessing`` context with the chosen start method, lazily, up to ``workers`` of them. A
+pool is kept warm after its map, one per configuration, until the idle workers of every kept
+pool pass ``warm_workers()`` (the least recently used pool goes first) or the interpreter exits. A
+second map running at the same time (another thread, or an ``imap`` loop suspended around it)
+gets a pool of its own, kept warm too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any, Final, cast
 
+from .._cpu import usable_cpus
 from .._lifecycle import at_exit, park_if_exiting, worker_lost
 from .._options import Resolved
 from .._threadlimits import thread_share
@@ -47,6 +50,14 @@ PIPE_BYTES: Final = 1 << 19
 WIDENED_UP_TO: Final = 16
 # Maps whose function pickles to the same bytes share one id, so a warm worker loads it once.
 CALL_IDS_KEPT: Final = 64
+
+
+# Idle workers kept warm between maps, over every configuration (the most recently used pool is
+# kept whatever its size): enough for a program that alternates a few configurations, or runs
+# maps inside an imap loop, to find its workers warm. (A function: read when a map ends, not
+# when the module is imported.)
+def warm_workers() -> int:
+    return max(8, 4 * usable_cpus())
 
 
 class _PoolKey:
@@ -455,14 +466,16 @@ def _drain(worker: _Worker) -> Iterator[Any]:
 
 
 class ProcessBackend(Backend):
-    """Runs jobs on a warm :class:`ProcessPool`."""
+    """Runs jobs on warm :class:`ProcessPool` objects: the idle pools are kept, one per
+    configuration, within :func:`warm_workers` idle workers, so that maps that alternate
+    configurations, or run while another map is suspended (a ``pmap`` inside an ``imap`` loop),
+    find their workers warm."""
 
     name = "process"
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pool: ProcessPool | None = None
-        self._busy = False
+        self._idle: list[ProcessPool] = []  # no map uses them; the least recently used first
         self._timer_lock = threading.Lock()
         self._timers: list[threading.Timer] = []  # the armed one last; others may still be ending
         self._rearm_after_fork = False
@@ -490,59 +503,50 @@ class ProcessBackend(Backend):
         key = _PoolKey(
             options.start_method, options.workers, init_blob, options.max_tasks_per_worker
         )
-        pool, shared = (ProcessPool(key), False) if private else self._checkout(key)
+        pool = ProcessPool(key) if private else self._checkout(key)
         try:
             yield pool
         finally:
-            self._checkin(pool, shared)
+            self._checkin(pool, private)
 
-    def _checkout(self, key: _PoolKey) -> tuple[ProcessPool, bool]:
+    def _checkout(self, key: _PoolKey) -> ProcessPool:
+        """An idle pool of this configuration, else a new one."""
         with self._lock:
-            if self._busy:  # a concurrent map: a private pool, closed after it
-                return ProcessPool(key), False
-            self._busy = True
-            old = self._pool
-            if old is None or old.key != key:
-                self._pool = None
-        try:
-            self._disarm()  # the shared pool is ours now: the idle timer has nothing to do
-            if old is not None and old.key == key:
-                return old, True
-            if old is not None:
-                old.close()
-            pool = ProcessPool(key)
-        except BaseException:  # Ctrl-C while an old pool closes, say: the next map starts anew
-            with self._lock:
-                self._busy = False
-            raise
-        with self._lock:
-            self._pool = pool
-        return pool, True
+            for index in range(len(self._idle) - 1, -1, -1):
+                if self._idle[index].key == key:
+                    return self._idle.pop(index)
+        return ProcessPool(key)
 
-    def _checkin(self, pool: ProcessPool, shared: bool) -> None:
+    def _checkin(self, pool: ProcessPool, private: bool) -> None:
+        """Keep the pool warm (the most recently used), closing the least recently used idle
+        pools beyond the budget; a private or broken pool is closed."""
         if any(w.queue for w in pool.workers):  # a cancel was interrupted: its state is stale
             pool.broken = True
-        if not shared:
+        if private or pool.broken:
             pool.close()
             return
-        if pool.broken:
-            pool.close()
-        else:
-            pool.trim()
+        pool.trim()
         with self._lock:
-            if pool.broken and self._pool is pool:
-                self._pool = None
-            self._busy = False
-        if not pool.broken and pool.holds_memory():
-            self._arm(pool)
+            self._idle.append(pool)
+            others = self._idle[:-1]
+            evicted = []
+            while others and sum(p.size for p in self._idle) > warm_workers():
+                evicted.append(others.pop(0))
+                self._idle.remove(evicted[-1])
+            for other in others:  # only the most recent idle pool keeps shared memory
+                other.release_idle()
+        for old in evicted:
+            old.close()
+        if pool.holds_memory():
+            self._arm()
 
-    def _arm(self, pool: ProcessPool) -> None:
-        """Free the pool's idle shared memory unless another map starts within IDLE_SECONDS.
+    def _arm(self) -> None:
+        """Free the idle pools' shared memory unless a map takes them within IDLE_SECONDS.
 
         The timer thread lives only that long (longer only while the caller still holds arrays
         a map returned through shared memory), and is joined before any fork.
         """
-        timer = threading.Timer(sharedmem.IDLE_SECONDS, self._release_idle, (pool,))
+        timer = threading.Timer(sharedmem.IDLE_SECONDS, self._release_idle)
         timer.daemon = True
         timer.name = "parallelize-idle"
         with self._timer_lock:
@@ -571,9 +575,7 @@ class ProcessBackend(Backend):
     def _after_fork_in_parent(self) -> None:
         if self._rearm_after_fork:
             self._rearm_after_fork = False
-            pool = self._pool
-            if pool is not None and not self._busy:
-                self._arm(pool)
+            self._arm()
 
     def _after_fork_in_child(self) -> None:
         """A forked child starts with no pool: the parent's workers and pipes are the parent's.
@@ -588,23 +590,21 @@ class ProcessBackend(Backend):
         self._lock = threading.Lock()
         self._timer_lock = threading.Lock()
         self._timers = []
-        self._pool = None
-        self._busy = False
+        self._idle = []
         self._rearm_after_fork = False
 
-    def _release_idle(self, pool: ProcessPool) -> None:
-        with self._lock:  # a map that starts now waits, then joins this thread
-            if self._busy or self._pool is not pool:
-                return
-            pool.release_idle()
-            if pool.holds_memory():  # the caller still holds arrays: look again later
-                self._arm(pool)
+    def _release_idle(self) -> None:
+        with self._lock:  # a map that starts now waits for this, then takes its pool
+            for pool in self._idle:
+                pool.release_idle()
+            if any(pool.holds_memory() for pool in self._idle):  # the caller holds arrays
+                self._arm()
 
     def shutdown(self) -> None:
         self._disarm()
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
+            idle, self._idle = self._idle, []
+        for pool in idle:
             pool.close()
 
 

@@ -1,0 +1,59 @@
+"""Warm workers across maps that change their configuration, and maps inside an imap loop: the
+pools are kept, one per configuration, within a budget of idle workers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import pytest
+
+from parallelize import imap, pmap
+from parallelize._backends.process import warm_workers
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def pid(_: object) -> int:
+    return os.getpid()
+
+
+def _pids(**options: object) -> set[int]:
+    return set(pmap(pid, range(8), chunksize=1, **options))
+
+
+@pytest.mark.parametrize(
+    ("option", "values"),
+    [
+        ("workers", (2, 1)),
+        ("start_method", ("fork", "spawn")),
+        ("max_tasks_per_worker", (None, 1000)),
+    ],
+)
+def test_alternating_configurations_keep_their_workers(
+    option: str, values: tuple[object, object]
+) -> None:
+    base: dict[str, object] = {"workers": 2, "start_method": "fork"}
+    seen: dict[object, set[int]] = {value: set() for value in values}
+    for _ in range(3):
+        for value in values:
+            options = {**base, option: value}
+            seen[value] |= _pids(**options)
+    for value in values:  # never more processes than one pool of that configuration has
+        assert 0 < len(seen[value]) <= ({**base, option: value}["workers"])
+
+
+def test_a_map_inside_an_imap_loop_finds_its_workers_warm() -> None:
+    inner: set[int] = set()
+    outer = set()
+    for worker in imap(pid, range(6), workers=2, chunksize=1, start_method="fork"):
+        outer.add(worker)
+        inner |= _pids(workers=2, start_method="fork")
+    assert 0 < len(inner) <= 2  # one warm pool served every inner map
+    assert not inner & outer  # the outer map's workers were busy: the inner maps have their own
+
+
+def test_idle_workers_stay_within_the_budget() -> None:
+    for workers in range(1, warm_workers() + 2):
+        pmap(pid, range(workers), workers=workers, chunksize=1, start_method="fork")
+    assert len(multiprocessing.active_children()) <= warm_workers() + 1
