@@ -454,8 +454,13 @@ class FileStorage:
         self.release()
 
     def get(self) -> int:
-        if self._owner == threading.get_ident():
+        # No lock needed: the value is an aligned 8-byte word, read in one load, and every
+        # writer stores it whole under the lock, so a read sees the value before or after an
+        # update, never part of one.
+        try:
             return self._view[_VALUE]
+        except ValueError:  # a view let go: at exit, or while adopting after a fork
+            pass
         self.acquire()
         try:
             return self._view[_VALUE]
@@ -656,7 +661,7 @@ class SharedCounter:
 
     @property
     def value(self) -> int:
-        """The current value (read under the lock)."""
+        """The current value (one atomic read: no update is ever seen half done)."""
         return self._storage.get()
 
     @value.setter
