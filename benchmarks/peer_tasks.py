@@ -97,3 +97,8 @@ def predict(i: int) -> float:
 
 def predict_mpire(worker_state: Any, i: int) -> float:
     return predict(i)
+
+
+def load_model_mpire(worker_state: Any) -> None:
+    """mpire's ``worker_init`` (it passes the worker state)."""
+    load_model()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 
@@ -110,6 +111,15 @@ def test_bench_small_json() -> None:
     for row in report["rows"]:
         assert row["serial_s"] > 0 and row["parallelize_s"] > 0 and row["pool_s"] > 0
         assert row["speedup_vs_serial"] == pytest.approx(row["serial_s"] / row["parallelize_s"])
+    assert report["machine"]["python"] == platform.python_version()
+    assert {"date", "platform", "usable_cpus"} <= set(report["machine"])
+    assert set(report["latency"]) == {
+        "warm_call_ms", "pool_warm_call_ms", "alternating_workers_ms", "inside_imap_ms",
+    }  # fmt: skip
+    assert all(value > 0 for value in [*report["latency"].values(), *report["counter"].values()])
+    assert set(report["counter"]) == {
+        "increment_ns", "mp_value_increment_ns", "read_ns", "mp_value_read_ns",
+    }  # fmt: skip
 
 
 @pytest.mark.timeout(CLI_TIMEOUT + 30)
@@ -121,6 +131,8 @@ def test_bench_small_table() -> None:
     assert result.returncode == 0, result.stderr
     assert "start method spawn" in result.stdout
     assert "vs Pool" in result.stdout and "cpu-bound (primes)" in result.stdout
+    assert f"Python {platform.python_version()}" in result.stdout
+    assert "warm 2-item call" in result.stdout and "shared_counter increment" in result.stdout
 
 
 @pytest.mark.timeout(CLI_TIMEOUT + 30)

@@ -13,22 +13,27 @@ Exit codes: 0 success, 1 a check failed (results differ) or stdout was closed, 2
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import functools
 import importlib
 import json
 import math
 import multiprocessing
 import os
+import platform
+import statistics
 import sys
 import textwrap
 import time
+import timeit
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
-from . import __version__, pmap
+from . import __version__, imap, pmap, shared_counter
 from ._cpu import usable_cpus
-from ._options import ENV_WORKERS, default_start_method
+from ._options import ENV_WORKERS, StartMethod, default_start_method
 
 R = TypeVar("R")
 
@@ -46,6 +51,9 @@ DEMO_SIZE: Final = 5_000
 BENCH_TINY_ITEMS: Final = 100_000
 BENCH_CPU_ITEMS: Final = 200
 BENCH_REPEAT: Final = 3
+# Calls per latency figure (medians), and operations per counter timing.
+BENCH_CALLS: Final = 40
+BENCH_COUNTER_OPS: Final = 100_000
 # A CPU-bound item running alone on a core gets ~97-100% of it (its wall time is its CPU time).
 # Below 80%, the demo's processes waited for a CPU a fifth of the time or more: other programs
 # were competing for the cores, and the speed-up measures them as much as it measures parallelize.
@@ -247,6 +255,69 @@ def _loop(fn: Callable[[int], int], items: list[int]) -> list[int]:
     return [fn(item) for item in items]
 
 
+def _machine() -> dict[str, Any]:
+    """Where and when a bench ran: its figures are only comparable on one machine."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "usable_cpus": usable_cpus(),
+    }
+
+
+def _median_ms(calls: int, call: Callable[[int], object]) -> float:
+    """The median milliseconds of ``call(n)`` for n in ``range(calls)``."""
+    times = []
+    for n in range(calls):
+        started = time.perf_counter()
+        call(n)
+        times.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(times)
+
+
+def _latency(work: ModuleType, pool: Any, workers: int, method: StartMethod) -> dict[str, Any]:
+    """A warm 2-item call, and maps that change their configuration or run inside an imap
+    loop (each against the plain warm call)."""
+
+    def call(count: int = workers) -> object:
+        return pmap(work.square, [1, 2], workers=count, start_method=method)
+
+    plain = _median_ms(BENCH_CALLS, lambda n: call())
+    pool_ms = _median_ms(BENCH_CALLS, lambda n: pool.map(work.square, [1, 2]))
+    sizes = (workers, max(1, workers - 1)) if workers > 1 else (1, 2)
+    alternating = _median_ms(BENCH_CALLS, lambda n: call(sizes[n % 2]))
+    outer = imap(work.square, range(BENCH_CALLS), workers=workers, start_method=method)
+    with contextlib.closing(outer):  # type: ignore[type-var]
+        nested = [_median_ms(1, lambda n: call()) for _ in outer]
+    return {
+        "warm_call_ms": plain,
+        "pool_warm_call_ms": pool_ms,
+        "alternating_workers_ms": alternating,
+        "inside_imap_ms": statistics.median(nested),
+    }
+
+
+def _counter() -> dict[str, float]:
+    """Nanoseconds per uncontended increment and per read, ours and multiprocessing.Value's."""
+    ours = shared_counter(0)
+    theirs = multiprocessing.Value("q", 0)
+
+    def their_increment() -> None:
+        with theirs.get_lock():
+            theirs.value += 1
+
+    def per_op(op: Callable[[], object]) -> float:
+        return min(timeit.repeat(op, number=BENCH_COUNTER_OPS, repeat=3)) / BENCH_COUNTER_OPS * 1e9
+
+    return {
+        "increment_ns": per_op(ours.increment),
+        "mp_value_increment_ns": per_op(their_increment),
+        "read_ns": per_op(lambda: ours.value),
+        "mp_value_read_ns": per_op(lambda: theirs.value),
+    }
+
+
 def bench(args: argparse.Namespace) -> int:
     """Time a loop, parallelize and the stdlib pool on two workloads; print the ratios."""
     work = _workloads()
@@ -256,10 +327,16 @@ def bench(args: argparse.Namespace) -> int:
         ("cpu-bound (primes)", cpu_fn, list(range(args.cpu_items))),
     ]
     start_method = args.start_method or default_start_method()
+    machine = _machine()
     if not args.json:
         print(
-            f"parallelize {__version__} bench: {args.workers} worker(s), {usable_cpus()} usable "
-            f"CPU(s), start method {start_method}; warm pools, best of {args.repeat}"
+            f"parallelize {__version__} bench, {machine['date']}: Python {machine['python']} on "
+            f"{machine['platform']} ({machine['processor']}), {machine['usable_cpus']} usable "
+            f"CPU(s)"
+        )
+        print(
+            f"{args.workers} worker(s), start method {start_method}; warm pools, best of "
+            f"{args.repeat}"
         )
     rows: list[dict[str, Any]] = []
     context = multiprocessing.get_context(start_method)
@@ -286,8 +363,17 @@ def bench(args: argparse.Namespace) -> int:
                     "speedup_vs_pool": pool_s / ours_s,
                 }
             )
+        latency = _latency(work, pool, args.workers, cast(StartMethod, start_method))
+    try:
+        counter = _counter()
+    except OSError:  # no /dev/shm (macOS): no counter rows
+        counter = {}
     if args.json:
-        print(json.dumps({"workers": args.workers, "start_method": start_method, "rows": rows}))
+        report = {
+            "workers": args.workers, "start_method": start_method, "machine": machine,
+            "rows": rows, "latency": latency, "counter": counter,
+        }  # fmt: skip
+        print(json.dumps(report))
         return EXIT_OK
     header = (
         f"{'workload':<20} {'items':>7} {'serial':>9} {'parallelize':>12} {'Pool.map':>9}"
@@ -302,6 +388,28 @@ def bench(args: argparse.Namespace) -> int:
             f" {row['speedup_vs_serial']:>9.2f}x {row['speedup_vs_pool']:>7.2f}x"
         )
     print("(ratios above 1 mean parallelize is faster)")
+    print()
+    print(f"medians of {BENCH_CALLS} calls:")
+    warm = latency["warm_call_ms"]
+    print(
+        f"warm 2-item call        {warm:8.3f} ms   Pool.map {latency['pool_warm_call_ms']:.3f} ms"
+    )
+    for key, label in (
+        ("alternating_workers_ms", "workers= alternating"),
+        ("inside_imap_ms", "a pmap inside an imap"),
+    ):
+        print(f"{label:<23} {latency[key]:8.3f} ms   {latency[key] / warm:.2f}x the warm call")
+    if not counter:
+        return EXIT_OK
+    print()
+    print(
+        f"shared_counter increment {counter['increment_ns']:7.0f} ns   multiprocessing.Value "
+        f"{counter['mp_value_increment_ns']:.0f} ns"
+    )
+    print(
+        f"shared_counter .value    {counter['read_ns']:7.0f} ns   multiprocessing.Value "
+        f"{counter['mp_value_read_ns']:.0f} ns"
+    )
     return EXIT_OK
 
 

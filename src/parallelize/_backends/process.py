@@ -3,10 +3,10 @@
 Each worker has its own pipe, so the scheduler knows exactly which chunks a worker holds, and a
 status slot in a shared array, so it knows which item it is running. Workers are started from a
 ``multiprocessing`` context with the chosen start method, lazily, up to ``workers`` of them. A
-pool is kept warm after its map, one per configuration, until the idle workers of every kept
-pool pass ``warm_workers()`` (the least recently used pool goes first) or the interpreter exits. A
-second map running at the same time (another thread, or an ``imap`` loop suspended around it)
-gets a pool of its own, kept warm too.
+pool is kept warm after its map, until the running workers of every kept pool pass
+``warm_workers()`` (the least recently used pool goes first) or the interpreter exits. A second
+map running at the same time (another thread, or an ``imap`` loop suspended around it) gets a
+pool of its own, kept warm too: two idle pools may then share a configuration.
 """
 
 from __future__ import annotations
@@ -519,10 +519,12 @@ class ProcessBackend(Backend):
 
     def _checkin(self, pool: ProcessPool, private: bool) -> None:
         """Keep the pool warm (the most recently used), closing the least recently used idle
-        pools beyond the budget; a private or broken pool is closed."""
+        pools while their running workers pass the budget. A private or broken pool is closed,
+        and so is one whose initializer's arguments were a lock or queue (handed to its workers
+        as they started): no other map can be given the same ones."""
         if any(w.queue for w in pool.workers):  # a cancel was interrupted: its state is stale
             pool.broken = True
-        if private or pool.broken:
+        if private or pool.broken or isinstance(pool.key.init_blob, StartInit):
             pool.close()
             return
         pool.trim()
@@ -530,13 +532,14 @@ class ProcessBackend(Backend):
             self._idle.append(pool)
             others = self._idle[:-1]
             evicted = []
-            while others and sum(p.size for p in self._idle) > warm_workers():
+            while others and sum(len(p.workers) for p in self._idle) > warm_workers():
                 evicted.append(others.pop(0))
                 self._idle.remove(evicted[-1])
             for other in others:  # only the most recent idle pool keeps shared memory
                 other.release_idle()
-        for old in evicted:
-            old.close()
+        for old in evicted:  # one pool failing to stop must not keep the others running
+            with contextlib.suppress(Exception):
+                old.close()
         if pool.holds_memory():
             self._arm()
 

@@ -61,6 +61,8 @@ _ADOPT_PATIENCE: Final = 1.0
 _EXIT_GRACE: Final = 1.0
 # mmap keeps a dup() of the descriptor unless told not to (3.13+): one descriptor per counter
 # instead of two.
+# Whether a GIL serializes a read against the view being released (not on free-threaded builds).
+_GIL: Final = getattr(sys, "_is_gil_enabled", lambda: True)()
 _MMAP_OPTIONS: Final[dict[str, Any]] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 
 
@@ -456,11 +458,13 @@ class FileStorage:
     def get(self) -> int:
         # No lock needed: the value is an aligned 8-byte word, read in one load, and every
         # writer stores it whole under the lock, so a read sees the value before or after an
-        # update, never part of one.
-        try:
-            return self._view[_VALUE]
-        except ValueError:  # a view let go: at exit, or while adopting after a fork
-            pass
+        # update, never part of one. Without a GIL, a read could meet a view being unmapped
+        # (at exit, or adopting after a fork): there it takes the lock.
+        if _GIL:
+            try:
+                return self._view[_VALUE]
+            except ValueError:  # a view let go: at exit, or while adopting after a fork
+                pass
         self.acquire()
         try:
             return self._view[_VALUE]
@@ -645,7 +649,8 @@ class SharedCounter:
     Create one with :func:`shared_counter`. It pickles to a name, so it can be passed to
     ``multiprocessing.Process``, to ``pmap`` items or arguments, or captured in a closure.
     ``increment`` and ``decrement`` are atomic; for compound updates hold :meth:`get_lock`, a
-    recursive lock that also covers ``value``. Out-of-range results raise ``OverflowError``
+    recursive lock that also covers setting ``value`` (reading it takes no lock: one atomic
+    read). Out-of-range results raise ``OverflowError``
     and leave the value unchanged.
 
     ``SharedCounter(storage)`` wraps any :class:`CounterStorage`; that is the seam where other
