@@ -381,3 +381,30 @@ def test_the_command_line_shows_a_checkpoint(tmp_path: Path) -> None:
         text=True, check=False,
     )  # fmt: skip
     assert missing.returncode != 0 and "no checkpoint file" in missing.stderr
+
+
+def crash_on(folder: str, x: int) -> int:
+    """x*x, noting the item; the worker dies on item 5 while ``folder`` holds a ``crash`` file."""
+    with open(os.path.join(folder, f"ran-{x}"), "a") as f:
+        f.write("x")
+    if x == 5 and os.path.exists(os.path.join(folder, "crash")):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * x
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
+def test_what_came_back_before_a_worker_crash_is_kept(tmp_path: Path, start_method: str) -> None:
+    from parallelize import WorkerCrashedError
+
+    work, path = tmp_path / "work", tmp_path / "map.ckpt"
+    work.mkdir()
+    (work / "crash").touch()
+    fn = functools.partial(crash_on, str(work))
+    options: dict[str, object] = {"workers": 2, "chunksize": 1, "start_method": start_method}
+    with pytest.raises(WorkerCrashedError):
+        pmap(fn, range(10), checkpoint=path, **options)
+    kept = summary(str(path))["done"]
+    (work / "crash").unlink()
+    _clear(work)
+    assert pmap(fn, range(10), checkpoint=path, **options) == [x * x for x in range(10)]
+    assert len(_ran(work)) == 10 - kept and 5 in _ran(work)

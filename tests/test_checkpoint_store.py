@@ -50,6 +50,7 @@ def test_numpy_results_are_stored_as_raw_buffers(tmp_path: Path) -> None:
     store.close()
     db = sqlite3.connect(path)
     (size,) = db.execute("SELECT length(data) FROM buffers").fetchone()
+    db.close()
     assert size == 8_000_000
     store = Store(Checkpoint(path), function_identity(square))
     assert store.load(0, 1)[0].sum() == np.arange(1_000_000, dtype=np.float64).sum()
