@@ -408,3 +408,10 @@ def test_what_came_back_before_a_worker_crash_is_kept(tmp_path: Path, start_meth
     _clear(work)
     assert pmap(fn, range(10), checkpoint=path, **options) == [x * x for x in range(10)]
     assert len(_ran(work)) == 10 - kept and 5 in _ran(work)
+
+
+def test_an_executor_map_over_an_input_too_long_for_len_keeps_a_checkpoint(tmp_path: Path) -> None:
+    with Executor(2, backend="thread") as executor:
+        results = executor.map(abs, range(2**70), checkpoint=tmp_path / "map.ckpt")
+        assert [next(results) for _ in range(3)] == [0, 1, 2]
+        results.close()  # type: ignore[attr-defined]

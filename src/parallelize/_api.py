@@ -108,6 +108,16 @@ def imap(fn: Callable[..., R], /, *iterables: Iterable[Any], **options: Any) -> 
     return run_stream(prepare(fn, iterables, Options.from_kwargs(options, "imap"), stream=True))
 
 
+def input_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    """How many items zipping ``iterables`` gives, when every one has a length."""
+    if not all(isinstance(iterable, Sized) for iterable in iterables):
+        return None
+    try:
+        return min(len(iterable) for iterable in iterables)  # type: ignore[arg-type]
+    except OverflowError:  # range(2**70): it has no length that fits
+        return None
+
+
 def prepare(
     fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], options: Options, *, stream: bool
 ) -> Job:
@@ -126,12 +136,7 @@ def prepare(
                 f"argument {position} to {where}() must be iterable, "
                 f"got {type(iterable).__name__}: {iterable!r:.80}"
             ) from None
-    total = None
-    if all(isinstance(iterable, Sized) for iterable in iterables):
-        try:
-            total = min(len(iterable) for iterable in iterables)  # type: ignore[arg-type]
-        except OverflowError:  # range(2**70): it has no length that fits
-            total = None
+    total = input_length(iterables)
     resolved = _where_it_can_run(options.resolve(), where)
     get_backend(resolved.backend)  # a missing engine fails now, not at the first result
     star = len(iterators) > 1

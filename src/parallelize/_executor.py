@@ -19,9 +19,10 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Generator, Iterable, Iterator, Sized
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
+from ._api import input_length
 from ._checkpoint import Checkpoint, as_checkpoint
 from ._core.checkpoints import closed_with, open_store, resumed
 from ._core.feed import Request
@@ -218,11 +219,8 @@ class Executor(concurrent.futures.Executor):
     ) -> Iterator[R]:  # fmt: skip
         """``map`` with a checkpoint: its file opened (or refused) now, the items at the first
         ``next()``."""
-        total = None
-        if all(isinstance(iterable, Sized) for iterable in iterables):
-            total = min(len(iterable) for iterable in iterables)  # type: ignore[arg-type]
         items = zip(*iterables, strict=False)
-        store = open_store(spec, fn, total)
+        store = open_store(spec, fn, input_length(iterables))
 
         def compute(todo: Iterable[Any]) -> Generator[list[Any], None, None]:
             stream: IMapIterator[R] = IMapIterator(
