@@ -29,7 +29,7 @@ from ._core.feed import Request
 from ._core.session import Session
 from ._errors import Failure, RemoteTraceback, crash_error
 from ._options import Resolved
-from ._pool import IMapIterator, face_options
+from ._pool import IMapIterator, face_options, stream_compute
 from ._retry import Retry
 from ._worker.chunk import invoke
 
@@ -222,15 +222,9 @@ class Executor(concurrent.futures.Executor):
         items = zip(*iterables, strict=False)
         store = open_store(spec, fn, input_length(iterables))
 
-        def compute(todo: Iterable[Any]) -> Generator[list[Any], None, None]:
-            stream: IMapIterator[R] = IMapIterator(
-                fn, iter(todo), star=True, chunk=chunksize, ordered=True, ahead=ahead
-            )
-            self._put(stream._request)
-            try:
-                yield from stream.runs(deadline)
-            finally:
-                stream.cancel()
+        compute = stream_compute(
+            self._put, fn, star=True, chunk=chunksize, ahead=ahead, deadline=deadline
+        )
 
         def results() -> Generator[R, None, None]:
             try:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from typing import Any, Final, Generic, TypeVar, cast
 
 from ._checkpoint import Checkpoint, as_checkpoint
-from ._core.checkpoints import open_store, resumed
+from ._core.checkpoints import Compute, open_store, resumed
 from ._core.feed import Request
 from ._core.progress import NO_BAR, Bar, open_bar
 from ._core.session import Session
@@ -307,6 +307,28 @@ class IMapIterator(Iterator[R]):
             self._cond.notify_all()
 
 
+def stream_compute(
+    put: Callable[[Request], None], fn: Callable[..., Any], *, star: bool, chunk: int | None,
+    ahead: int | None = None, deadline: float | None = None,
+) -> Compute:  # fmt: skip
+    """How a face's checkpointed map computes its missing items: one ordered stream of them,
+    made a request with ``put``, its values taken a run at a time (``IMapIterator.runs``) and
+    cancelled when the caller stops."""
+
+    def compute(todo: Iterable[Any]) -> Generator[list[Any], None, None]:
+        args = map(tuple, todo) if star else iter(todo)
+        stream: IMapIterator[Any] = IMapIterator(
+            fn, args, star=star, chunk=chunk, ordered=True, ahead=ahead
+        )
+        put(stream._request)
+        try:
+            yield from stream.runs(deadline)
+        finally:
+            stream.cancel()
+
+    return compute
+
+
 class Pool:
     """A pool of worker processes with the interface of ``multiprocessing.pool.Pool``.
 
@@ -482,16 +504,7 @@ class Pool:
         store = open_store(spec, func, len(items))  # type: ignore[arg-type]
         bar = self._bar(items)
 
-        def compute(todo: Iterable[Any]) -> Generator[list[Any], None, None]:
-            stream: IMapIterator[R] = IMapIterator(
-                func, map(tuple, todo) if star else iter(todo), star=star, chunk=chunk, ordered=True
-            )
-            self._put(stream._request)
-            try:
-                yield from stream.runs()
-            finally:
-                stream.cancel()
-
+        compute = stream_compute(self._put, func, star=star, chunk=chunk)
         out: list[Any] = []
         try:
             with contextlib.closing(resumed(store, items, compute, up_front=True)) as runs:
