@@ -32,14 +32,14 @@ class _Unset(enum.Enum):
 
 UNSET: Final = _Unset.UNSET
 
-BACKENDS: Final = ("process", "thread", "serial", "dask", "ray")
+BACKENDS: Final = ("process", "thread", "interpreters", "serial", "dask", "ray")
 DEFAULT_BACKEND: Final = "process"
 ENGINES: Final = ("dask", "ray")  # the backends that take an ``address``
 START_METHODS: Final = ("fork", "spawn", "forkserver")
 ON_ERROR: Final = ("raise", "return", "group")
 OUTPUTS: Final = ("forward", "inherit", "drop")
 
-BackendName = Literal["process", "thread", "serial", "dask", "ray"]
+BackendName = Literal["process", "thread", "interpreters", "serial", "dask", "ray"]
 StartMethod = Literal["fork", "spawn", "forkserver"]
 Output = Literal["forward", "inherit", "drop"]
 OnError = Literal["raise", "return", "group"]

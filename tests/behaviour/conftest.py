@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -123,6 +124,22 @@ BACKENDS: list[Backend] = [
         initializer_per="thread",
         in_caller=True,
         skips={"recycling": f"{NO_RECYCLING}; the thread backend ignores it"},
+    ),
+    Backend(
+        id="interpreters",
+        options={"backend": "interpreters", "workers": WORKERS},
+        timeout_stops="its interpreter was abandoned",  # an interpreter cannot be stopped
+        initializer_per="thread",  # each interpreter runs in a thread of its own
+        skips={
+            "recycling": "the cells tell workers apart by process or thread, and a recycled "
+            "interpreter's thread may reuse its predecessor's id: tests/test_interpreters.py "
+            "checks max_tasks_per_worker"
+        },
+        marks=(
+            pytest.mark.skipif(
+                sys.version_info < (3, 13), reason="subinterpreter workers need Python 3.13"
+            ),
+        ),
     ),
     Backend(
         id="serial",

@@ -16,6 +16,7 @@ _REGISTRY: Final = {
     "process": ("parallelize._backends.process", "ProcessBackend"),
     "thread": ("parallelize._backends.thread", "ThreadBackend"),
     "serial": ("parallelize._backends.serial", "SerialBackend"),
+    "interpreters": ("parallelize._backends.interpreters", "InterpreterBackend"),
     "dask": ("parallelize._backends.dask", "DaskBackend"),
     "ray": ("parallelize._backends.ray", "RayBackend"),
 }

@@ -71,7 +71,10 @@ def initialize_for(
 def _run_unless_last(init_blob: bytes) -> Failure | None:
     if _here.blob == init_blob:
         return None
-    initializer, initargs = pickle.loads(init_blob)
+    try:
+        initializer, initargs = pickle.loads(init_blob)
+    except BaseException as exc:  # its module cannot be imported here, say
+        return Failure.capture(exc, -1)
     failure = run_initializer(initializer, initargs)
     if failure is not None:
         _here.blob = None

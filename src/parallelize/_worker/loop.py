@@ -1,7 +1,9 @@
-"""The loop a worker runs, in a process of the pool or in a thread of the thread backend.
+"""The loop a worker runs, in a process of the pool, a subinterpreter, or a thread of the thread
+backend.
 
-It reads the messages of :mod:`parallelize._wire.protocol`: in a process, pickled from a pipe (see
-:func:`process_main`); in a thread, as the objects themselves (see :func:`serve`).
+It reads the messages of :mod:`parallelize._wire.protocol`: in a process or an interpreter,
+pickled from a pipe (see :func:`process_main`, :func:`interpreter_main`); in a thread, as the
+objects themselves (see :func:`serve`).
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import mmap
+import multiprocessing.connection
 import multiprocessing.util
 import os
 import pickle
 import queue
+import select
 import signal
 import sys
 import threading
@@ -153,15 +157,16 @@ def _merged(
     return (slowest[0], slowest[1], total[2] + one[2], total[3] + one[3])
 
 
-def _encode_result(message: Done | Cancelled | Output) -> bytes:
-    """Pickle a worker's reply (large buffers through shared memory); an unpicklable result
-    becomes that item's SerializationError."""
-    try:
-        return sharedmem.dumps_reply(to_wire(message))
-    except KeyboardInterrupt:
-        raise
-    except BaseException:  # a result whose pickling calls sys.exit() included
-        pass
+def _encode_result(message: Done | Cancelled | Output, shared: bool) -> bytes:
+    """Pickle a worker's reply (large buffers through shared memory when ``shared``); an
+    unpicklable result becomes that item's SerializationError."""
+    if shared:
+        try:
+            return sharedmem.dumps_reply(to_wire(message))
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # a result whose pickling calls sys.exit() included
+            pass
     try:
         return dumps(to_wire(message))  # cloudpickle takes what the standard pickler refused
     except KeyboardInterrupt:
@@ -206,6 +211,73 @@ def process_main(
     view = memoryview(status_array).cast("B").cast("q")
     status = Status(view[slot * SLOT_WIDTH : (slot + 1) * SLOT_WIDTH])
 
+    def start_reader(inbox: queue.SimpleQueue[bytes | None]) -> None:
+        threading.Thread(target=_read, args=(inbound, inbox), daemon=True, name="reader").start()
+
+    # The caller closed the pipe (it is shutting down, or gone) while this worker was busy:
+    # nobody wants the reply, and a traceback about it would only alarm the user.
+    try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            _serve_pipes(
+                start_reader, conn, status, init_blob, max_items, idle_seconds, shared=True
+            )
+    finally:
+        sharedmem.release_replies()
+    _flush()
+
+
+def interpreter_main(
+    task_fd: int,
+    reply_fd: int,
+    status_fd: int,
+    stop_fds: tuple[int, int],
+    init_blob: bytes | None,
+    max_items: int | None,
+) -> None:
+    """Entry point of a worker subinterpreter, run by a thread of the caller's process: work comes
+    in on the pipe ``task_fd``, replies go out on ``reply_fd``, ``status_fd`` is the memory file of
+    its status slot, and a byte on the pipe ``stop_fds`` ends it after its chunk. The descriptors
+    are its thread's, closed there once this returns; the connections here work on copies."""
+    enter_worker()
+    inbound = multiprocessing.connection.Connection(os.dup(task_fd), writable=False)
+    conn = multiprocessing.connection.Connection(os.dup(reply_fd), readable=False)
+    status = Status(memoryview(mmap.mmap(status_fd, SLOT_WIDTH * 8)).cast("B").cast("q"))
+    stop_read, stop_write = stop_fds
+    readers: list[threading.Thread] = []  # an interpreter ends only once its threads have
+
+    def start_reader(inbox: queue.SimpleQueue[bytes | None]) -> None:
+        reader = threading.Thread(
+            target=_read_until, args=(inbound, stop_read, inbox), name="reader"
+        )
+        reader.start()
+        readers.append(reader)
+
+    try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the caller let go
+            _serve_pipes(start_reader, conn, status, init_blob, max_items, None, shared=False)
+    finally:
+        with contextlib.suppress(OSError):  # the pipe is full: a stop is pending anyway
+            os.write(stop_write, b"!")
+        for reader in readers:
+            reader.join()
+        _flush()
+        inbound.close()
+        conn.close()
+
+
+def _serve_pipes(
+    start_reader: Callable[[queue.SimpleQueue[bytes | None]], None],
+    conn: Any,
+    status: Status,
+    init_blob: bytes | StartInit | None,
+    max_items: int | None,
+    idle_seconds: float | None,
+    *,
+    shared: bool,
+) -> None:
+    """A pipe worker's life, in a process or an interpreter: run the initializer, say READY,
+    then serve the chunks that ``start_reader``'s thread reads into its inbox and reply on
+    ``conn``; ``shared``: large buffers of replies go through shared memory."""
     if init_blob is not None:
         status.begin_initializer()
         if isinstance(init_blob, StartInit):
@@ -220,15 +292,14 @@ def process_main(
         status.end_initializer()
 
     # Only now is this worker sent work, so a short map is not held up by a slow-starting one.
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the caller is gone
-        conn.send_bytes(pickle.dumps(to_wire(READY)))
+    conn.send_bytes(pickle.dumps(to_wire(READY)))
     inbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-    threading.Thread(target=_read, args=(inbound, inbox), daemon=True, name="reader").start()
+    start_reader(inbox)
 
     def receive() -> Any:
         while True:
             # Reply segments kept for reuse are freed once the pool has been idle a while.
-            idle = idle_seconds if sharedmem.replies_idle() else None
+            idle = idle_seconds if shared and sharedmem.replies_idle() else None
             try:
                 raw = inbox.get(timeout=idle)
             except queue.Empty:
@@ -259,19 +330,23 @@ def process_main(
             finally:
                 status.sent(since)
             return
-        blob = _encode_result(message)
+        blob = _encode_result(message, shared)
         with sending:
             conn.send_bytes(blob)
         _flush()
 
-    # The caller closed the pipe (it is shutting down, or gone) while this worker was busy:
-    # nobody wants the reply, and a traceback about it would only alarm the user.
+    serve(receive, send, status, max_items, remote=True)
+
+
+def _read_until(conn: Any, stop_fd: int, inbox: queue.SimpleQueue[bytes | None]) -> None:
+    """Read the pipe ahead of an interpreter's loop until it ends, the caller closes the pipe, or
+    a byte arrives on ``stop_fd``."""
     try:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            serve(receive, send, status, max_items, remote=True)
-    finally:
-        sharedmem.release_replies()
-    _flush()
+        while stop_fd not in select.select([conn, stop_fd], [], [])[0]:
+            inbox.put(conn.recv_bytes())
+    except (EOFError, OSError):
+        pass
+    inbox.put(None)
 
 
 def _read(conn: Any, inbox: queue.SimpleQueue[bytes | None]) -> None:

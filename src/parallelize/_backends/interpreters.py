@@ -1,0 +1,427 @@
+"""The interpreters backend: worker subinterpreters, each with its own GIL, in threads of the
+caller's process (Python 3.13 and newer).
+
+A worker is a thread running a subinterpreter that runs the pipe worker's loop
+(:func:`~parallelize._worker.loop.interpreter_main`): chunks and replies travel pickled through a
+pair of pipes, as to a process, and its status slot is a small memory file both sides map. Nothing
+forks or spawns, so a pool starts in milliseconds, and pure-Python CPU work runs in parallel.
+Interpreters are kept warm between maps, one idle pool per configuration, and closed at exit.
+
+An interpreter cannot be stopped mid-item: an item past its ``timeout`` fails with
+``TimeoutError`` and its interpreter is abandoned, to end when the item returns, and replaced
+(as the thread backend does with a thread). Extension modules that refuse to load in a
+subinterpreter (NumPy, today) fail with an ImportError that names them and suggests
+``backend="process"``.
+
+On 3.14 and newer it is built on :mod:`concurrent.interpreters`; on 3.13 on the private
+``_interpreters`` module, whose use stays in :class:`_Interpreter`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import itertools
+import mmap
+import multiprocessing.connection
+import os
+import pickle
+import re
+import sys
+import tempfile
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Any, ClassVar, Final
+
+from .._cpu import usable_cpus
+from .._errors import Failure
+from .._lifecycle import at_exit
+from .._options import Resolved
+from .._wire.pickling import dumps, dumps_by_value, dumps_function, names_main
+from .._wire.protocol import Call, Done, InitFailed, Load, Ready, Task, from_wire, to_wire
+from .._worker.chunk import SLOT_WIDTH, Status
+from .base import DEAD, Backend, Unreadable, WorkerHandle, WorkerSet
+
+# The first Python whose subinterpreters have a GIL of their own and a module to drive them.
+NEEDS: Final = (3, 13)
+# At shutdown, how long idle interpreters get to finish their loop before they are abandoned.
+SHUTDOWN_GRACE: Final = 2.0
+# Abandoned interpreters skip every chunk still queued once their item returns.
+_SKIP_ALL: Final = 1 << 62
+# What CPython says when an extension module refuses a subinterpreter.
+_REFUSED: Final = re.compile(r"module '?([\w.]+)'? does not support loading in subinterpreters")
+
+
+def check_python() -> None:
+    """Raise :class:`RuntimeError` unless this Python runs subinterpreter workers."""
+    if sys.version_info < NEEDS:
+        raise InterpretersUnavailable(
+            'backend="interpreters" needs Python 3.13 or newer (subinterpreters with a GIL '
+            f'of their own); this is Python {sys.version.split()[0]}. Use backend="process" '
+            'here, or "thread" for I/O-bound work'
+        )
+
+
+class InterpretersUnavailable(RuntimeError, ImportError):
+    """This Python has no subinterpreters to run workers in. A RuntimeError, and an ImportError
+    for code that checks for a missing module."""
+
+
+class _Interpreter:
+    """One subinterpreter with its own GIL: the only code that touches the interpreters API
+    (public from 3.14, the private ``_interpreters`` module on 3.13)."""
+
+    def __init__(self) -> None:
+        self._public = sys.version_info >= (3, 14)
+        if self._public:
+            self._handle: Any = importlib.import_module("concurrent.interpreters").create()
+        else:
+            self._module: Any = importlib.import_module("_interpreters")
+            self._handle = self._module.create(self._module.new_config("isolated"))
+
+    def run(self, code: str, names: dict[str, Any]) -> str | None:
+        """Set ``names`` in its ``__main__`` and run ``code`` there (blocking this thread); the
+        traceback text of an exception that escaped it, if any."""
+        if self._public:
+            self._handle.prepare_main(names)
+            try:
+                self._handle.exec(code)
+            except Exception as exc:  # ExecutionFailed: its text carries the remote traceback
+                return str(exc)
+            return None
+        self._module.set___main___attrs(self._handle, names)
+        failure = self._module.exec(self._handle, code)
+        return None if failure is None else str(failure.errdisplay)
+
+    def close(self) -> None:
+        if self._public:
+            self._handle.close()
+        else:
+            self._module.destroy(self._handle)
+
+
+# What each interpreter runs: the caller's import path, then the worker loop.
+_BOOT: Final = """\
+import sys
+sys.path[:] = {path!r}
+from parallelize._worker.loop import interpreter_main
+interpreter_main(*_parallelize_args)
+"""
+
+
+class _Worker(WorkerHandle):
+    __slots__ = ("conn", "ended", "stop", "tasks", "thread")
+
+    def __init__(self, status: Status, budget: int | None, conn: Any, tasks: Any, stop: int):
+        super().__init__(status, budget, ready=False)
+        self.conn = conn  # its replies come in here
+        self.tasks = tasks  # and its work goes out here
+        self.stop = stop  # a byte written here ends its loop after the running chunk
+        self.ended = False  # its interpreter returned (set by its thread)
+        self.thread: threading.Thread | None = None
+
+
+class _PoolKey(tuple[int, bytes | None, int | None]):
+    """What makes two interpreter pools interchangeable: workers, initializer, item budget."""
+
+
+class InterpreterPool(WorkerSet[_Worker]):
+    """Worker subinterpreters of one configuration."""
+
+    stopped: ClassVar[str] = (
+        "its interpreter was abandoned, to end when the item returns, and replaced"
+    )
+
+    def __init__(self, key: _PoolKey):
+        _all_pools.add(self)
+        self.key = key
+        self.size, self._init_blob, self._max_items = key
+        self.workers = []
+        self._ids = itertools.count(1)
+        self._call_ids: dict[bytes, int] = {}
+        self._threads: list[threading.Thread] = []
+        # wake(): a byte written here ends a wait() early (new input, or an interpreter ended).
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        self._wake_read = open(read, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        self._wake_write = open(write, "wb", buffering=0)  # noqa: SIM115
+
+    def new_task_id(self) -> int:
+        return next(self._ids)
+
+    def spawn(self) -> _Worker:
+        task_read, task_write = os.pipe()
+        reply_read, reply_write = os.pipe()
+        stop_read, stop_write = os.pipe()
+        os.set_blocking(stop_write, False)
+        status_fd = _memory_file(SLOT_WIDTH * 8)
+        status = Status(memoryview(mmap.mmap(status_fd, SLOT_WIDTH * 8)).cast("B").cast("q"))
+        status.reset()
+        tasks = multiprocessing.connection.Connection(task_write, readable=False)
+        conn = multiprocessing.connection.Connection(reply_read, writable=False)
+        worker = _Worker(status, self._max_items, conn, tasks, stop_write)
+        # The thread owns the interpreter's ends (a copy of the stop pipe's writer among them)
+        # and closes them once it returns; the worker keeps the caller's.
+        theirs = (task_read, reply_write, status_fd, stop_read, os.dup(stop_write))
+        worker.thread = threading.Thread(
+            target=self._main,
+            args=(worker, theirs),
+            daemon=True,  # an abandoned interpreter must not hold up the caller's exit
+            name=f"parallelize-interpreter-{len(self._threads)}",
+        )
+        self._threads.append(worker.thread)
+        self.workers.append(worker)
+        worker.thread.start()
+        return worker
+
+    def _main(self, worker: _Worker, fds: tuple[int, int, int, int, int]) -> None:
+        """A worker's thread: create its interpreter, run the loop in it, then close it."""
+        task_read, reply_write, status_fd, stop_read, stop_write = fds
+        failure = None
+        try:
+            interpreter = _Interpreter()
+            try:
+                args = (task_read, reply_write, status_fd, (stop_read, stop_write))
+                names = {"_parallelize_args": (*args, self._init_blob, self._max_items)}
+                failure = interpreter.run(_BOOT.format(path=sys.path), names)
+            finally:
+                interpreter.close()
+        except Exception as exc:  # it could not be created (or closed): the caller reaps it
+            failure = repr(exc)
+        finally:
+            for fd in fds:
+                os.close(fd)
+            worker.ended = True
+            self.wake()
+        if failure is not None and worker in self.workers:
+            print(f"parallelize: a worker interpreter failed:\n{failure}", file=sys.stderr)
+
+    def encode(self, task: Task) -> tuple[bytes, None]:
+        """The chunk pickled; what refers to ``__main__`` by value, since an interpreter's
+        ``__main__`` is not the caller's."""
+        wire = to_wire(task)
+        blob = dumps(wire)
+        if names_main(blob):
+            blob = dumps_by_value(wire)
+        self.bytes_pickled += len(blob)
+        return blob, None
+
+    def load_message(self, call: Call) -> tuple[int, bytes]:
+        blob = dumps_function(call, call.fn)
+        call_id = self._call_ids.get(blob)
+        if call_id is None:
+            call_id = self._call_ids[blob] = self.new_task_id()
+        # A Load whose Call is unpickled in the worker from the blob inside it.
+        return call_id, pickle.dumps(to_wire(Load(call_id, _Blob(blob))), 5)  # type: ignore[arg-type]
+
+    def send(self, worker: _Worker, payload: bytes) -> None:
+        worker.tasks.send_bytes(payload)
+
+    def wait(self, timeout: float | None) -> list[tuple[_Worker, Any]]:
+        watched = {worker.conn: worker for worker in self.workers}
+        wake = self._wake_read.fileno()
+        ready: list[Any] = multiprocessing.connection.wait([*watched, wake], timeout)
+        events: list[tuple[_Worker, Any]] = []
+        dead: list[_Worker] = []
+        for obj in ready:
+            if obj == wake:
+                self._wake_read.read(4096)
+                continue
+            worker = watched[obj]
+            raws = []
+            try:
+                raws.append(obj.recv_bytes())
+                while obj.poll():  # every reply sent, before the scheduler reads the slot
+                    raws.append(obj.recv_bytes())
+            except (EOFError, OSError):
+                dead.append(worker)
+            self.reply_bytes += sum(map(len, raws))
+            self.bytes_pickled += sum(map(len, raws))
+            events.extend((worker, _load_reply(raw)) for raw in raws)
+        for worker in self.workers:
+            if worker.ended and worker not in dead:
+                dead.append(worker)
+        for worker, event in events:  # whoever reads the events, a Ready is never lost
+            if type(event) is Ready:
+                worker.ready = True
+        for worker in dead:
+            events.extend((worker, message) for message in _drain(worker))
+            events.append((worker, DEAD))
+        return events
+
+    def wake(self) -> None:
+        # OSError: the pipe is full, so a wake is pending anyway; ValueError: the pool is closed.
+        with contextlib.suppress(OSError, ValueError):
+            self._wake_write.write(b"!")
+
+    def kill(self, worker: _Worker) -> None:
+        """Abandon the interpreter: it skips what is queued and ends once its item returns."""
+        worker.status.cancel_up_to(_SKIP_ALL)
+        _stop(worker)
+
+    def reap(self, worker: _Worker) -> int | None:
+        _stop(worker)
+        worker.tasks.close()
+        worker.conn.close()
+        if worker in self.workers:
+            self.workers.remove(worker)
+        return None
+
+    def close(self) -> None:
+        """Stop every interpreter, waiting a moment for those still busy (then abandoning
+        them)."""
+        workers, self.workers = list(self.workers), []
+        for worker in workers:
+            _stop(worker)
+        for worker in workers:
+            if worker.thread is not None:
+                worker.thread.join(SHUTDOWN_GRACE)
+            worker.tasks.close()
+            worker.conn.close()
+        self._wake_write.close()
+        self._wake_read.close()
+
+
+def _stop(worker: _Worker) -> None:
+    """Ask the interpreter to end after its running chunk (once: then the caller's end closes)."""
+    if worker.stop >= 0:
+        with contextlib.suppress(OSError):
+            os.write(worker.stop, b"!")
+        os.close(worker.stop)
+        worker.stop = -1
+
+
+def _memory_file(nbytes: int) -> int:
+    """A descriptor of ``nbytes`` of zeroed memory that any interpreter of this process can map."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("parallelize-status")
+    else:
+        with tempfile.TemporaryFile() as file:
+            fd = os.dup(file.fileno())
+    os.ftruncate(fd, nbytes)
+    return fd
+
+
+class _Blob:
+    """A pickled Call inside a LOAD message: unpickled as the Call itself, in the worker."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes):
+        self.blob = blob
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pickle.loads, (self.blob,))
+
+
+def _load_reply(raw: bytes) -> Any:
+    """A worker's message, unpickled, its failures explained where an extension module refused
+    the interpreter; Unreadable when it cannot be unpickled here."""
+    try:
+        message = from_wire(pickle.loads(raw))
+    except Exception as exc:
+        return Unreadable(exc)
+    if isinstance(message, InitFailed):
+        return InitFailed(_explained(message.failure))
+    if isinstance(message, Done) and message.failed:
+        values = [_explained(v) if type(v) is Failure else v for v in message.values]
+        return message._replace(values=values)
+    return message
+
+
+def _explained(failure: Failure) -> Failure:
+    """``failure``, or an ImportError naming the extension module that refused to load in a
+    subinterpreter, and what to do about it."""
+    found = _REFUSED.search(f"{failure.error}\n{failure.tb or ''}")
+    if found is None:
+        return failure
+    module = found.group(1)
+    package = module.partition(".")[0]
+    error = ImportError(
+        f"{package} cannot be imported in a subinterpreter: its extension module {module} does "
+        f'not support loading in subinterpreters. Run this map with backend="process"',
+        name=module,
+    )
+    error.__cause__ = failure.error
+    return Failure(error, failure.index, failure.tb, remote=True)
+
+
+def _drain(worker: _Worker) -> Iterator[Any]:
+    """Messages an ended interpreter sent before it ended."""
+    try:
+        while worker.conn.poll():
+            yield _load_reply(worker.conn.recv_bytes())
+    except (EOFError, OSError):
+        return
+
+
+def warm_workers() -> int:
+    """Idle interpreters kept between maps, over every configuration."""
+    return max(8, 4 * usable_cpus())
+
+
+class InterpreterBackend(Backend):
+    """Runs jobs on warm :class:`InterpreterPool` objects, one idle pool kept per configuration
+    (the least recently used closed first, past :func:`warm_workers` interpreters)."""
+
+    name = "interpreters"
+
+    def __init__(self) -> None:
+        check_python()
+        self._lock = threading.Lock()
+        self._idle: list[InterpreterPool] = []
+        _backends.add(self)
+
+    @contextlib.contextmanager
+    def open(self, options: Resolved, *, private: bool = False) -> Iterator[InterpreterPool]:
+        init_blob = None
+        if options.initializer is not None:
+            init = (options.initializer, options.initargs)
+            init_blob = dumps_function(init, options.initializer)
+        key = _PoolKey((options.workers, init_blob, options.max_tasks_per_worker))
+        pool = InterpreterPool(key) if private else self._checkout(key)
+        try:
+            yield pool
+        finally:
+            self._checkin(pool, private)
+
+    def _checkout(self, key: _PoolKey) -> InterpreterPool:
+        with self._lock:
+            for index in range(len(self._idle) - 1, -1, -1):
+                if self._idle[index].key == key:
+                    return self._idle.pop(index)
+        return InterpreterPool(key)
+
+    def _checkin(self, pool: InterpreterPool, private: bool) -> None:
+        if private or pool.broken or any(w.queue for w in pool.workers):
+            pool.close()
+            return
+        with self._lock:
+            self._idle.append(pool)
+            evicted = []
+            while len(self._idle) > 1 and sum(len(p.workers) for p in self._idle) > warm_workers():
+                evicted.append(self._idle.pop(0))
+        for old in evicted:
+            old.close()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for pool in idle:
+            pool.close()
+
+
+# Every pool, the private ones of concurrent maps included, closed at exit.
+_all_pools: weakref.WeakSet[InterpreterPool] = weakref.WeakSet()
+_backends: weakref.WeakSet[InterpreterBackend] = weakref.WeakSet()
+
+
+def _shutdown_all() -> None:
+    for backend in list(_backends):
+        backend.shutdown()
+    for pool in list(_all_pools):
+        pool.close()
+
+
+at_exit(_shutdown_all)
