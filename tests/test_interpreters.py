@@ -130,6 +130,10 @@ def test_an_extension_module_that_refuses_interpreters_is_named(where: str) -> N
 def test_a_timed_out_item_abandons_its_interpreter_and_the_map_goes_on() -> None:
     """An interpreter cannot be stopped mid-item: the item fails with TimeoutError, its
     interpreter is replaced at once, and ends on its own when the item returns."""
+    import _interpreters
+
+    assert pmap(square, range(4), backend="interpreters", workers=2) == [0, 1, 4, 9]
+    warm = len(_interpreters.list_all())  # this configuration's pool, and others kept warm
     began = time.monotonic()
     out = pmap(
         nap,
@@ -144,12 +148,10 @@ def test_a_timed_out_item_abandons_its_interpreter_and_the_map_goes_on() -> None
     assert isinstance(out[0], TimeoutError)
     assert "interpreter was abandoned" in str(out[0])
     assert out[1:] == [0.01] * 3
-    import _interpreters
-
     deadline = time.monotonic() + 10
-    while len(_interpreters.list_all()) > 3 and time.monotonic() < deadline:
+    while len(_interpreters.list_all()) > warm and time.monotonic() < deadline:
         time.sleep(0.05)  # the abandoned one ends once its nap returns
-    assert len(_interpreters.list_all()) <= 3  # the main one and the two warm workers
+    assert len(_interpreters.list_all()) <= warm
 
 
 @needs_313
@@ -174,6 +176,19 @@ def test_interpreters_stay_warm_between_maps_and_per_configuration() -> None:
     pmap(interpreter_id, range(3), chunksize=1, backend="interpreters", workers=1)
     again = set(pmap(interpreter_id, range(8), chunksize=1, backend="interpreters", workers=2))
     assert again <= first
+
+
+@needs_313
+def test_a_fork_after_an_interpreters_map_works() -> None:
+    """CPython aborts a child forked from a process holding subinterpreters: the idle ones are
+    closed before any fork, and started again by the next map."""
+    assert pmap(square, range(4), backend="interpreters", workers=2) == [0, 1, 4, 9]
+    assert pmap(square, range(4), start_method="fork", workers=2) == [0, 1, 4, 9]
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert pmap(square, range(4), backend="interpreters", workers=2) == [0, 1, 4, 9]
 
 
 @needs_313

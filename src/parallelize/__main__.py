@@ -460,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo_parser.add_argument(
         "--backend",
-        choices=("process", "thread", "serial"),
+        choices=("process", "thread", "interpreters", "serial"),
         default="process",
         help="backend (%(default)s)",
     )

@@ -13,6 +13,10 @@ _CGROUP_V1 = (
     "/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
     "/sys/fs/cgroup/cpu/cpu.cfs_period_us",
 )
+# Linux's view of this process's memory, in pages (size, resident, ...): what max_worker_memory
+# reads after each item. Here, with the other machine facts, so a worker reads it without
+# importing the options.
+STATM = "/proc/self/statm"
 
 
 def _read(path: str) -> str:

@@ -94,9 +94,9 @@ class Executor(concurrent.futures.Executor):
 
     ``max_workers`` (default: the usable CPUs), ``mp_context`` (whose start method is used),
     ``initializer``, ``initargs`` and ``max_tasks_per_child`` mean what they mean there.
-    Keyword-only, the parallelize options ``backend`` (``"process"`` or ``"thread"``),
-    ``start_method``, ``progress`` (a bar per ``map``), ``timeout`` (seconds per item) and
-    ``retries``.
+    Keyword-only, the parallelize options ``backend`` (``"process"``, ``"thread"`` or
+    ``"interpreters"``), ``start_method``, ``progress`` (a bar per ``map``), ``timeout`` (seconds
+    per item) and ``retries``.
     """
 
     def __init__(

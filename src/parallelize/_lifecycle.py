@@ -26,7 +26,6 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from multiprocessing import current_process, util
 from typing import Final
 
 # Priority of the finalizer that runs the last=True callbacks: negative ones run last, after the
@@ -63,6 +62,10 @@ def bootstrapping() -> bool:
     (set in ``spawn._main`` and in the fork server's import of ``__main__``), the one its
     ``_check_not_importing_main`` reads to refuse starting a process.
     """
+    if "multiprocessing" not in sys.modules:  # nothing started this process (nor imports it)
+        return False
+    from multiprocessing import current_process
+
     return bool(getattr(current_process(), "_inheriting", False))
 
 
@@ -88,7 +91,7 @@ exiting = threading.Event()
 _parked = threading.local()
 # The callbacks with last=True, run by one finalizer per process.
 _last: list[Callable[[], None]] = []
-_armed_in: int | None = None  # the pid whose finalizer is registered
+_armed_in: int | None = None  # the pid whose finalizer is registered (None: none ever)
 _lock = threading.Lock()
 
 
@@ -105,6 +108,11 @@ def at_exit(callback: Callable[[], None], *, last: bool = False) -> None:
 def _arm() -> None:
     global _armed_in
     if _armed_in != os.getpid():
+        # Lazily: a subinterpreter worker, which never needs it, starts faster without it.
+        from multiprocessing import util
+
+        if _armed_in is None:
+            util.register_after_fork(_ANCHOR, _rearm)
         util.Finalize(None, _run_last, exitpriority=_FINALIZER_PRIORITY)
         _armed_in = os.getpid()
 
@@ -140,13 +148,14 @@ def _rearm(_: object) -> None:
     """A process that multiprocessing starts clears the finalizers it inherited: arm anew."""
     global _lock, _armed_in
     _lock = threading.Lock()
-    _armed_in = None
+    _armed_in = -1  # registered for forks already (the registry is inherited)
     if _last:
         _arm()
 
 
+# In multiprocessing's after-fork registry from the first arming on: a child started before
+# then inherits no finalizer to arm anew.
 _ANCHOR: Final = _Anchor()
-util.register_after_fork(_ANCHOR, _rearm)
 
 
 def park_if_exiting() -> None:

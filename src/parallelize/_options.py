@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
 from ._checkpoint import Checkpoint, as_checkpoint
-from ._cpu import usable_cpus
+from ._cpu import STATM, usable_cpus
 from ._numbers import as_int, as_real
 from ._retry import Retry
 
@@ -189,8 +189,6 @@ def _check_retries(value: object) -> int | Retry:
     return count
 
 
-# Where a Linux process reads its own memory use (max_worker_memory needs it).
-STATM: Final = "/proc/self/statm"
 # The units a max_worker_memory string may carry, in bytes.
 MEMORY_UNITS: Final = {
     "b": 1,

@@ -182,9 +182,11 @@ def broken_input(good: int) -> Iterator[int]:
     raise LookupError(f"the input broke after {good} items")
 
 
-def sleep_forever() -> None:
-    """An initializer that never returns."""
-    time.sleep(3600)
+def sleep_forever(release: str) -> None:
+    """An initializer that never returns on its own: only once the file ``release`` exists (a
+    test's cleanup), so that no abandoned thread or interpreter outlives its test."""
+    while not os.path.exists(release):
+        time.sleep(0.05)
 
 
 # -- methods --

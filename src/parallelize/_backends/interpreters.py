@@ -30,6 +30,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any, ClassVar, Final
@@ -47,6 +48,9 @@ from .base import DEAD, Backend, Unreadable, WorkerHandle, WorkerSet
 NEEDS: Final = (3, 13)
 # At shutdown, how long idle interpreters get to finish their loop before they are abandoned.
 SHUTDOWN_GRACE: Final = 2.0
+# Before a fork, how long busy interpreters get to finish their chunk and end (a child forked
+# while one lives aborts): a few of the chunks the sizer aims at.
+FORK_WAIT: Final = 2.0
 # Abandoned interpreters skip every chunk still queued once their item returns.
 _SKIP_ALL: Final = 1 << 62
 # What CPython says when an extension module refuses a subinterpreter.
@@ -168,8 +172,9 @@ class InterpreterPool(WorkerSet[_Worker]):
             target=self._main,
             args=(worker, theirs),
             daemon=True,  # an abandoned interpreter must not hold up the caller's exit
-            name=f"parallelize-interpreter-{len(self._threads)}",
+            name=f"parallelize-interpreter-{len(self.workers)}",
         )
+        self._threads = [thread for thread in self._threads if thread.is_alive()]
         self._threads.append(worker.thread)
         self.workers.append(worker)
         worker.thread.start()
@@ -267,6 +272,17 @@ class InterpreterPool(WorkerSet[_Worker]):
         if worker in self.workers:
             self.workers.remove(worker)
         return None
+
+    def stop_all(self) -> list[threading.Thread]:
+        """Ask every interpreter to end after its running chunk (before a fork): the threads
+        to wait for, the abandoned ones' included. Chunks it has not begun are lost with it
+        and run again elsewhere; one that never said READY ends as a worker that did, since it
+        did not fail to start."""
+        for worker in self.workers:
+            worker.ready = True
+            _stop(worker)
+        self._threads = [thread for thread in self._threads if thread.is_alive()]
+        return list(self._threads)
 
     def close(self) -> None:
         """Stop every interpreter, waiting a moment for those still busy (then abandoning
@@ -424,4 +440,18 @@ def _shutdown_all() -> None:
         pool.close()
 
 
+def _before_fork() -> None:
+    """A child forked from a process that holds subinterpreters aborts as it starts (CPython
+    gh-101437): end them first, the idle ones at once, the busy ones after their chunk (for up
+    to FORK_WAIT seconds). Maps start others when they need them."""
+    for backend in list(_backends):
+        backend.shutdown()
+    threads = [thread for pool in list(_all_pools) for thread in pool.stop_all()]
+    deadline = time.monotonic() + FORK_WAIT
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
 at_exit(_shutdown_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork)

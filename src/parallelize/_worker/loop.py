@@ -11,13 +11,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import mmap
-import multiprocessing.connection
-import multiprocessing.util
 import os
 import pickle
 import queue
 import select
 import signal
+import struct
 import sys
 import threading
 import time
@@ -239,8 +238,7 @@ def interpreter_main(
     its status slot, and a byte on the pipe ``stop_fds`` ends it after its chunk. The descriptors
     are its thread's, closed there once this returns; the connections here work on copies."""
     enter_worker()
-    inbound = multiprocessing.connection.Connection(os.dup(task_fd), writable=False)
-    conn = multiprocessing.connection.Connection(os.dup(reply_fd), readable=False)
+    inbound, conn = _Pipe(task_fd), _Pipe(reply_fd)
     status = Status(memoryview(mmap.mmap(status_fd, SLOT_WIDTH * 8)).cast("B").cast("q"))
     stop_read, stop_write = stop_fds
     readers: list[threading.Thread] = []  # an interpreter ends only once its threads have
@@ -261,8 +259,53 @@ def interpreter_main(
         for reader in readers:
             reader.join()
         _flush()
-        inbound.close()
-        conn.close()
+
+
+class _Pipe:
+    """One end of a pipe, framing messages as ``multiprocessing.connection`` does (the caller's
+    end is a Connection): an interpreter worker starts faster without importing
+    ``multiprocessing``. It does not own its descriptor."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def send_bytes(self, data: bytes) -> None:
+        size = len(data)
+        header = struct.pack("!i", size) if size <= _SMALL else struct.pack("!iQ", -1, size)
+        view = memoryview(header + data) if size <= 16384 else None
+        if view is None:
+            self._write(memoryview(header))
+            view = memoryview(data)
+        self._write(view)
+
+    def _write(self, view: memoryview) -> None:
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def recv_bytes(self) -> bytes:
+        (size,) = struct.unpack("!i", self._read(4))
+        if size == -1:
+            (size,) = struct.unpack("!Q", self._read(8))
+        return self._read(size)
+
+    def _read(self, size: int) -> bytes:
+        chunks = []
+        while size:
+            chunk = os.read(self.fd, size)
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+
+# The largest message whose length fits the short (4-byte) header.
+_SMALL: Final = 0x7FFFFFFF
 
 
 def _serve_pipes(
@@ -360,6 +403,8 @@ def _read(conn: Any, inbox: queue.SimpleQueue[bytes | None]) -> None:
     # grace period, then the process ends so that it is not left orphaned.
     time.sleep(ORPHAN_GRACE)
     _flush()
+    import multiprocessing.util  # imported by every process multiprocessing starts
+
     multiprocessing.util._exit_function()  # type: ignore[attr-defined]  # release what we hold
     os._exit(0)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Final
 
-from .._options import STATM
+from .._cpu import STATM
 
 _PAGE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _fd: int | None = None
