@@ -251,6 +251,59 @@ def test_a_script_exits_cleanly_with_busy_and_idle_interpreters(tmp_path: Path) 
 
 
 @needs_313
+def test_descriptor_numbers_past_1024_work() -> None:
+    """An interpreter's pipes are the caller's descriptors: a program that holds many files
+    gets numbers past select()'s limit, and its maps still run."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the descriptor limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    null = os.open(os.devnull, os.O_RDONLY)
+    held = [os.dup(null) for _ in range(1030)]
+    try:
+        assert pmap(square, range(6), backend="interpreters", workers=1) == [
+            x * x for x in range(6)
+        ]
+    finally:
+        for fd in [null, *held]:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@needs_313
+def test_a_reply_after_the_caller_let_go_does_not_kill_the_caller(tmp_path: Path) -> None:
+    """With SIGPIPE at its default action (a script piped into ``head`` sets it so), an
+    abandoned interpreter that replies once its item returns must not end the process."""
+    from support import script_env
+
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent("""
+        import signal, time
+        from parallelize import pmap
+
+        def nap(seconds):
+            time.sleep(seconds)
+            return seconds
+
+        if __name__ == "__main__":
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            out = pmap(nap, [1.0], timeout=0.2, on_error="return", backend="interpreters")
+            time.sleep(2)  # the abandoned item returns and its interpreter replies meanwhile
+            print(type(out[0]).__name__, "alive")
+    """)
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        check=False, capture_output=True, text=True, env=script_env(), timeout=50,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert done.stdout.split() == ["TimeoutError", "alive"]
+
+
+@needs_313
 def test_workers_output_reaches_the_caller(capfd: pytest.CaptureFixture[str]) -> None:
     def shout(x: int) -> int:
         print(f"item {x}")

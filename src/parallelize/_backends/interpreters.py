@@ -27,6 +27,7 @@ import multiprocessing.connection
 import os
 import pickle
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -37,20 +38,18 @@ from typing import Any, ClassVar, Final
 
 from .._cpu import usable_cpus
 from .._errors import Failure
-from .._lifecycle import at_exit
+from .._lifecycle import at_exit, park_if_exiting
 from .._options import Resolved
 from .._wire.pickling import dumps, dumps_by_value, dumps_function, names_main
-from .._wire.protocol import Call, Done, InitFailed, Load, Ready, Task, from_wire, to_wire
+from .._wire.protocol import Call, Done, InitFailed, Ready, Task, from_wire, to_wire
 from .._worker.chunk import SLOT_WIDTH, Status
+from ._pipes import CallIds
 from .base import DEAD, Backend, Unreadable, WorkerHandle, WorkerSet
 
 # The first Python whose subinterpreters have a GIL of their own and a module to drive them.
 NEEDS: Final = (3, 13)
 # At shutdown, how long idle interpreters get to finish their loop before they are abandoned.
 SHUTDOWN_GRACE: Final = 2.0
-# Before a fork, how long busy interpreters get to finish their chunk and end (a child forked
-# while one lives aborts): a few of the chunks the sizer aims at.
-FORK_WAIT: Final = 2.0
 # Abandoned interpreters skip every chunk still queued once their item returns.
 _SKIP_ALL: Final = 1 << 62
 # What CPython says when an extension module refuses a subinterpreter.
@@ -143,8 +142,7 @@ class InterpreterPool(WorkerSet[_Worker]):
         self.size, self._init_blob, self._max_items = key
         self.workers = []
         self._ids = itertools.count(1)
-        self._call_ids: dict[bytes, int] = {}
-        self._threads: list[threading.Thread] = []
+        self._call_ids = CallIds()
         # wake(): a byte written here ends a wait() early (new input, or an interpreter ended).
         read, write = os.pipe()
         os.set_blocking(write, False)
@@ -155,35 +153,52 @@ class InterpreterPool(WorkerSet[_Worker]):
         return next(self._ids)
 
     def spawn(self) -> _Worker:
-        task_read, task_write = os.pipe()
-        reply_read, reply_write = os.pipe()
-        stop_read, stop_write = os.pipe()
-        os.set_blocking(stop_write, False)
-        status_fd = _memory_file(SLOT_WIDTH * 8)
-        status = Status(memoryview(mmap.mmap(status_fd, SLOT_WIDTH * 8)).cast("B").cast("q"))
+        park_if_exiting()  # no new workers once the exit hook has closed the pools
+        fds: list[int] = []
+        try:
+            for _ in range(3):
+                fds += os.pipe()
+            task_read, task_write, reply_read, reply_write, stop_read, stop_write = fds
+            os.set_blocking(stop_write, False)
+            fds.append(_memory_file(SLOT_WIDTH * 8))
+            fds.append(os.dup(stop_write))
+            block = mmap.mmap(fds[6], SLOT_WIDTH * 8)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        status = Status(memoryview(block).cast("B").cast("q"))
         status.reset()
         tasks = multiprocessing.connection.Connection(task_write, readable=False)
         conn = multiprocessing.connection.Connection(reply_read, writable=False)
         worker = _Worker(status, self._max_items, conn, tasks, stop_write)
         # The thread owns the interpreter's ends (a copy of the stop pipe's writer among them)
         # and closes them once it returns; the worker keeps the caller's.
-        theirs = (task_read, reply_write, status_fd, stop_read, os.dup(stop_write))
+        theirs = (task_read, reply_write, fds[6], stop_read, fds[7])
         worker.thread = threading.Thread(
             target=self._main,
             args=(worker, theirs),
             daemon=True,  # an abandoned interpreter must not hold up the caller's exit
             name=f"parallelize-interpreter-{len(self.workers)}",
         )
-        self._threads = [thread for thread in self._threads if thread.is_alive()]
-        self._threads.append(worker.thread)
+        try:
+            worker.thread.start()
+        except BaseException:
+            for fd in theirs:
+                os.close(fd)
+            _close(worker)
+            raise
         self.workers.append(worker)
-        worker.thread.start()
         return worker
 
     def _main(self, worker: _Worker, fds: tuple[int, int, int, int, int]) -> None:
         """A worker's thread: create its interpreter, run the loop in it, then close it."""
         task_read, reply_write, status_fd, stop_read, stop_write = fds
         failure = None
+        if hasattr(signal, "pthread_sigmask"):
+            # A reply written after the caller let go of its pipe must fail with EPIPE, never
+            # raise SIGPIPE, which would end the whole process where it is not ignored.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
         try:
             interpreter = _Interpreter()
             try:
@@ -195,10 +210,13 @@ class InterpreterPool(WorkerSet[_Worker]):
         except Exception as exc:  # it could not be created (or closed): the caller reaps it
             failure = repr(exc)
         finally:
-            for fd in fds:
-                os.close(fd)
-            worker.ended = True
-            self.wake()
+            try:
+                for fd in fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            finally:
+                worker.ended = True
+                self.wake()
         if failure is not None and worker in self.workers:
             print(f"parallelize: a worker interpreter failed:\n{failure}", file=sys.stderr)
 
@@ -213,20 +231,19 @@ class InterpreterPool(WorkerSet[_Worker]):
         return blob, None
 
     def load_message(self, call: Call) -> tuple[int, bytes]:
-        blob = dumps_function(call, call.fn)
-        call_id = self._call_ids.get(blob)
-        if call_id is None:
-            call_id = self._call_ids[blob] = self.new_task_id()
-        # A Load whose Call is unpickled in the worker from the blob inside it.
-        return call_id, pickle.dumps(to_wire(Load(call_id, _Blob(blob))), 5)  # type: ignore[arg-type]
+        return self._call_ids.message(dumps_function(call, call.fn), self.new_task_id)
 
     def send(self, worker: _Worker, payload: bytes) -> None:
         worker.tasks.send_bytes(payload)
 
     def wait(self, timeout: float | None) -> list[tuple[_Worker, Any]]:
+        park_if_exiting()
         watched = {worker.conn: worker for worker in self.workers}
         wake = self._wake_read.fileno()
-        ready: list[Any] = multiprocessing.connection.wait([*watched, wake], timeout)
+        try:
+            ready: list[Any] = multiprocessing.connection.wait([*watched, wake], timeout)
+        finally:
+            park_if_exiting()  # the exit hook closed the pipes under this wait
         events: list[tuple[_Worker, Any]] = []
         dead: list[_Worker] = []
         for obj in ready:
@@ -266,23 +283,11 @@ class InterpreterPool(WorkerSet[_Worker]):
         _stop(worker)
 
     def reap(self, worker: _Worker) -> int | None:
-        _stop(worker)
-        worker.tasks.close()
-        worker.conn.close()
+        park_if_exiting()  # the exit hook is closing this pool: leave the workers to it
+        _close(worker)
         if worker in self.workers:
             self.workers.remove(worker)
         return None
-
-    def stop_all(self) -> list[threading.Thread]:
-        """Ask every interpreter to end after its running chunk (before a fork): the threads
-        to wait for, the abandoned ones' included. Chunks it has not begun are lost with it
-        and run again elsewhere; one that never said READY ends as a worker that did, since it
-        did not fail to start."""
-        for worker in self.workers:
-            worker.ready = True
-            _stop(worker)
-        self._threads = [thread for thread in self._threads if thread.is_alive()]
-        return list(self._threads)
 
     def close(self) -> None:
         """Stop every interpreter, waiting a moment for those still busy (then abandoning
@@ -290,22 +295,34 @@ class InterpreterPool(WorkerSet[_Worker]):
         workers, self.workers = list(self.workers), []
         for worker in workers:
             _stop(worker)
+        deadline = time.monotonic() + SHUTDOWN_GRACE
         for worker in workers:
             if worker.thread is not None:
-                worker.thread.join(SHUTDOWN_GRACE)
-            worker.tasks.close()
-            worker.conn.close()
+                worker.thread.join(max(0.0, deadline - time.monotonic()))
+            _close(worker)
         self._wake_write.close()
         self._wake_read.close()
 
 
 def _stop(worker: _Worker) -> None:
-    """Ask the interpreter to end after its running chunk (once: then the caller's end closes)."""
-    if worker.stop >= 0:
-        with contextlib.suppress(OSError):
-            os.write(worker.stop, b"!")
-        os.close(worker.stop)
-        worker.stop = -1
+    """Ask the interpreter to end after its running chunk (once: then the caller's end closes;
+    under a lock, since the exit hook may close a pool that a daemon thread's map reaps)."""
+    with _stopping:
+        stop, worker.stop = worker.stop, -1
+        if stop >= 0:
+            with contextlib.suppress(OSError):
+                os.write(stop, b"!")
+            os.close(stop)
+
+
+def _close(worker: _Worker) -> None:
+    """Let go of the caller's ends of a worker's pipes (asking it to stop first)."""
+    _stop(worker)
+    worker.tasks.close()
+    worker.conn.close()
+
+
+_stopping = threading.Lock()
 
 
 def _memory_file(nbytes: int) -> int:
@@ -317,18 +334,6 @@ def _memory_file(nbytes: int) -> int:
             fd = os.dup(file.fileno())
     os.ftruncate(fd, nbytes)
     return fd
-
-
-class _Blob:
-    """A pickled Call inside a LOAD message: unpickled as the Call itself, in the worker."""
-
-    __slots__ = ("blob",)
-
-    def __init__(self, blob: bytes):
-        self.blob = blob
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (pickle.loads, (self.blob,))
 
 
 def _load_reply(raw: bytes) -> Any:
@@ -442,14 +447,10 @@ def _shutdown_all() -> None:
 
 def _before_fork() -> None:
     """A child forked from a process that holds subinterpreters aborts as it starts (CPython
-    gh-101437): end them first, the idle ones at once, the busy ones after their chunk (for up
-    to FORK_WAIT seconds). Maps start others when they need them."""
+    gh-101437): close the idle ones first. The next map starts them anew; those of a map that
+    runs, or waits for its caller, cannot be closed (docs/backends.md says so)."""
     for backend in list(_backends):
         backend.shutdown()
-    threads = [thread for pool in list(_all_pools) for thread in pool.stop_all()]
-    deadline = time.monotonic() + FORK_WAIT
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 at_exit(_shutdown_all)

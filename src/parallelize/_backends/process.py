@@ -25,7 +25,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from .._cpu import usable_cpus
 from .._lifecycle import at_exit, park_if_exiting, worker_lost
@@ -33,10 +33,11 @@ from .._options import Resolved
 from .._threadlimits import thread_share
 from .._wire import sharedmem
 from .._wire.pickling import dumps, dumps_by_value, dumps_function, names_main
-from .._wire.protocol import Call, GiveBack, Load, Ready, Task, from_wire, to_wire
+from .._wire.protocol import Call, GiveBack, Ready, Task, from_wire, to_wire
 from .._worker.chunk import SLOT_WIDTH, Status
 from .._worker.init import StartInit
 from .._worker.loop import map_status, process_main
+from ._pipes import CallIds
 from .base import DEAD, Backend, Unreadable, WorkerHandle, WorkerSet
 
 # At shutdown, how long idle workers get to exit on their own before they are killed.
@@ -48,8 +49,6 @@ PIPE_BYTES: Final = 1 << 19
 # Pipes are widened only for pools up to this size: widened pipes count against the user's
 # pipe-buffer quota (64 MiB by default on Linux), shared by all the user's processes.
 WIDENED_UP_TO: Final = 16
-# Maps whose function pickles to the same bytes share one id, so a warm worker loads it once.
-CALL_IDS_KEPT: Final = 64
 
 
 # Idle workers kept warm between maps, over every configuration (the most recently used pool is
@@ -131,7 +130,7 @@ class ProcessPool(WorkerSet[_Worker]):
         view = memoryview(getattr(block, "mapping", block)).cast("B").cast("q")
         self._views = [view[i * SLOT_WIDTH : (i + 1) * SLOT_WIDTH] for i in range(slots)]
         self._free_slots = list(range(slots - 1, -1, -1))
-        self._call_ids: dict[bytes, int] = {}
+        self._call_ids = CallIds()
         self._arena = sharedmem.Arena()
         self._reply_prefix = sharedmem.reply_prefix()
         self._ids = itertools.count(1)
@@ -241,13 +240,7 @@ class ProcessPool(WorkerSet[_Worker]):
             sharedmem.unlink(worker.lent.drain_all())
 
     def load_message(self, call: Call) -> tuple[int, bytes]:
-        blob = dumps_function(call, call.fn)
-        call_id = self._call_ids.get(blob)
-        if call_id is None:
-            if len(self._call_ids) >= CALL_IDS_KEPT:
-                self._call_ids.clear()
-            call_id = self._call_ids[blob] = self.new_task_id()
-        return call_id, _load_payload(call_id, blob)
+        return self._call_ids.message(dumps_function(call, call.fn), self.new_task_id)
 
     def send(self, worker: _Worker, payload: bytes) -> None:
         if worker.lent.released:
@@ -437,22 +430,6 @@ def _sweep_counters(exitcode: int | None) -> None:
         # descriptors, and with them the locks it holds for a moment, for its whole life.
         with _spawn_lock:
             worker_lost()
-
-
-def _load_payload(call_id: int, blob: bytes) -> bytes:
-    return pickle.dumps(to_wire(Load(call_id, cast(Call, _Blob(blob)))), 5)
-
-
-class _Blob:
-    """A pickled Call inside a LOAD message: unpickled as the Call itself, in the worker."""
-
-    __slots__ = ("blob",)
-
-    def __init__(self, blob: bytes):
-        self.blob = blob
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (pickle.loads, (self.blob,))
 
 
 def _drain(worker: _Worker) -> Iterator[Any]:

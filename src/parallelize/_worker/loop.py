@@ -383,13 +383,18 @@ def _serve_pipes(
 
 def _read_until(conn: Any, stop_fd: int, inbox: queue.SimpleQueue[bytes | None]) -> None:
     """Read the pipe ahead of an interpreter's loop until it ends, the caller closes the pipe, or
-    a byte arrives on ``stop_fd``."""
+    a byte arrives on ``stop_fd``. (poll, not select: an interpreter's descriptors are the
+    caller's, whose numbers may pass select's limit of 1024.) Whatever ends it ends the loop."""
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    poller.register(stop_fd, select.POLLIN)
     try:
-        while stop_fd not in select.select([conn, stop_fd], [], [])[0]:
+        while all(fd != stop_fd for fd, _ in poller.poll()):
             inbox.put(conn.recv_bytes())
     except (EOFError, OSError):
         pass
-    inbox.put(None)
+    finally:
+        inbox.put(None)
 
 
 def _read(conn: Any, inbox: queue.SimpleQueue[bytes | None]) -> None:
