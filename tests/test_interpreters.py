@@ -8,6 +8,7 @@ it imports nothing that refuses a subinterpreter (psutil, via ``support``) at th
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from parallelize import Executor, MapOptions, Pool, imap, parallel, pmap
+from parallelize import Executor, MapOptions, Pool, aimap, apmap, imap, parallel, pmap
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,7 +85,8 @@ def test_older_pythons_refuse_at_call_time_naming_the_python(
 
 @needs_313
 def test_every_entry_point_runs_on_interpreters(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The decorator, pmap, imap, MapOptions, the environment variable, Pool and Executor."""
+    """The decorator, pmap, imap, MapOptions, Pool, Executor, the asyncio forms and the
+    environment variable."""
     expected = [x * x for x in range(10)]
     assert parallel(square, backend="interpreters")(range(10)) == expected
     assert pmap(square, range(10), **MapOptions(backend="interpreters", workers=2)) == expected
@@ -93,6 +95,13 @@ def test_every_entry_point_runs_on_interpreters(monkeypatch: pytest.MonkeyPatch)
         assert pool.map(square, range(10)) == expected
     with Executor(2, backend="interpreters") as executor:
         assert list(executor.map(square, range(10))) == expected
+
+    async def both() -> tuple[list[int], list[int]]:
+        listed = await apmap(square, range(10), backend="interpreters", workers=2)
+        streamed = [x async for x in aimap(square, range(10), backend="interpreters")]
+        return listed, streamed
+
+    assert asyncio.run(both()) == (expected, expected)
     monkeypatch.setenv("PARALLELIZE_BACKEND", "interpreters")
     ids = set(pmap(interpreter_id, range(8), chunksize=1, workers=2))
     assert 0 not in ids  # 0 is the main interpreter
@@ -292,6 +301,8 @@ def test_a_reply_after_the_caller_let_go_does_not_kill_the_caller(tmp_path: Path
             signal.signal(signal.SIGPIPE, signal.SIG_DFL)
             out = pmap(nap, [1.0], timeout=0.2, on_error="return", backend="interpreters")
             time.sleep(2)  # the abandoned item returns and its interpreter replies meanwhile
+            # Interpreters that retire, and a pool closed after its workers ended.
+            pmap(abs, range(8), chunksize=1, max_tasks_per_worker=2, backend="interpreters")
             print(type(out[0]).__name__, "alive")
     """)
     )
@@ -301,6 +312,14 @@ def test_a_reply_after_the_caller_let_go_does_not_kill_the_caller(tmp_path: Path
     )  # fmt: skip
     assert done.returncode == 0, (done.returncode, done.stderr)
     assert done.stdout.split() == ["TimeoutError", "alive"]
+
+
+@needs_313
+def test_a_path_entry_that_is_not_a_string_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sys.path may hold other objects (import skips them): interpreters start all the same."""
+    monkeypatch.setattr(sys, "path", [*sys.path, Path("/nonexistent"), b"/nowhere"])
+    fresh = {"workers": 1, "max_tasks_per_worker": 97}  # a configuration no warm pool has
+    assert pmap(square, range(3), backend="interpreters", **fresh) == [0, 1, 4]
 
 
 @needs_313

@@ -62,11 +62,11 @@ def bootstrapping() -> bool:
     (set in ``spawn._main`` and in the fork server's import of ``__main__``), the one its
     ``_check_not_importing_main`` reads to refuse starting a process.
     """
-    if "multiprocessing" not in sys.modules:  # nothing started this process (nor imports it)
+    # No import statement here: it runs on every map, in daemon threads at exit too.
+    multiprocessing = sys.modules.get("multiprocessing")
+    if multiprocessing is None:  # nothing started this process (nor does it use it)
         return False
-    from multiprocessing import current_process
-
-    return bool(getattr(current_process(), "_inheriting", False))
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
 
 
 @contextlib.contextmanager

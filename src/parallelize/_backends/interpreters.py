@@ -58,6 +58,11 @@ _REFUSED: Final = re.compile(r"module '?([\w.]+)'? does not support loading in s
 
 def check_python() -> None:
     """Raise :class:`RuntimeError` unless this Python runs subinterpreter workers."""
+    if sys.platform == "win32":
+        raise InterpretersUnavailable(
+            'backend="interpreters" is not available on Windows yet (its workers use POSIX '
+            'pipes and poll); use backend="process"'
+        )
     if sys.version_info < NEEDS:
         raise InterpretersUnavailable(
             'backend="interpreters" needs Python 3.13 or newer (subinterpreters with a GIL '
@@ -107,7 +112,7 @@ class _Interpreter:
 # What each interpreter runs: the caller's import path, then the worker loop.
 _BOOT: Final = """\
 import sys
-sys.path[:] = {path!r}
+sys.path[:] = _parallelize_path
 from parallelize._worker.loop import interpreter_main
 interpreter_main(*_parallelize_args)
 """
@@ -116,11 +121,15 @@ interpreter_main(*_parallelize_args)
 class _Worker(WorkerHandle):
     __slots__ = ("conn", "ended", "stop", "tasks", "thread")
 
-    def __init__(self, status: Status, budget: int | None, conn: Any, tasks: Any, stop: int):
+    def __init__(
+        self, status: Status, budget: int | None, conn: Any, tasks: Any, stop: tuple[int, int]
+    ):
         super().__init__(status, budget, ready=False)
         self.conn = conn  # its replies come in here
         self.tasks = tasks  # and its work goes out here
-        self.stop = stop  # a byte written here ends its loop after the running chunk
+        # A byte written to the first ends its loop after the running chunk (the second: the
+        # caller's reader of that pipe).
+        self.stop: tuple[int, int] | None = stop
         self.ended = False  # its interpreter returned (set by its thread)
         self.thread: threading.Thread | None = None
 
@@ -161,8 +170,8 @@ class InterpreterPool(WorkerSet[_Worker]):
             task_read, task_write, reply_read, reply_write, stop_read, stop_write = fds
             os.set_blocking(stop_write, False)
             fds.append(_memory_file(SLOT_WIDTH * 8))
-            fds.append(os.dup(stop_write))
-            block = mmap.mmap(fds[6], SLOT_WIDTH * 8)
+            fds += (os.dup(stop_write), os.dup(stop_read))
+            block = mmap.mmap(fds[6], SLOT_WIDTH * 8, trackfd=False)  # type: ignore[call-arg,unused-ignore]
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -171,7 +180,9 @@ class InterpreterPool(WorkerSet[_Worker]):
         status.reset()
         tasks = multiprocessing.connection.Connection(task_write, readable=False)
         conn = multiprocessing.connection.Connection(reply_read, writable=False)
-        worker = _Worker(status, self._max_items, conn, tasks, stop_write)
+        # The caller keeps a reader of the stop pipe, so that its stop never meets a pipe
+        # without one (SIGPIPE) once the interpreter's has closed.
+        worker = _Worker(status, self._max_items, conn, tasks, (stop_write, fds[8]))
         # The thread owns the interpreter's ends (a copy of the stop pipe's writer among them)
         # and closes them once it returns; the worker keeps the caller's.
         theirs = (task_read, reply_write, fds[6], stop_read, fds[7])
@@ -184,8 +195,9 @@ class InterpreterPool(WorkerSet[_Worker]):
         try:
             worker.thread.start()
         except BaseException:
-            for fd in theirs:
-                os.close(fd)
+            if worker.thread.ident is None:  # else the thread owns them, and closes them
+                for fd in theirs:
+                    os.close(fd)
             _close(worker)
             raise
         self.workers.append(worker)
@@ -203,22 +215,26 @@ class InterpreterPool(WorkerSet[_Worker]):
             interpreter = _Interpreter()
             try:
                 args = (task_read, reply_write, status_fd, (stop_read, stop_write))
-                names = {"_parallelize_args": (*args, self._init_blob, self._max_items)}
-                failure = interpreter.run(_BOOT.format(path=sys.path), names)
+                path = tuple(entry for entry in sys.path if isinstance(entry, str))
+                names = {
+                    "_parallelize_args": (*args, self._init_blob, self._max_items),
+                    "_parallelize_path": path,  # what import would use of the caller's
+                }
+                failure = interpreter.run(_BOOT, names)
             finally:
                 interpreter.close()
-        except Exception as exc:  # it could not be created (or closed): the caller reaps it
+        except Exception as exc:  # it could not be created (or closed)
             failure = repr(exc)
         finally:
             try:
+                if failure is not None and worker in self.workers:
+                    _report(reply_write, failure)
                 for fd in fds:
                     with contextlib.suppress(OSError):
                         os.close(fd)
             finally:
                 worker.ended = True
                 self.wake()
-        if failure is not None and worker in self.workers:
-            print(f"parallelize: a worker interpreter failed:\n{failure}", file=sys.stderr)
 
     def encode(self, task: Task) -> tuple[bytes, None]:
         """The chunk pickled; what refers to ``__main__`` by value, since an interpreter's
@@ -305,14 +321,26 @@ class InterpreterPool(WorkerSet[_Worker]):
 
 
 def _stop(worker: _Worker) -> None:
-    """Ask the interpreter to end after its running chunk (once: then the caller's end closes;
+    """Ask the interpreter to end after its running chunk (once: then the caller's ends close;
     under a lock, since the exit hook may close a pool that a daemon thread's map reaps)."""
     with _stopping:
-        stop, worker.stop = worker.stop, -1
-        if stop >= 0:
-            with contextlib.suppress(OSError):
-                os.write(stop, b"!")
-            os.close(stop)
+        stop, worker.stop = worker.stop, None
+        if stop is not None:
+            with contextlib.suppress(OSError):  # full: a stop is pending anyway
+                os.write(stop[0], b"!")
+            for fd in stop:
+                os.close(fd)
+
+
+def _report(reply_write: int, failure: str) -> None:
+    """Tell the caller why an interpreter ended before its time (it failed to start, say): the
+    map raises it, instead of taking the worker for one that crashed."""
+    error = RuntimeError(f"a worker interpreter failed: {failure.strip().splitlines()[-1]}")
+    message = dumps(to_wire(InitFailed(Failure(error, -1, failure, remote=True))))
+    with contextlib.suppress(OSError):
+        multiprocessing.connection.Connection(os.dup(reply_write), readable=False).send_bytes(
+            message
+        )
 
 
 def _close(worker: _Worker) -> None:

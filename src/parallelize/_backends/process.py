@@ -532,8 +532,11 @@ class ProcessBackend(Backend):
         with self._timer_lock:
             for old in self._timers:
                 old.cancel()
+            try:
+                timer.start()
+            except RuntimeError:  # the interpreter is shutting down: the exit hook frees it all
+                return
             self._timers = [t for t in self._timers if t.is_alive()] + [timer]
-            timer.start()
 
     def _disarm(self) -> bool:
         """Stop every idle timer and wait for its thread to end; whether one was armed."""

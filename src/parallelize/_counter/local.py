@@ -59,10 +59,10 @@ _POLL_MAX: Final = 5e-3
 _ADOPT_PATIENCE: Final = 1.0
 # At exit, how long to wait for another thread of this process to leave a counter's lock.
 _EXIT_GRACE: Final = 1.0
-# mmap keeps a dup() of the descriptor unless told not to (3.13+): one descriptor per counter
-# instead of two.
 # Whether a GIL serializes a read against the view being released (not on free-threaded builds).
 _GIL: Final = getattr(sys, "_is_gil_enabled", lambda: True)()
+# mmap keeps a dup() of the descriptor unless told not to (3.13+): one descriptor per counter
+# instead of two.
 _MMAP_OPTIONS: Final[dict[str, Any]] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 
 

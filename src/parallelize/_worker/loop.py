@@ -239,7 +239,8 @@ def interpreter_main(
     are its thread's, closed there once this returns; the connections here work on copies."""
     enter_worker()
     inbound, conn = _Pipe(task_fd), _Pipe(reply_fd)
-    status = Status(memoryview(mmap.mmap(status_fd, SLOT_WIDTH * 8)).cast("B").cast("q"))
+    block = mmap.mmap(status_fd, SLOT_WIDTH * 8, **_NO_DUP)
+    status = Status(memoryview(block).cast("B").cast("q"))
     stop_read, stop_write = stop_fds
     readers: list[threading.Thread] = []  # an interpreter ends only once its threads have
 
@@ -304,6 +305,9 @@ class _Pipe:
         return b"".join(chunks)
 
 
+# mmap keeps a dup() of the descriptor unless told not to (3.13+, the Pythons with interpreter
+# workers): the thread that runs the interpreter owns it.
+_NO_DUP: Final[dict[str, Any]] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 # The largest message whose length fits the short (4-byte) header.
 _SMALL: Final = 0x7FFFFFFF
 
