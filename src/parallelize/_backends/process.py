@@ -378,7 +378,9 @@ class _StatusBlock:
         os.ftruncate(self._fd, nbytes)
         self.mapping = mmap.mmap(self._fd, nbytes)
         self._nbytes = nbytes
-        weakref.finalize(self, os.close, self._fd)
+        # Not at exit: a map of a daemon thread may still start a worker then, which is sent
+        # this descriptor by number (closed under it, the number may name another file).
+        weakref.finalize(self, os.close, self._fd).atexit = False
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (map_status, (multiprocessing.reduction.DupFd(self._fd), self._nbytes))
