@@ -39,3 +39,14 @@ def script_env() -> dict[str, str]:
     test, wherever the tests run from."""
     path = [str(Path(parallelize.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+
+
+def close_interpreters() -> None:
+    """Close the worker interpreters kept warm. Tests do it once done with them: while one
+    lives, ``sys._current_frames()`` (Dask's profiler calls it, so do stack dumps) corrupts
+    memory on CPython 3.13 (docs/backends.md)."""
+    from parallelize._backends import loaded_backends
+
+    for backend in loaded_backends():
+        if backend.name == "interpreters":
+            backend.shutdown()

@@ -15,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,15 @@ pytestmark = pytest.mark.timeout(60)
 needs_313 = pytest.mark.skipif(
     sys.version_info < (3, 13), reason="subinterpreter workers need Python 3.13"
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_interpreters_after() -> Iterator[None]:
+    """No interpreter outlives this module (see support.close_interpreters)."""
+    yield
+    from support import close_interpreters
+
+    close_interpreters()
 
 
 def square(x: int) -> int:

@@ -196,9 +196,15 @@ def running_backend(request: pytest.FixtureRequest) -> Iterator[Running]:
     chosen: Backend = request.param
     if chosen.engine is None:
         yield Running(chosen, dict(chosen.options))
+        if chosen.id == "interpreters":
+            from support import close_interpreters
+
+            close_interpreters()
         return
     with chosen.engine() as reach:
         yield Running(chosen, {**chosen.options, **reach})
+
+
 
 
 @pytest.fixture
