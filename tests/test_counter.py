@@ -432,6 +432,54 @@ def test_lock_of_a_killed_holder_is_released(start_method: str) -> None:
     assert counter.increment() == 2
 
 
+@pytest.mark.timeout(120)
+def test_increment_after_a_killed_holder_takes_the_lock_over(start_method: str) -> None:
+    counter = shared_counter(0)
+    process = multiprocessing.get_context(start_method).Process(
+        target=hold_lock_then_die, args=(counter,)
+    )
+    process.start()
+    process.join()
+    assert process.exitcode == -signal.SIGKILL
+    assert counter.increment() == 2  # no acquire() first: the plain increment finds it dead
+    assert counter.get_lock().acquire(block=False)
+    counter.get_lock().release()
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_wait_for_the_lock_runs_signal_handlers() -> None:
+    counter = shared_counter(0)
+    held, done = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with counter.get_lock():
+            held.set()
+            done.wait(30)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        assert held.wait(30)
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        started = time.monotonic()
+        with pytest.raises(Interrupted):
+            counter.increment()  # waits for the other thread: Ctrl-C must still get through
+        assert time.monotonic() - started < 5
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        done.set()
+        thread.join(30)
+    assert counter.increment() == 1
+
+
 # --- no leaks -----------------------------------------------------------------------------------
 
 LEAK_SCRIPT = """

@@ -8,14 +8,16 @@ counter existed; nothing restarts.
 
 Design (one small file per counter, see ``docs/shared-state.md``):
 
-* The integer lives in a 32-byte file in ``/dev/shm`` (memory, not disk), mapped with ``mmap``.
+* The integer lives in a 128-byte file in ``/dev/shm`` (memory, not disk), mapped with ``mmap``.
   Its name is the handle that crosses the pipe.
-* The counter's lock is ``flock(LOCK_EX)`` on a descriptor this process opened itself. It is a few
-  hundred nanoseconds when nobody else holds it, there is no semaphore to leak, and the kernel
-  drops it when its holder dies, so a worker killed mid-update (a timeout) cannot wedge the others.
-  ``flock`` belongs to an open file description, so threads are serialized by a per-process
-  ``threading.Lock`` first; an owner and a depth make the whole lock recursive, as the idiom
-  ``with c.get_lock(): c.value += 1`` needs.
+* The counter's lock is a robust, process-shared pthread mutex in the same file (``mutex.py``,
+  through ctypes). Free, it is taken and given back in user space with no system call; held, a
+  waiter sleeps on a futex; and when its holder dies the kernel hands it to the next locker
+  (``EOWNERDEAD``), so a worker killed mid-update (a timeout) cannot wedge the others. A mutex
+  belongs to a thread, so threads of one process exclude each other with it too; an owner and a
+  depth kept beside it make it recursive, as the idiom ``with c.get_lock(): c.value += 1`` needs.
+  The file stays mapped for as long as the process holds the counter, at exit too: a thread may
+  be waiting inside the mutex.
 * Every process that holds the counter keeps a shared OFD lock on byte 0 of the file: a liveness
   mark the kernel also drops at death. A process letting go (garbage collection, or its exit)
   tries to turn its mark exclusive: if it can, no other process holds the counter and it unlinks
@@ -25,9 +27,10 @@ Design (one small file per counter, see ``docs/shared-state.md``):
   SIGKILLed creator's file is still removed when its process tree ends. When the creator lets go
   cleanly it unregisters and the liveness marks take over. Only the creator registers (attaching
   never does), which avoids the early unlink that ``SharedMemory`` suffers from before 3.13.
-* Fork: the child gets a fresh thread lock and no ownership (a lock held by the parent is not held
-  by the child). On first use it reopens the file through ``/proc/self/fd`` as its own open file
-  description, so its locks are its own, and only then counts as a holder.
+* Fork: the child shares the parent's mapping, so the mutex is the same one; it owns nothing (a
+  lock held by the parent is not held by the child). On first use it reopens the file through
+  ``/proc/self/fd`` as its own open file description, so its liveness mark is its own, and only
+  then counts as a holder.
 * A counter made while ``multiprocessing`` bootstraps a process (a spawn or forkserver worker
   running the caller's script again, or a module that script imports) is the worker's copy of a
   module-level counter, not the caller's: the caller's arrives pickled. It creates its file when

@@ -23,6 +23,7 @@ from multiprocessing import resource_tracker
 from typing import Any, Final, Protocol, final
 
 from .._lifecycle import at_exit, bootstrapping, on_worker_lost
+from . import mutex
 
 __all__ = [
     "CounterEngine",
@@ -38,11 +39,14 @@ __all__ = [
 # resource tracker's "shared_memory" cleanup delete a counter file whose creator was SIGKILLed.
 _SHM_DIRECTORY: Final = "/dev/shm"
 _PREFIX: Final = "parallelize-counter-"
-# The file's int64 words: the value, whether the creator's tracker registration is still live, the
-# inode of that tracker's pipe (to tell whether we share it), and a magic number.
+# The file starts with four int64 words: the value, whether the creator's tracker registration is
+# still live, the inode of that tracker's pipe (to tell whether we share it), and a magic number.
+# The lock (a pthread mutex) lives at byte 64, on a cache line of its own.
 _VALUE, _TRACKED, _TRACKER, _MAGIC = 0, 1, 2, 3
-_SIZE: Final = 32
-_MAGIC_NUMBER: Final = int.from_bytes(b"pzcount1", "little")
+_HEADER: Final = 32
+_MUTEX_AT: Final = 64
+_SIZE: Final = _MUTEX_AT + mutex.MUTEX_SIZE
+_MAGIC_NUMBER: Final = int.from_bytes(b"pzcount2", "little")
 MIN_VALUE: Final = -(2**63)
 MAX_VALUE: Final = 2**63 - 1
 # Byte 0 carries the holders' liveness marks; byte 1 serializes the unlink decisions.
@@ -50,17 +54,10 @@ _LIVE_BYTE, _RELEASE_BYTE = 0, 1
 # ``struct flock`` in native layout (l_type, l_whence, l_start, l_len, l_pid), padded at the end
 # the way the C compiler pads it: what F_OFD_SETLK reads.
 _FLOCK: Final = struct.Struct("hhqqi0q")
-# A timed acquire polls flock(LOCK_NB): start fine so short waits stay short, cap the interval
-# so a long wait costs little CPU.
-_POLL_FIRST: Final = 50e-6
-_POLL_MAX: Final = 5e-3
 # A releaser holds its exclusive mark only for one unlink and one pipe write; a process adopting a
-# counter after fork waits at most this long for it to finish.
+# counter after fork waits at most this long for it to finish, polling this often.
 _ADOPT_PATIENCE: Final = 1.0
-# At exit, how long to wait for another thread of this process to leave a counter's lock.
-_EXIT_GRACE: Final = 1.0
-# Whether a GIL serializes a read against the view being released (not on free-threaded builds).
-_GIL: Final = getattr(sys, "_is_gil_enabled", lambda: True)()
+_ADOPT_POLL: Final = 5e-3
 # mmap keeps a dup() of the descriptor unless told not to (3.13+): one descriptor per counter
 # instead of two.
 _MMAP_OPTIONS: Final[dict[str, Any]] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
@@ -173,7 +170,9 @@ def _same_file(fd: int, ino: int, dev: int) -> bool:
 class _Handle:
     """This process's OS resources for one counter; kept apart so a finalizer can release them."""
 
-    __slots__ = ("closed", "creator", "dev", "fd", "inherited", "ino", "mm", "path", "pid", "view")
+    __slots__ = (
+        "address", "closed", "creator", "dev", "fd", "inherited", "ino", "mm", "path", "pid", "view"
+    )  # fmt: skip
 
     def __init__(self, path: str, fd: int, creator: bool):
         stat = os.fstat(fd)
@@ -185,8 +184,11 @@ class _Handle:
         self.creator = creator
         self.inherited: list[int] = []  # descriptors copied in by fork, closed on release
         self.closed = False
+        # Mapped once for this process's life with the counter: a fork child keeps the same shared
+        # pages, and the mutex's address stays valid for every thread that may be waiting on it.
         self.mm = mmap.mmap(fd, _SIZE, **_MMAP_OPTIONS)
         self.view = memoryview(self.mm).cast("q")
+        self.address = mutex.address_of(self.mm, _MUTEX_AT)
 
     def forked(self) -> None:
         """In a fork child: what was ours is now only a copy of the parent's."""
@@ -196,7 +198,7 @@ class _Handle:
         self.creator = False
 
     def adopt(self) -> None:
-        """In a fork child, on first use: open the file afresh, map it, mark ourselves a holder."""
+        """In a fork child, on first use: open the file afresh and mark ourselves a holder."""
         fd = -1
         for old in self.inherited:  # /proc reopens the very same file, even if already unlinked
             if _same_file(old, self.ino, self.dev):
@@ -207,28 +209,28 @@ class _Handle:
             if not _same_file(fd, self.ino, self.dev):
                 os.close(fd)
                 raise FileNotFoundError(errno.ENOENT, "shared counter no longer exists", self.path)
-        self._drop_copies()
+        self._close_copies()
         deadline = time.monotonic() + _ADOPT_PATIENCE
         while not _range_lock(fd, fcntl.F_RDLCK, _LIVE_BYTE):
             if time.monotonic() > deadline:
                 os.close(fd)
                 raise OSError(errno.EAGAIN, "shared counter is stuck in release", self.path)
-            time.sleep(_POLL_MAX)
-        self.mm = mmap.mmap(fd, _SIZE, **_MMAP_OPTIONS)
-        self.view = memoryview(self.mm).cast("q")
+            time.sleep(_ADOPT_POLL)
         self.fd = fd
         self.pid = os.getpid()
 
-    def _drop_copies(self) -> None:
-        self.view.release()
-        self.mm.close()
+    def _close_copies(self) -> None:
         for fd in self.inherited:
             if _same_file(fd, self.ino, self.dev):
                 os.close(fd)
         self.inherited.clear()
 
-    def release(self) -> None:
-        """Let go of the counter in this process; unlink it if no other process holds it."""
+    def release(self, unmap: bool = True) -> None:
+        """Let go of the counter in this process; unlink it if no other process holds it.
+
+        ``unmap=False`` (at exit) keeps the memory mapped: a daemon thread may still be inside
+        the lock, and the process's end unmaps it anyway.
+        """
         if self.closed:
             return
         self.closed = True
@@ -237,7 +239,10 @@ class _Handle:
             if fd >= 0 and self.pid == os.getpid():
                 self._decide(fd)
         finally:
-            self._drop_copies()
+            self._close_copies()
+            if unmap:
+                self.view.release()
+                self.mm.close()
             if fd >= 0 and self.pid == os.getpid():
                 os.close(fd)
             self.fd = -1
@@ -291,7 +296,7 @@ def sweep_orphans() -> None:
                 continue
             if not _range_lock(fd, fcntl.F_WRLCK, _LIVE_BYTE):
                 continue
-            words = struct.unpack("4q", os.pread(fd, _SIZE, 0))
+            words = struct.unpack("4q", os.pread(fd, _HEADER, 0))
             if words[_MAGIC] == _MAGIC_NUMBER and not words[_TRACKED]:
                 named = os.stat(path)  # still this file under that name
                 if _same_file(fd, named.st_ino, named.st_dev):
@@ -310,15 +315,15 @@ class FileStorage:
     same object, so all its copies share one lock.
     """
 
-    __slots__ = ("__weakref__", "_depth", "_fd", "_handle", "_owner", "_tlock", "_view", "name")
+    __slots__ = ("__weakref__", "_depth", "_fd", "_handle", "_mutex", "_owner", "_view", "name")
 
     def __init__(self, name: str, handle: _Handle):
         self.name = name
         self._handle = handle
         self._fd = handle.fd  # -1 when this process must adopt (after fork) or has let go
         self._view = handle.view
-        self._tlock = threading.Lock()
-        self._owner: int | None = None  # thread ident of the holder
+        self._mutex = handle.address
+        self._owner: int | None = None  # thread ident of the holder, when held by acquire()
         self._depth = 0
         weakref.finalize(self, handle.release).atexit = False  # exit is _release_all's job
 
@@ -328,6 +333,8 @@ class FileStorage:
         directory = _SHM_DIRECTORY if os.path.isdir(_SHM_DIRECTORY) else None
         if directory is None:
             raise OSError(errno.ENOENT, "shared_counter needs /dev/shm (Linux)", _SHM_DIRECTORY)
+        if mutex.UNAVAILABLE is not None:
+            raise OSError(errno.ENOSYS, mutex.UNAVAILABLE)
         name = f"{_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
         path = os.path.join(directory, name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -338,6 +345,7 @@ class FileStorage:
             _range_lock(fd, fcntl.F_RDLCK, _LIVE_BYTE)
             os.ftruncate(fd, _SIZE)
             handle = _Handle(path, fd, creator=True)
+            mutex.init(handle.address)
         except BaseException:
             os.close(fd)
             os.unlink(path)
@@ -390,21 +398,20 @@ class FileStorage:
         return (_attach, (self.name,))
 
     def _forked(self) -> None:
-        self._tlock = threading.Lock()
         self._owner = None
         self._depth = 0
         self._fd = -1
         self._handle.forked()
 
-    def _revive(self) -> int:
-        """The descriptor to lock, adopting the counter first in a fork child (slow path)."""
-        handle = self._handle
-        if handle.closed:
-            raise ValueError(f"shared counter {self.name} was released by this process at exit")
-        handle.adopt()
-        self._view = handle.view
-        self._fd = handle.fd
-        return self._fd
+    def _revive(self) -> None:
+        """In a fork child, on first use: adopt the counter (become a holder of the file)."""
+        with _here.adopting:
+            handle = self._handle
+            if handle.closed:
+                raise ValueError(f"shared counter {self.name} was released by this process at exit")
+            if self._fd < 0:
+                handle.adopt()
+                self._fd = handle.fd
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         """Take the lock (recursively); False if it was not free in time."""
@@ -412,26 +419,10 @@ class FileStorage:
         if self._owner == me:
             self._depth += 1
             return True
-        deadline = 0.0  # a non-blocking flock: try once
-        if not block:
-            got = self._tlock.acquire(False)
-        elif timeout is None:
-            got = self._tlock.acquire()
-        else:
-            deadline = time.monotonic() + max(timeout, 0.0)
-            got = self._tlock.acquire(True, max(timeout, 0.0))
-        if not got:
+        if self._fd < 0:
+            self._revive()
+        if not mutex.lock(self._mutex, block, timeout):
             return False
-        try:
-            fd = self._fd if self._fd >= 0 else self._revive()
-            if block and timeout is None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            elif not _flock_until(fd, deadline):
-                self._tlock.release()
-                return False
-        except BaseException:
-            self._tlock.release()
-            raise
         self._owner = me
         self._depth = 1
         return True
@@ -444,10 +435,7 @@ class FileStorage:
         if self._depth:
             return
         self._owner = None
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            self._tlock.release()
+        mutex.unlock(self._mutex)
 
     def __enter__(self) -> bool:
         return self.acquire()
@@ -458,59 +446,38 @@ class FileStorage:
     def get(self) -> int:
         # No lock needed: the value is an aligned 8-byte word, read in one load, and every
         # writer stores it whole under the lock, so a read sees the value before or after an
-        # update, never part of one. Without a GIL, a read could meet a view being unmapped
-        # (at exit, or adopting after a fork): there it takes the lock.
-        if _GIL:
-            try:
-                return self._view[_VALUE]
-            except ValueError:  # a view let go: at exit, or while adopting after a fork
-                pass
-        self.acquire()
-        try:
-            return self._view[_VALUE]
-        finally:
-            self.release()
+        # update, never part of one. The memory stays mapped while this object lives.
+        return self._view[_VALUE]
 
     def set(self, value: int) -> None:
         check_range(value)
-        if self._owner == threading.get_ident():
+        with self:
             self._view[_VALUE] = value
-            return
-        self.acquire()
-        try:
-            self._view[_VALUE] = value
-        finally:
-            self.release()
 
     def add(self, delta: int) -> int:
-        if self._owner == threading.get_ident():
-            value = self._view[_VALUE] = check_range(self._view[_VALUE] + delta)
-            return value
-        # acquire() and release() inlined: this is the hot path, and nothing in it can recurse.
-        tlock = self._tlock
-        tlock.acquire()
+        # The hot path: one try of the mutex (no system call when it is free), the update, the
+        # unlock. Everything else (held by this thread, contended, a dead holder, a fork child
+        # that has not adopted the counter yet) goes the long way, through acquire().
+        address = self._mutex
+        answer = _trylock(address) if self._fd >= 0 else -1
+        if answer and (answer < 0 or not mutex.taken(address, answer)):
+            with self:
+                return self._store(self._view[_VALUE] + delta)
         try:
-            fd = self._fd if self._fd >= 0 else self._revive()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                value = self._view[_VALUE] + delta
-                if not MIN_VALUE <= value <= MAX_VALUE:
-                    check_range(value)
-                self._view[_VALUE] = value
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            return self._store(self._view[_VALUE] + delta)
         finally:
-            tlock.release()
+            _unlock(address)
+
+    def _store(self, value: int) -> int:
+        if not MIN_VALUE <= value <= MAX_VALUE:
+            check_range(value)
+        self._view[_VALUE] = value
         return value
 
     def _close_at_exit(self) -> None:
-        got = self._tlock.acquire(True, _EXIT_GRACE)
-        try:
-            self._fd = -1
-            self._handle.release()
-        finally:
-            if got:
-                self._tlock.release()
+        # The memory stays mapped: another thread may be inside the lock.
+        self._fd = -1
+        self._handle.release(unmap=False)
 
     def __repr__(self) -> str:
         return f"FileStorage({self.name!r})"
@@ -520,20 +487,8 @@ def _attach(name: str) -> FileStorage:
     return FileStorage.attach(name)
 
 
-def _flock_until(fd: int, deadline: float) -> bool:
-    """flock(LOCK_EX) polled until ``deadline`` (monotonic); a deadline of 0 tries once."""
-    pause = _POLL_FIRST
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            pass
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        time.sleep(min(pause, left))
-        pause = min(2 * pause, _POLL_MAX)
+_trylock = mutex.trylock
+_unlock = mutex.unlock
 
 
 # This process's counters by name, so every copy of one counter shares one lock.
@@ -546,6 +501,7 @@ class _ThisProcess:
     def __init__(self) -> None:
         self.lock = threading.Lock()  # guards _live's check-then-insert
         self.birth = threading.Lock()  # one file per deferred counter (see _Deferred)
+        self.adopting = threading.Lock()  # one adoption per counter in a fork child
 
 
 _here = _ThisProcess()
@@ -558,7 +514,8 @@ def _remember(storage: FileStorage) -> FileStorage:
         if existing is None:
             _live[storage.name] = storage
     if existing is not None:
-        storage._close_at_exit()  # our duplicate: the other one keeps the liveness mark
+        storage._fd = -1
+        storage._handle.release()  # our duplicate, never used: the other one keeps the mark
         return existing
     return storage
 
@@ -570,8 +527,8 @@ def _release_all() -> None:
 
 
 def _after_fork_in_child() -> None:
-    _here.lock = threading.Lock()
-    _here.birth = threading.Lock()
+    global _here
+    _here = _ThisProcess()
     for storage in list(_live.values()):
         storage._forked()
 
