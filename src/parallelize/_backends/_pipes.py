@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable
-from typing import Any, Final, cast
+from typing import Final, cast
 
+from .._wire.pickling import Pickled
 from .._wire.protocol import Call, Load, to_wire
 
 # Maps whose function pickles to the same bytes share one id, so a warm worker loads it once.
@@ -27,16 +28,5 @@ class CallIds:
             if len(self._ids) >= CALL_IDS_KEPT:
                 self._ids.clear()
             call_id = self._ids[blob] = new_id()
-        return call_id, pickle.dumps(to_wire(Load(call_id, cast(Call, _Blob(blob)))), 5)
-
-
-class _Blob:
-    """A pickled Call inside a LOAD message: unpickled as the Call itself, in the worker."""
-
-    __slots__ = ("blob",)
-
-    def __init__(self, blob: bytes):
-        self.blob = blob
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (pickle.loads, (self.blob,))
+        # The Call travels as the pickle it already is, and reaches the worker as the Call.
+        return call_id, pickle.dumps(to_wire(Load(call_id, cast(Call, Pickled(blob)))), 5)
