@@ -36,14 +36,13 @@ import weakref
 from collections.abc import Iterator
 from typing import Any, ClassVar, Final
 
-from .._cpu import usable_cpus
 from .._errors import Failure
 from .._lifecycle import at_exit, park_if_exiting
 from .._options import Resolved
 from .._wire.pickling import dumps, dumps_by_value, dumps_function, names_main
 from .._wire.protocol import Call, Done, InitFailed, Ready, Task, from_wire, to_wire
 from .._worker.chunk import SLOT_WIDTH, Status
-from ._pipes import CallIds
+from ._pipes import CallIds, IdlePools, warm_workers
 from .base import DEAD, Backend, Unreadable, WorkerHandle, WorkerSet
 
 # The first Python whose subinterpreters have a GIL of their own and a module to drive them.
@@ -405,11 +404,6 @@ def _drain(worker: _Worker) -> Iterator[Any]:
         return
 
 
-def warm_workers() -> int:
-    """Idle interpreters kept between maps, over every configuration."""
-    return max(8, 4 * usable_cpus())
-
-
 class InterpreterBackend(Backend):
     """Runs jobs on warm :class:`InterpreterPool` objects, one idle pool kept per configuration
     (the least recently used closed first, past :func:`warm_workers` interpreters)."""
@@ -418,8 +412,7 @@ class InterpreterBackend(Backend):
 
     def __init__(self) -> None:
         check_python()
-        self._lock = threading.Lock()
-        self._idle: list[InterpreterPool] = []
+        self._idle: IdlePools[InterpreterPool] = IdlePools()
         _backends.add(self)
 
     @contextlib.contextmanager
@@ -436,29 +429,17 @@ class InterpreterBackend(Backend):
             self._checkin(pool, private)
 
     def _checkout(self, key: _PoolKey) -> InterpreterPool:
-        with self._lock:
-            for index in range(len(self._idle) - 1, -1, -1):
-                if self._idle[index].key == key:
-                    return self._idle.pop(index)
-        return InterpreterPool(key)
+        pool = self._idle.take(key)
+        return InterpreterPool(key) if pool is None else pool
 
     def _checkin(self, pool: InterpreterPool, private: bool) -> None:
         if private or pool.broken or any(w.queue for w in pool.workers):
             pool.close()
             return
-        with self._lock:
-            self._idle.append(pool)
-            evicted = []
-            while len(self._idle) > 1 and sum(len(p.workers) for p in self._idle) > warm_workers():
-                evicted.append(self._idle.pop(0))
-        for old in evicted:
-            old.close()
+        self._idle.keep(pool, warm_workers())
 
     def shutdown(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for pool in idle:
-            pool.close()
+        self._idle.close_all()
 
 
 # Every pool, the private ones of concurrent maps included, closed at exit.

@@ -27,7 +27,6 @@ import weakref
 from collections.abc import Iterator
 from typing import Any, Final
 
-from .._cpu import usable_cpus
 from .._lifecycle import at_exit, park_if_exiting, worker_lost
 from .._options import Resolved
 from .._threadlimits import thread_share
@@ -37,7 +36,7 @@ from .._wire.protocol import Call, GiveBack, Ready, Task, from_wire, to_wire
 from .._worker.chunk import SLOT_WIDTH, Status
 from .._worker.init import StartInit
 from .._worker.loop import map_status, process_main
-from ._pipes import CallIds
+from ._pipes import CallIds, IdlePools, warm_workers
 from .base import DEAD, Backend, Unreadable, WorkerHandle, WorkerSet
 
 # At shutdown, how long idle workers get to exit on their own before they are killed.
@@ -49,14 +48,6 @@ PIPE_BYTES: Final = 1 << 19
 # Pipes are widened only for pools up to this size: widened pipes count against the user's
 # pipe-buffer quota (64 MiB by default on Linux), shared by all the user's processes.
 WIDENED_UP_TO: Final = 16
-
-
-# Idle workers kept warm between maps, over every configuration (the most recently used pool is
-# kept whatever its size): enough for a program that alternates a few configurations, or runs
-# maps inside an imap loop, to find its workers warm. (A function: read when a map ends, not
-# when the module is imported.)
-def warm_workers() -> int:
-    return max(8, 4 * usable_cpus())
 
 
 class _PoolKey:
@@ -453,8 +444,7 @@ class ProcessBackend(Backend):
     name = "process"
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._idle: list[ProcessPool] = []  # no map uses them; the least recently used first
+        self._idle: IdlePools[ProcessPool] = IdlePools()  # no map uses them
         self._timer_lock = threading.Lock()
         self._timers: list[threading.Timer] = []  # the armed one last; others may still be ending
         self._rearm_after_fork = False
@@ -490,11 +480,8 @@ class ProcessBackend(Backend):
 
     def _checkout(self, key: _PoolKey) -> ProcessPool:
         """An idle pool of this configuration, else a new one."""
-        with self._lock:
-            for index in range(len(self._idle) - 1, -1, -1):
-                if self._idle[index].key == key:
-                    return self._idle.pop(index)
-        return ProcessPool(key)
+        pool = self._idle.take(key)
+        return ProcessPool(key) if pool is None else pool
 
     def _checkin(self, pool: ProcessPool, private: bool) -> None:
         """Keep the pool warm (the most recently used), closing the least recently used idle
@@ -507,18 +494,8 @@ class ProcessBackend(Backend):
             pool.close()
             return
         pool.trim()
-        with self._lock:
-            self._idle.append(pool)
-            others = self._idle[:-1]
-            evicted = []
-            while others and sum(len(p.workers) for p in self._idle) > warm_workers():
-                evicted.append(others.pop(0))
-                self._idle.remove(evicted[-1])
-            for other in others:  # only the most recent idle pool keeps shared memory
-                other.release_idle()
-        for old in evicted:  # one pool failing to stop must not keep the others running
-            with contextlib.suppress(Exception):
-                old.close()
+        # Only the most recent idle pool keeps shared memory.
+        self._idle.keep(pool, warm_workers(), others=ProcessPool.release_idle)
         if pool.holds_memory():
             self._arm()
 
@@ -572,25 +549,21 @@ class ProcessBackend(Backend):
         # itself, by number, a moment later (by then the number may name another file).
         _parents_pools.extend(_all_pools)
         _all_pools.clear()
-        self._lock = threading.Lock()
+        self._idle = IdlePools()
         self._timer_lock = threading.Lock()
         self._timers = []
-        self._idle = []
         self._rearm_after_fork = False
 
     def _release_idle(self) -> None:
-        with self._lock:  # a map that starts now waits for this, then takes its pool
-            for pool in self._idle:
+        with self._idle.lock:  # a map that starts now waits for this, then takes its pool
+            for pool in self._idle.pools:
                 pool.release_idle()
-            if any(pool.holds_memory() for pool in self._idle):  # the caller holds arrays
+            if any(pool.holds_memory() for pool in self._idle.pools):  # the caller holds arrays
                 self._arm()
 
     def shutdown(self) -> None:
         self._disarm()
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for pool in idle:
-            pool.close()
+        self._idle.close_all()
 
 
 # Every pool, the private ones of concurrent maps included: one still held by a suspended imap at
