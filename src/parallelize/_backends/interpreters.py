@@ -40,10 +40,10 @@ from .._errors import Failure
 from .._lifecycle import at_exit, park_if_exiting
 from .._options import Resolved
 from .._wire.pickling import dumps, dumps_by_value, dumps_function, names_main
-from .._wire.protocol import Call, Done, InitFailed, Ready, Task, from_wire, to_wire
+from .._wire.protocol import Call, Done, InitFailed, Task, from_wire, to_wire
 from .._worker.chunk import SLOT_WIDTH, Status
-from ._pipes import CallIds, IdlePools, warm_workers
-from .base import DEAD, Backend, Unreadable, WorkerHandle, WorkerSet
+from ._pipes import CallIds, IdlePools, WakePipe, finish_events, read_replies, warm_workers
+from .base import Backend, Unreadable, WorkerHandle, WorkerSet
 
 # The first Python whose subinterpreters have a GIL of their own and a module to drive them.
 NEEDS: Final = (3, 13)
@@ -151,11 +151,8 @@ class InterpreterPool(WorkerSet[_Worker]):
         self.workers = []
         self._ids = itertools.count(1)
         self._call_ids = CallIds()
-        # wake(): a byte written here ends a wait() early (new input, or an interpreter ended).
-        read, write = os.pipe()
-        os.set_blocking(write, False)
-        self._wake_read = open(read, "rb", buffering=0)  # noqa: SIM115 - closed in close()
-        self._wake_write = open(write, "wb", buffering=0)  # noqa: SIM115
+        # wake(): ends a wait() early (new input, or an interpreter ended).
+        self._wake = WakePipe()
 
     def new_task_id(self) -> int:
         return next(self._ids)
@@ -254,24 +251,16 @@ class InterpreterPool(WorkerSet[_Worker]):
     def wait(self, timeout: float | None) -> list[tuple[_Worker, Any]]:
         park_if_exiting()
         watched = {worker.conn: worker for worker in self.workers}
-        wake = self._wake_read.fileno()
         try:
-            ready: list[Any] = multiprocessing.connection.wait([*watched, wake], timeout)
+            ready = self._wake.wait([*watched], timeout)
         finally:
             park_if_exiting()  # the exit hook closed the pipes under this wait
         events: list[tuple[_Worker, Any]] = []
         dead: list[_Worker] = []
         for obj in ready:
-            if obj == wake:
-                self._wake_read.read(4096)
-                continue
             worker = watched[obj]
-            raws = []
-            try:
-                raws.append(obj.recv_bytes())
-                while obj.poll():  # every reply sent, before the scheduler reads the slot
-                    raws.append(obj.recv_bytes())
-            except (EOFError, OSError):
+            raws, ended = read_replies(obj)
+            if ended:
                 dead.append(worker)
             self.reply_bytes += sum(map(len, raws))
             self.bytes_pickled += sum(map(len, raws))
@@ -279,18 +268,10 @@ class InterpreterPool(WorkerSet[_Worker]):
         for worker in self.workers:
             if worker.ended and worker not in dead:
                 dead.append(worker)
-        for worker, event in events:  # whoever reads the events, a Ready is never lost
-            if type(event) is Ready:
-                worker.ready = True
-        for worker in dead:
-            events.extend((worker, message) for message in _drain(worker))
-            events.append((worker, DEAD))
-        return events
+        return finish_events(events, dead, lambda raw, _: _load_reply(raw))
 
     def wake(self) -> None:
-        # OSError: the pipe is full, so a wake is pending anyway; ValueError: the pool is closed.
-        with contextlib.suppress(OSError, ValueError):
-            self._wake_write.write(b"!")
+        self._wake.wake()
 
     def kill(self, worker: _Worker) -> None:
         """Abandon the interpreter: it skips what is queued and ends once its item returns."""
@@ -315,8 +296,7 @@ class InterpreterPool(WorkerSet[_Worker]):
             if worker.thread is not None:
                 worker.thread.join(max(0.0, deadline - time.monotonic()))
             _close(worker)
-        self._wake_write.close()
-        self._wake_read.close()
+        self._wake.close()
 
 
 def _stop(worker: _Worker) -> None:
@@ -393,15 +373,6 @@ def _explained(failure: Failure) -> Failure:
     )
     error.__cause__ = failure.error
     return Failure(error, failure.index, failure.tb, remote=True)
-
-
-def _drain(worker: _Worker) -> Iterator[Any]:
-    """Messages an ended interpreter sent before it ended."""
-    try:
-        while worker.conn.poll():
-            yield _load_reply(worker.conn.recv_bytes())
-    except (EOFError, OSError):
-        return
 
 
 class InterpreterBackend(Backend):

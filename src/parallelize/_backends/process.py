@@ -32,12 +32,12 @@ from .._options import Resolved
 from .._threadlimits import thread_share
 from .._wire import sharedmem
 from .._wire.pickling import dumps, dumps_by_value, dumps_function, names_main
-from .._wire.protocol import Call, GiveBack, Ready, Task, from_wire, to_wire
+from .._wire.protocol import Call, GiveBack, Task, from_wire, to_wire
 from .._worker.chunk import SLOT_WIDTH, Status
 from .._worker.init import StartInit
 from .._worker.loop import map_status, process_main
-from ._pipes import CallIds, IdlePools, warm_workers
-from .base import DEAD, Backend, Unreadable, WorkerHandle, WorkerSet
+from ._pipes import CallIds, IdlePools, WakePipe, finish_events, read_replies, warm_workers
+from .base import Backend, Unreadable, WorkerHandle, WorkerSet
 
 # At shutdown, how long idle workers get to exit on their own before they are killed.
 SHUTDOWN_GRACE: Final = 2.0
@@ -129,13 +129,7 @@ class ProcessPool(WorkerSet[_Worker]):
         # file or a module name: not in a notebook, a REPL or `python -c`. There, items that
         # refer to __main__ (objects of a class defined there) must travel by value.
         self._main_by_value = key.start_method != "fork" and not _main_importable()
-        # wake(): a byte written here ends a wait() early (a live job has new input). File
-        # objects, not bare descriptors: once closed, a late wake() fails instead of writing to
-        # whatever reused the number.
-        read, write = os.pipe()
-        os.set_blocking(write, False)
-        self._wake_read = open(read, "rb", buffering=0)  # noqa: SIM115 - closed in close()
-        self._wake_write = open(write, "wb", buffering=0)  # noqa: SIM115
+        self._wake = WakePipe()  # wake(): ends a wait() early (a live job has new input)
 
     def new_task_id(self) -> int:
         return next(self._ids)
@@ -249,27 +243,17 @@ class ProcessPool(WorkerSet[_Worker]):
             watched[worker.process.sentinel] = worker
         if not watched:
             return []
-        wake = self._wake_read.fileno()
         try:
-            ready: list[Any] = multiprocessing.connection.wait([*watched, wake], timeout)
+            ready = self._wake.wait([*watched], timeout)
         finally:
             park_if_exiting()  # the exit hook closed the pipes under this wait
         events: list[tuple[_Worker, Any]] = []
         dead: list[_Worker] = []
         for obj in ready:
-            if obj == wake:
-                self._wake_read.read(4096)
-                continue
             worker = watched[obj]
             if obj is worker.conn:  # else it is the process sentinel
-                raws = []
-                try:
-                    raws.append(obj.recv_bytes())
-                    # Every reply already sent, before the scheduler reads the status slot: a
-                    # finished chunk must not look like one still running (and timing out).
-                    while obj.poll():
-                        raws.append(obj.recv_bytes())
-                except (EOFError, OSError):
+                raws, ended = read_replies(obj)
+                if ended:
                     park_if_exiting()  # the exit hook closed it: not a crash
                     dead.append(worker)
                 mapped = worker.lent.mapped_bytes
@@ -280,18 +264,10 @@ class ProcessPool(WorkerSet[_Worker]):
                 self.bytes_shared += shared
             elif worker not in dead:
                 dead.append(worker)
-        for worker, event in events:  # whoever reads the events, a Ready is never lost
-            if type(event) is Ready:
-                worker.ready = True
-        for worker in dict.fromkeys(dead):
-            events.extend((worker, message) for message in _drain(worker))
-            events.append((worker, DEAD))
-        return events
+        return finish_events(events, dead, _load_reply)
 
     def wake(self) -> None:
-        # OSError: the pipe is full, so a wake is pending anyway; ValueError: the pool is closed.
-        with contextlib.suppress(OSError, ValueError):
-            self._wake_write.write(b"!")
+        self._wake.wake()
 
     def kill(self, worker: _Worker) -> None:
         with contextlib.suppress(ProcessLookupError, TypeError):
@@ -321,8 +297,7 @@ class ProcessPool(WorkerSet[_Worker]):
 
     def close(self) -> None:
         """Stop every worker: end-of-file first, then a kill for any that lingers."""
-        self._wake_write.close()
-        self._wake_read.close()
+        self._wake.close()
         workers = list(self.workers)
         for worker in workers:
             worker.tasks.close()
@@ -423,16 +398,6 @@ def _sweep_counters(exitcode: int | None) -> None:
         # descriptors, and with them the locks it holds for a moment, for its whole life.
         with _spawn_lock:
             worker_lost()
-
-
-def _drain(worker: _Worker) -> Iterator[Any]:
-    """Messages a dead worker sent before it died."""
-    try:
-        while worker.conn.poll():
-            raw = worker.conn.recv_bytes()
-            yield _load_reply(raw, worker)
-    except (EOFError, OSError):
-        return
 
 
 class ProcessBackend(Backend):
