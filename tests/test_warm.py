@@ -74,14 +74,18 @@ class _Pool:
             raise RuntimeError("cannot stop")
 
 
+def _new(key: str) -> _Pool:
+    return _Pool(key, 0)
+
+
 def test_idle_pools_hand_out_the_most_recent_of_a_configuration() -> None:
     idle: IdlePools[_Pool] = IdlePools()
     older, newer, other = _Pool("a", 1), _Pool("a", 1), _Pool("b", 1)
     for pool in (older, newer, other):
         idle.keep(pool, budget=10)
-    assert idle.take("a") is newer
-    assert idle.take("a") is older
-    assert idle.take("a") is None
+    assert idle.take("a", _new) is newer
+    assert idle.take("a", _new) is older
+    assert idle.take("a", _new).workers == []  # none left: a new one
     assert idle.pools == [other]
 
 

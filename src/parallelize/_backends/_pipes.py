@@ -149,6 +149,7 @@ class Kept(Protocol):
 
 
 PoolT = TypeVar("PoolT", bound=Kept)
+KeyT = TypeVar("KeyT")
 
 
 class IdlePools(Generic[PoolT]):
@@ -159,14 +160,14 @@ class IdlePools(Generic[PoolT]):
         self.lock = threading.Lock()  # held to read or change ``pools``
         self.pools: list[PoolT] = []
 
-    def take(self, key: object) -> PoolT | None:
-        """The most recently used idle pool of configuration ``key``, no longer idle; None if
-        there is none."""
+    def take(self, key: KeyT, new: Callable[[KeyT], PoolT]) -> PoolT:
+        """The most recently used idle pool of configuration ``key``, no longer idle; else
+        ``new(key)``."""
         with self.lock:
             for index in range(len(self.pools) - 1, -1, -1):
                 if self.pools[index].key == key:
                     return self.pools.pop(index)
-        return None
+        return new(key)
 
     def keep(
         self, pool: PoolT, budget: int, others: Callable[[PoolT], object] | None = None

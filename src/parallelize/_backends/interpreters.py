@@ -393,15 +393,11 @@ class InterpreterBackend(Backend):
             init = (options.initializer, options.initargs)
             init_blob = dumps_function(init, options.initializer)
         key = _PoolKey((options.workers, init_blob, options.max_tasks_per_worker))
-        pool = InterpreterPool(key) if private else self._checkout(key)
+        pool = InterpreterPool(key) if private else self._idle.take(key, InterpreterPool)
         try:
             yield pool
         finally:
             self._checkin(pool, private)
-
-    def _checkout(self, key: _PoolKey) -> InterpreterPool:
-        pool = self._idle.take(key)
-        return InterpreterPool(key) if pool is None else pool
 
     def _checkin(self, pool: InterpreterPool, private: bool) -> None:
         if private or pool.broken or any(w.queue for w in pool.workers):

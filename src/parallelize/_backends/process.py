@@ -437,16 +437,11 @@ class ProcessBackend(Backend):
         key = _PoolKey(
             options.start_method, options.workers, init_blob, options.max_tasks_per_worker
         )
-        pool = ProcessPool(key) if private else self._checkout(key)
+        pool = ProcessPool(key) if private else self._idle.take(key, ProcessPool)
         try:
             yield pool
         finally:
             self._checkin(pool, private)
-
-    def _checkout(self, key: _PoolKey) -> ProcessPool:
-        """An idle pool of this configuration, else a new one."""
-        pool = self._idle.take(key)
-        return ProcessPool(key) if pool is None else pool
 
     def _checkin(self, pool: ProcessPool, private: bool) -> None:
         """Keep the pool warm (the most recently used), closing the least recently used idle
