@@ -9,7 +9,7 @@ import os
 import pytest
 
 from parallelize import imap, pmap
-from parallelize._backends.process import warm_workers
+from parallelize._backends._pipes import IdlePools, warm_workers
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -57,3 +57,51 @@ def test_idle_workers_stay_within_the_budget() -> None:
     for workers in range(1, warm_workers() + 2):
         pmap(pid, range(workers), workers=workers, chunksize=1, start_method="fork")
     assert len(multiprocessing.active_children()) <= warm_workers() + 1
+
+
+class _Pool:
+    """Stands in for a pool: a key, some running workers, and a record of being closed."""
+
+    def __init__(self, key: str, workers: int, fails: bool = False):
+        self.key = key
+        self.workers = [None] * workers
+        self.fails = fails
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        if self.fails:
+            raise RuntimeError("cannot stop")
+
+
+def _new(key: str) -> _Pool:
+    return _Pool(key, 0)
+
+
+def test_idle_pools_hand_out_the_most_recent_of_a_configuration() -> None:
+    idle: IdlePools[_Pool] = IdlePools()
+    older, newer, other = _Pool("a", 1), _Pool("a", 1), _Pool("b", 1)
+    for pool in (older, newer, other):
+        idle.keep(pool, budget=10)
+    assert idle.take("a", _new) is newer
+    assert idle.take("a", _new) is older
+    assert idle.take("a", _new).workers == []  # none left: a new one
+    assert idle.pools == [other]
+
+
+def test_idle_pools_close_the_least_recently_used_past_the_budget() -> None:
+    idle: IdlePools[_Pool] = IdlePools()
+    first, second, third = _Pool("a", 2, fails=True), _Pool("b", 2), _Pool("c", 2)
+    others: list[_Pool] = []
+    idle.keep(first, budget=4)
+    idle.keep(second, budget=4)
+    idle.keep(third, budget=4, others=others.append)  # one failing to stop stops no other
+    assert idle.pools == [second, third]
+    assert first.closed and not second.closed and not third.closed
+    assert others == [second]  # told of every other pool still kept
+    huge = _Pool("d", 9)
+    idle.keep(huge, budget=4)  # the most recent is kept whatever its size
+    assert idle.pools == [huge]
+    assert second.closed and third.closed
+    idle.close_all()
+    assert huge.closed and idle.pools == []

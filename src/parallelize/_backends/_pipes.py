@@ -1,13 +1,21 @@
 """What the backends whose workers read pickled messages from a pipe share (processes and
-interpreters): loading a map's function into a worker once."""
+interpreters): loading a map's function into a worker once, waking a pool's wait, reading the
+workers' replies, and keeping idle pools warm between maps."""
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing.connection
+import os
 import pickle
-from collections.abc import Callable
-from typing import Any, Final, cast
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sized
+from typing import Any, Final, Generic, Protocol, TypeVar, cast
 
-from .._wire.protocol import Call, Load, to_wire
+from .._cpu import usable_cpus
+from .._wire.pickling import Pickled
+from .._wire.protocol import Call, Load, Ready, to_wire
+from .base import DEAD
 
 # Maps whose function pickles to the same bytes share one id, so a warm worker loads it once.
 CALL_IDS_KEPT: Final = 64
@@ -27,16 +35,161 @@ class CallIds:
             if len(self._ids) >= CALL_IDS_KEPT:
                 self._ids.clear()
             call_id = self._ids[blob] = new_id()
-        return call_id, pickle.dumps(to_wire(Load(call_id, cast(Call, _Blob(blob)))), 5)
+        # The Call travels as the pickle it already is, and reaches the worker as the Call.
+        return call_id, pickle.dumps(to_wire(Load(call_id, cast(Call, Pickled(blob)))), 5)
 
 
-class _Blob:
-    """A pickled Call inside a LOAD message: unpickled as the Call itself, in the worker."""
+class WakePipe:
+    """What ends a pool's wait early, from any thread: a pipe waited on with the workers'.
 
-    __slots__ = ("blob",)
+    File objects, not bare descriptors: once closed, a late wake() fails instead of writing to
+    whatever reused the number.
+    """
 
-    def __init__(self, blob: bytes):
-        self.blob = blob
+    __slots__ = ("_read", "_write")
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (pickle.loads, (self.blob,))
+    def __init__(self) -> None:
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        self._read = open(read, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        self._write = open(write, "wb", buffering=0)  # noqa: SIM115
+
+    def wait(self, objects: list[Any], timeout: float | None) -> list[Any]:
+        """Those of ``objects`` ready within ``timeout``, as
+        :func:`multiprocessing.connection.wait` finds them, or sooner (maybe none) once woken."""
+        wake = self._read.fileno()
+        ready: list[Any] = multiprocessing.connection.wait([*objects, wake], timeout)
+        if wake in ready:
+            self._read.read(4096)  # every wake pending: the next wait blocks again
+            ready = [obj for obj in ready if obj != wake]
+        return ready
+
+    def wake(self) -> None:
+        # OSError: the pipe is full, so a wake is pending anyway; ValueError: the pool is closed.
+        with contextlib.suppress(OSError, ValueError):
+            self._write.write(b"!")
+
+    def close(self) -> None:
+        self._write.close()
+        self._read.close()
+
+
+def read_replies(conn: multiprocessing.connection.Connection) -> tuple[list[bytes], bool]:
+    """The replies waiting in ``conn``, which a wait found ready, and whether the worker's end
+    of it closed (the worker died or ended)."""
+    raws = []
+    try:
+        raws.append(conn.recv_bytes())
+        # Every reply already sent, before the scheduler reads the status slot: a finished
+        # chunk must not look like one still running (and timing out).
+        while conn.poll():
+            raws.append(conn.recv_bytes())
+    except (EOFError, OSError):
+        return raws, True
+    return raws, False
+
+
+class Replying(Protocol):
+    """A worker whose replies come in through a pipe."""
+
+    ready: bool
+
+    @property
+    def conn(self) -> multiprocessing.connection.Connection: ...
+
+
+ReplyingT = TypeVar("ReplyingT", bound=Replying)
+
+
+def finish_events(
+    events: list[tuple[ReplyingT, Any]],
+    dead: Iterable[ReplyingT],
+    load: Callable[[bytes, ReplyingT], Any],
+) -> list[tuple[ReplyingT, Any]]:
+    """What a pool's wait returns: ``events``, its workers' messages, each worker that said
+    Ready marked so (whoever reads the events, a Ready is never lost); then, for each dead
+    worker, the messages it sent before it died (unpickled by ``load``) and DEAD."""
+    for worker, event in events:
+        if type(event) is Ready:
+            worker.ready = True
+    for worker in dict.fromkeys(dead):
+        events.extend((worker, load(raw, worker)) for raw in _drain(worker.conn))
+        events.append((worker, DEAD))
+    return events
+
+
+def _drain(conn: multiprocessing.connection.Connection) -> Iterator[bytes]:
+    """The messages a dead worker sent before it died."""
+    try:
+        while conn.poll():
+            yield conn.recv_bytes()
+    except (EOFError, OSError):
+        return
+
+
+def warm_workers() -> int:
+    """Idle workers kept warm between maps, over every configuration (the most recently used
+    pool is kept whatever its size): enough for a program that alternates a few configurations,
+    or runs maps inside an imap loop, to find its workers warm. (A function: read when a map
+    ends, not when the module is imported.)"""
+    return max(8, 4 * usable_cpus())
+
+
+class Kept(Protocol):
+    """What :class:`IdlePools` keeps: a pool with a configuration key, its running workers, and
+    a way to stop them."""
+
+    @property
+    def key(self) -> object: ...
+
+    @property
+    def workers(self) -> Sized: ...
+
+    def close(self) -> None: ...
+
+
+PoolT = TypeVar("PoolT", bound=Kept)
+KeyT = TypeVar("KeyT")
+
+
+class IdlePools(Generic[PoolT]):
+    """The pools a backend keeps warm between maps, the least recently used first: a map takes
+    one of its configuration, and a map that ends gives its pool back, as the most recent."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # held to read or change ``pools``
+        self.pools: list[PoolT] = []
+
+    def take(self, key: KeyT, new: Callable[[KeyT], PoolT]) -> PoolT:
+        """The most recently used idle pool of configuration ``key``, no longer idle; else
+        ``new(key)``."""
+        with self.lock:
+            for index in range(len(self.pools) - 1, -1, -1):
+                if self.pools[index].key == key:
+                    return self.pools.pop(index)
+        return new(key)
+
+    def keep(
+        self, pool: PoolT, budget: int, others: Callable[[PoolT], object] | None = None
+    ) -> None:
+        """Keep ``pool`` as the most recently used, closing the least recently used others
+        while the running workers of all pass ``budget`` (``pool`` is kept whatever its size).
+        ``others``, if given, is called under the lock on each other pool still kept."""
+        with self.lock:
+            self.pools.append(pool)
+            evicted = []
+            while len(self.pools) > 1 and sum(len(p.workers) for p in self.pools) > budget:
+                evicted.append(self.pools.pop(0))
+            if others is not None:
+                for other in self.pools[:-1]:
+                    others(other)
+        for old in evicted:  # one pool failing to stop must not keep the others running
+            with contextlib.suppress(Exception):
+                old.close()
+
+    def close_all(self) -> None:
+        """Close every idle pool (at shutdown)."""
+        with self.lock:
+            idle, self.pools = self.pools, []
+        for pool in idle:
+            pool.close()

@@ -36,15 +36,14 @@ import weakref
 from collections.abc import Iterator
 from typing import Any, ClassVar, Final
 
-from .._cpu import usable_cpus
 from .._errors import Failure
 from .._lifecycle import at_exit, park_if_exiting
 from .._options import Resolved
 from .._wire.pickling import dumps, dumps_by_value, dumps_function, names_main
-from .._wire.protocol import Call, Done, InitFailed, Ready, Task, from_wire, to_wire
+from .._wire.protocol import Call, Done, InitFailed, Task, from_wire, to_wire
 from .._worker.chunk import SLOT_WIDTH, Status
-from ._pipes import CallIds
-from .base import DEAD, Backend, Unreadable, WorkerHandle, WorkerSet
+from ._pipes import CallIds, IdlePools, WakePipe, finish_events, read_replies, warm_workers
+from .base import Backend, Unreadable, WorkerHandle, WorkerSet
 
 # The first Python whose subinterpreters have a GIL of their own and a module to drive them.
 NEEDS: Final = (3, 13)
@@ -152,11 +151,8 @@ class InterpreterPool(WorkerSet[_Worker]):
         self.workers = []
         self._ids = itertools.count(1)
         self._call_ids = CallIds()
-        # wake(): a byte written here ends a wait() early (new input, or an interpreter ended).
-        read, write = os.pipe()
-        os.set_blocking(write, False)
-        self._wake_read = open(read, "rb", buffering=0)  # noqa: SIM115 - closed in close()
-        self._wake_write = open(write, "wb", buffering=0)  # noqa: SIM115
+        # wake(): ends a wait() early (new input, or an interpreter ended).
+        self._wake = WakePipe()
 
     def new_task_id(self) -> int:
         return next(self._ids)
@@ -255,24 +251,16 @@ class InterpreterPool(WorkerSet[_Worker]):
     def wait(self, timeout: float | None) -> list[tuple[_Worker, Any]]:
         park_if_exiting()
         watched = {worker.conn: worker for worker in self.workers}
-        wake = self._wake_read.fileno()
         try:
-            ready: list[Any] = multiprocessing.connection.wait([*watched, wake], timeout)
+            ready = self._wake.wait([*watched], timeout)
         finally:
             park_if_exiting()  # the exit hook closed the pipes under this wait
         events: list[tuple[_Worker, Any]] = []
         dead: list[_Worker] = []
         for obj in ready:
-            if obj == wake:
-                self._wake_read.read(4096)
-                continue
             worker = watched[obj]
-            raws = []
-            try:
-                raws.append(obj.recv_bytes())
-                while obj.poll():  # every reply sent, before the scheduler reads the slot
-                    raws.append(obj.recv_bytes())
-            except (EOFError, OSError):
+            raws, ended = read_replies(obj)
+            if ended:
                 dead.append(worker)
             self.reply_bytes += sum(map(len, raws))
             self.bytes_pickled += sum(map(len, raws))
@@ -280,18 +268,10 @@ class InterpreterPool(WorkerSet[_Worker]):
         for worker in self.workers:
             if worker.ended and worker not in dead:
                 dead.append(worker)
-        for worker, event in events:  # whoever reads the events, a Ready is never lost
-            if type(event) is Ready:
-                worker.ready = True
-        for worker in dead:
-            events.extend((worker, message) for message in _drain(worker))
-            events.append((worker, DEAD))
-        return events
+        return finish_events(events, dead, lambda raw, _: _load_reply(raw))
 
     def wake(self) -> None:
-        # OSError: the pipe is full, so a wake is pending anyway; ValueError: the pool is closed.
-        with contextlib.suppress(OSError, ValueError):
-            self._wake_write.write(b"!")
+        self._wake.wake()
 
     def kill(self, worker: _Worker) -> None:
         """Abandon the interpreter: it skips what is queued and ends once its item returns."""
@@ -316,8 +296,7 @@ class InterpreterPool(WorkerSet[_Worker]):
             if worker.thread is not None:
                 worker.thread.join(max(0.0, deadline - time.monotonic()))
             _close(worker)
-        self._wake_write.close()
-        self._wake_read.close()
+        self._wake.close()
 
 
 def _stop(worker: _Worker) -> None:
@@ -396,20 +375,6 @@ def _explained(failure: Failure) -> Failure:
     return Failure(error, failure.index, failure.tb, remote=True)
 
 
-def _drain(worker: _Worker) -> Iterator[Any]:
-    """Messages an ended interpreter sent before it ended."""
-    try:
-        while worker.conn.poll():
-            yield _load_reply(worker.conn.recv_bytes())
-    except (EOFError, OSError):
-        return
-
-
-def warm_workers() -> int:
-    """Idle interpreters kept between maps, over every configuration."""
-    return max(8, 4 * usable_cpus())
-
-
 class InterpreterBackend(Backend):
     """Runs jobs on warm :class:`InterpreterPool` objects, one idle pool kept per configuration
     (the least recently used closed first, past :func:`warm_workers` interpreters)."""
@@ -418,8 +383,7 @@ class InterpreterBackend(Backend):
 
     def __init__(self) -> None:
         check_python()
-        self._lock = threading.Lock()
-        self._idle: list[InterpreterPool] = []
+        self._idle: IdlePools[InterpreterPool] = IdlePools()
         _backends.add(self)
 
     @contextlib.contextmanager
@@ -429,36 +393,20 @@ class InterpreterBackend(Backend):
             init = (options.initializer, options.initargs)
             init_blob = dumps_function(init, options.initializer)
         key = _PoolKey((options.workers, init_blob, options.max_tasks_per_worker))
-        pool = InterpreterPool(key) if private else self._checkout(key)
+        pool = InterpreterPool(key) if private else self._idle.take(key, InterpreterPool)
         try:
             yield pool
         finally:
             self._checkin(pool, private)
 
-    def _checkout(self, key: _PoolKey) -> InterpreterPool:
-        with self._lock:
-            for index in range(len(self._idle) - 1, -1, -1):
-                if self._idle[index].key == key:
-                    return self._idle.pop(index)
-        return InterpreterPool(key)
-
     def _checkin(self, pool: InterpreterPool, private: bool) -> None:
         if private or pool.broken or any(w.queue for w in pool.workers):
             pool.close()
             return
-        with self._lock:
-            self._idle.append(pool)
-            evicted = []
-            while len(self._idle) > 1 and sum(len(p.workers) for p in self._idle) > warm_workers():
-                evicted.append(self._idle.pop(0))
-        for old in evicted:
-            old.close()
+        self._idle.keep(pool, warm_workers())
 
     def shutdown(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for pool in idle:
-            pool.close()
+        self._idle.close_all()
 
 
 # Every pool, the private ones of concurrent maps included, closed at exit.

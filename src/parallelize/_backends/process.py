@@ -27,18 +27,17 @@ import weakref
 from collections.abc import Iterator
 from typing import Any, Final
 
-from .._cpu import usable_cpus
 from .._lifecycle import at_exit, park_if_exiting, worker_lost
 from .._options import Resolved
 from .._threadlimits import thread_share
 from .._wire import sharedmem
 from .._wire.pickling import dumps, dumps_by_value, dumps_function, names_main
-from .._wire.protocol import Call, GiveBack, Ready, Task, from_wire, to_wire
+from .._wire.protocol import Call, GiveBack, Task, from_wire, to_wire
 from .._worker.chunk import SLOT_WIDTH, Status
 from .._worker.init import StartInit
 from .._worker.loop import map_status, process_main
-from ._pipes import CallIds
-from .base import DEAD, Backend, Unreadable, WorkerHandle, WorkerSet
+from ._pipes import CallIds, IdlePools, WakePipe, finish_events, read_replies, warm_workers
+from .base import Backend, Unreadable, WorkerHandle, WorkerSet
 
 # At shutdown, how long idle workers get to exit on their own before they are killed.
 SHUTDOWN_GRACE: Final = 2.0
@@ -49,14 +48,6 @@ PIPE_BYTES: Final = 1 << 19
 # Pipes are widened only for pools up to this size: widened pipes count against the user's
 # pipe-buffer quota (64 MiB by default on Linux), shared by all the user's processes.
 WIDENED_UP_TO: Final = 16
-
-
-# Idle workers kept warm between maps, over every configuration (the most recently used pool is
-# kept whatever its size): enough for a program that alternates a few configurations, or runs
-# maps inside an imap loop, to find its workers warm. (A function: read when a map ends, not
-# when the module is imported.)
-def warm_workers() -> int:
-    return max(8, 4 * usable_cpus())
 
 
 class _PoolKey:
@@ -138,13 +129,7 @@ class ProcessPool(WorkerSet[_Worker]):
         # file or a module name: not in a notebook, a REPL or `python -c`. There, items that
         # refer to __main__ (objects of a class defined there) must travel by value.
         self._main_by_value = key.start_method != "fork" and not _main_importable()
-        # wake(): a byte written here ends a wait() early (a live job has new input). File
-        # objects, not bare descriptors: once closed, a late wake() fails instead of writing to
-        # whatever reused the number.
-        read, write = os.pipe()
-        os.set_blocking(write, False)
-        self._wake_read = open(read, "rb", buffering=0)  # noqa: SIM115 - closed in close()
-        self._wake_write = open(write, "wb", buffering=0)  # noqa: SIM115
+        self._wake = WakePipe()  # wake(): ends a wait() early (a live job has new input)
 
     def new_task_id(self) -> int:
         return next(self._ids)
@@ -258,27 +243,17 @@ class ProcessPool(WorkerSet[_Worker]):
             watched[worker.process.sentinel] = worker
         if not watched:
             return []
-        wake = self._wake_read.fileno()
         try:
-            ready: list[Any] = multiprocessing.connection.wait([*watched, wake], timeout)
+            ready = self._wake.wait([*watched], timeout)
         finally:
             park_if_exiting()  # the exit hook closed the pipes under this wait
         events: list[tuple[_Worker, Any]] = []
         dead: list[_Worker] = []
         for obj in ready:
-            if obj == wake:
-                self._wake_read.read(4096)
-                continue
             worker = watched[obj]
             if obj is worker.conn:  # else it is the process sentinel
-                raws = []
-                try:
-                    raws.append(obj.recv_bytes())
-                    # Every reply already sent, before the scheduler reads the status slot: a
-                    # finished chunk must not look like one still running (and timing out).
-                    while obj.poll():
-                        raws.append(obj.recv_bytes())
-                except (EOFError, OSError):
+                raws, ended = read_replies(obj)
+                if ended:
                     park_if_exiting()  # the exit hook closed it: not a crash
                     dead.append(worker)
                 mapped = worker.lent.mapped_bytes
@@ -289,18 +264,10 @@ class ProcessPool(WorkerSet[_Worker]):
                 self.bytes_shared += shared
             elif worker not in dead:
                 dead.append(worker)
-        for worker, event in events:  # whoever reads the events, a Ready is never lost
-            if type(event) is Ready:
-                worker.ready = True
-        for worker in dict.fromkeys(dead):
-            events.extend((worker, message) for message in _drain(worker))
-            events.append((worker, DEAD))
-        return events
+        return finish_events(events, dead, _load_reply)
 
     def wake(self) -> None:
-        # OSError: the pipe is full, so a wake is pending anyway; ValueError: the pool is closed.
-        with contextlib.suppress(OSError, ValueError):
-            self._wake_write.write(b"!")
+        self._wake.wake()
 
     def kill(self, worker: _Worker) -> None:
         with contextlib.suppress(ProcessLookupError, TypeError):
@@ -330,8 +297,7 @@ class ProcessPool(WorkerSet[_Worker]):
 
     def close(self) -> None:
         """Stop every worker: end-of-file first, then a kill for any that lingers."""
-        self._wake_write.close()
-        self._wake_read.close()
+        self._wake.close()
         workers = list(self.workers)
         for worker in workers:
             worker.tasks.close()
@@ -434,16 +400,6 @@ def _sweep_counters(exitcode: int | None) -> None:
             worker_lost()
 
 
-def _drain(worker: _Worker) -> Iterator[Any]:
-    """Messages a dead worker sent before it died."""
-    try:
-        while worker.conn.poll():
-            raw = worker.conn.recv_bytes()
-            yield _load_reply(raw, worker)
-    except (EOFError, OSError):
-        return
-
-
 class ProcessBackend(Backend):
     """Runs jobs on warm :class:`ProcessPool` objects: the idle pools are kept, one per
     configuration, within :func:`warm_workers` idle workers, so that maps that alternate
@@ -453,8 +409,7 @@ class ProcessBackend(Backend):
     name = "process"
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._idle: list[ProcessPool] = []  # no map uses them; the least recently used first
+        self._idle: IdlePools[ProcessPool] = IdlePools()  # no map uses them
         self._timer_lock = threading.Lock()
         self._timers: list[threading.Timer] = []  # the armed one last; others may still be ending
         self._rearm_after_fork = False
@@ -482,19 +437,11 @@ class ProcessBackend(Backend):
         key = _PoolKey(
             options.start_method, options.workers, init_blob, options.max_tasks_per_worker
         )
-        pool = ProcessPool(key) if private else self._checkout(key)
+        pool = ProcessPool(key) if private else self._idle.take(key, ProcessPool)
         try:
             yield pool
         finally:
             self._checkin(pool, private)
-
-    def _checkout(self, key: _PoolKey) -> ProcessPool:
-        """An idle pool of this configuration, else a new one."""
-        with self._lock:
-            for index in range(len(self._idle) - 1, -1, -1):
-                if self._idle[index].key == key:
-                    return self._idle.pop(index)
-        return ProcessPool(key)
 
     def _checkin(self, pool: ProcessPool, private: bool) -> None:
         """Keep the pool warm (the most recently used), closing the least recently used idle
@@ -507,18 +454,8 @@ class ProcessBackend(Backend):
             pool.close()
             return
         pool.trim()
-        with self._lock:
-            self._idle.append(pool)
-            others = self._idle[:-1]
-            evicted = []
-            while others and sum(len(p.workers) for p in self._idle) > warm_workers():
-                evicted.append(others.pop(0))
-                self._idle.remove(evicted[-1])
-            for other in others:  # only the most recent idle pool keeps shared memory
-                other.release_idle()
-        for old in evicted:  # one pool failing to stop must not keep the others running
-            with contextlib.suppress(Exception):
-                old.close()
+        # Only the most recent idle pool keeps shared memory.
+        self._idle.keep(pool, warm_workers(), others=ProcessPool.release_idle)
         if pool.holds_memory():
             self._arm()
 
@@ -572,25 +509,21 @@ class ProcessBackend(Backend):
         # itself, by number, a moment later (by then the number may name another file).
         _parents_pools.extend(_all_pools)
         _all_pools.clear()
-        self._lock = threading.Lock()
+        self._idle = IdlePools()
         self._timer_lock = threading.Lock()
         self._timers = []
-        self._idle = []
         self._rearm_after_fork = False
 
     def _release_idle(self) -> None:
-        with self._lock:  # a map that starts now waits for this, then takes its pool
-            for pool in self._idle:
+        with self._idle.lock:  # a map that starts now waits for this, then takes its pool
+            for pool in self._idle.pools:
                 pool.release_idle()
-            if any(pool.holds_memory() for pool in self._idle):  # the caller holds arrays
+            if any(pool.holds_memory() for pool in self._idle.pools):  # the caller holds arrays
                 self._arm()
 
     def shutdown(self) -> None:
         self._disarm()
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for pool in idle:
-            pool.close()
+        self._idle.close_all()
 
 
 # Every pool, the private ones of concurrent maps included: one still held by a suspended imap at

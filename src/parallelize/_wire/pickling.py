@@ -163,6 +163,19 @@ def _load_with_path(path: list[str], blob: bytes) -> Any:
     return pickle.loads(blob)
 
 
+class Pickled:
+    """A pickle inside a pickle: ``blob`` is already pickled, and unpickles as what it holds
+    (a message that carries it needs no second ``loads`` on the other side)."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes):
+        self.blob = blob
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pickle.loads, (self.blob,))
+
+
 # The names ``__main__`` has in the caller and, under spawn or forkserver, in a worker.
 _MAIN_NAMES = ("__main__", "__mp_main__")
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._errors import Failure
-from .._wire.pickling import assigned_globals, dumps_function, share_globals
+from .._wire.pickling import Pickled, assigned_globals, dumps_function, share_globals
 
 
 def run_initializer(initializer: Callable[..., object], initargs: Sequence[Any]) -> Failure | None:
@@ -102,19 +102,7 @@ class StartInit:
 
         function = dumps_function(self.initializer, self.initializer)
         arguments = bytes(ForkingPickler.dumps(self.initargs))
-        return (bytes, (pickle.dumps((_Loaded(function), _Loaded(arguments))),))
-
-
-class _Loaded:
-    """A pickle inside a pickle: unpickled as what it holds."""
-
-    __slots__ = ("blob",)
-
-    def __init__(self, blob: bytes):
-        self.blob = blob
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (pickle.loads, (self.blob,))
+        return (bytes, (pickle.dumps((Pickled(function), Pickled(arguments))),))
 
 
 def initialize_started(init: StartInit) -> Failure | None:
