@@ -5,9 +5,11 @@ workers' replies, and keeping idle pools warm between maps."""
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing.connection
 import os
 import pickle
+import select
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any, Final, Generic, Protocol, TypeVar, cast
@@ -40,28 +42,43 @@ class CallIds:
 
 
 class WakePipe:
-    """What ends a pool's wait early, from any thread: a pipe waited on with the workers'.
+    """A pool's wait on its workers, which any thread can end early: a pipe waited on with theirs.
 
-    File objects, not bare descriptors: once closed, a late wake() fails instead of writing to
-    whatever reused the number.
+    One ``poll`` object for the pool's life, changed only when its workers change:
+    :func:`multiprocessing.connection.wait` builds and fills a selector per call, a large share
+    of the caller's time on a map of a few tiny items. File objects, not bare descriptors: once
+    closed, a late wake() fails instead of writing to whatever reused the number.
     """
 
-    __slots__ = ("_read", "_write")
+    __slots__ = ("_poller", "_read", "_watched", "_write")
 
     def __init__(self) -> None:
         read, write = os.pipe()
         os.set_blocking(write, False)
         self._read = open(read, "rb", buffering=0)  # noqa: SIM115 - closed in close()
         self._write = open(write, "wb", buffering=0)  # noqa: SIM115
+        self._poller = select.poll()
+        self._poller.register(read, select.POLLIN)
+        self._watched: set[int] = set()  # the descriptors registered besides the wake pipe's
 
     def wait(self, objects: list[Any], timeout: float | None) -> list[Any]:
-        """Those of ``objects`` ready within ``timeout``, as
-        :func:`multiprocessing.connection.wait` finds them, or sooner (maybe none) once woken."""
-        wake = self._read.fileno()
-        ready: list[Any] = multiprocessing.connection.wait([*objects, wake], timeout)
-        if wake in ready:
-            self._read.read(4096)  # every wake pending: the next wait blocks again
-            ready = [obj for obj in ready if obj != wake]
+        """Those of ``objects`` (connections, or descriptors such as process sentinels) that are
+        readable or closed within ``timeout`` seconds, or sooner (maybe none) once woken."""
+        by_fd = {obj if type(obj) is int else obj.fileno(): obj for obj in objects}
+        if by_fd.keys() != self._watched:
+            for fd in self._watched - by_fd.keys():
+                self._poller.unregister(fd)
+            for fd in by_fd.keys() - self._watched:
+                self._poller.register(fd, select.POLLIN)
+            self._watched = set(by_fd)
+        wait_ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
+        ready = []
+        for fd, _ in self._poller.poll(wait_ms):
+            obj = by_fd.get(fd)
+            if obj is not None:
+                ready.append(obj)
+            else:  # the wake pipe: every wake pending, so that the next wait blocks again
+                self._read.read(4096)
         return ready
 
     def wake(self) -> None:
@@ -82,11 +99,19 @@ def read_replies(conn: multiprocessing.connection.Connection) -> tuple[list[byte
         raws.append(conn.recv_bytes())
         # Every reply already sent, before the scheduler reads the status slot: a finished
         # chunk must not look like one still running (and timing out).
-        while conn.poll():
+        while _readable(conn):
             raws.append(conn.recv_bytes())
     except (EOFError, OSError):
         return raws, True
     return raws, False
+
+
+def _readable(conn: multiprocessing.connection.Connection) -> bool:
+    """Whether ``conn`` has something to read (or has ended) now: ``conn.poll()`` without the
+    selector it builds."""
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class Replying(Protocol):
