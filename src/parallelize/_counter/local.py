@@ -462,16 +462,16 @@ class FileStorage:
         answer = _trylock(address) if self._fd >= 0 else -1
         if answer and (answer < 0 or not mutex.taken(address, answer)):
             with self:
-                return self._store(self._view[_VALUE] + delta)
+                value = self._view[_VALUE] = check_range(self._view[_VALUE] + delta)
+                return value
         try:
-            return self._store(self._view[_VALUE] + delta)
+            view = self._view
+            value = view[_VALUE] + delta
+            if not MIN_VALUE <= value <= MAX_VALUE:
+                check_range(value)
+            view[_VALUE] = value
         finally:
             _unlock(address)
-
-    def _store(self, value: int) -> int:
-        if not MIN_VALUE <= value <= MAX_VALUE:
-            check_range(value)
-        self._view[_VALUE] = value
         return value
 
     def _close_at_exit(self) -> None:
@@ -632,7 +632,7 @@ class SharedCounter:
 
     def increment(self, n: int = 1) -> int:
         """Add ``n`` atomically; the new value."""
-        return self._storage.add(_integer(n, "step"))
+        return self._storage.add(n if type(n) is int else _integer(n, "step"))
 
     def decrement(self, n: int = 1) -> int:
         """Subtract ``n`` atomically; the new value."""
