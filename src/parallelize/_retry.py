@@ -120,4 +120,11 @@ def _exception_types(on: object) -> tuple[type[BaseException], ...] | None:
 
 def as_retry(retries: int | Retry) -> Retry:
     """The ``retries`` option as a Retry (an int is ``Retry(n)``)."""
-    return retries if isinstance(retries, Retry) else Retry(retries)
+    if isinstance(retries, Retry):
+        return retries
+    if retries == 0 and type(retries) is int:
+        return _NO_RETRIES  # the default, on every map: made once
+    return Retry(retries)
+
+
+_NO_RETRIES: Final = Retry(0)

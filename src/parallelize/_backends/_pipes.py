@@ -27,18 +27,21 @@ class CallIds:
     """The call id of each pickled function a pool has loaded, the last CALL_IDS_KEPT of them."""
 
     def __init__(self) -> None:
-        self._ids: dict[bytes, int] = {}
+        self._ids: dict[bytes, tuple[int, bytes]] = {}
 
     def message(self, blob: bytes, new_id: Callable[[], int]) -> tuple[int, bytes]:
         """The id of the function pickled in ``blob`` (a ``new_id()`` if it is new here), and
-        the LOAD message that loads it into a worker."""
-        call_id = self._ids.get(blob)
-        if call_id is None:
+        the LOAD message that loads it into a worker (made once per id: a warm map of the same
+        function sends it to no worker)."""
+        known = self._ids.get(blob)
+        if known is None:
             if len(self._ids) >= CALL_IDS_KEPT:
                 self._ids.clear()
-            call_id = self._ids[blob] = new_id()
-        # The Call travels as the pickle it already is, and reaches the worker as the Call.
-        return call_id, pickle.dumps(to_wire(Load(call_id, cast(Call, Pickled(blob)))), 5)
+            call_id = new_id()
+            # The Call travels as the pickle it already is, and reaches the worker as the Call.
+            load = pickle.dumps(to_wire(Load(call_id, cast(Call, Pickled(blob)))), 5)
+            known = self._ids[blob] = (call_id, load)
+        return known
 
 
 class WakePipe:
