@@ -576,6 +576,19 @@ def test_environment_sets_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         pmap(square, [1])
 
 
+def test_the_environment_is_read_at_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same call with the same options, the environment changed in between: it follows."""
+    monkeypatch.setenv("PARALLELIZE_BACKEND", "serial")
+    assert {pid for _, pid in tagged.options(chunksize=1)(range(3))} == {os.getpid()}
+    monkeypatch.setenv("PARALLELIZE_BACKEND", "process")
+    assert os.getpid() not in {pid for _, pid in tagged.options(chunksize=1)(range(3))}
+    monkeypatch.setenv("PARALLELIZE_WORKERS", "2")
+    assert pmap(square, [1]) == [1]
+    monkeypatch.setenv("PARALLELIZE_WORKERS", "0")
+    with pytest.raises(ValueError, match="PARALLELIZE_WORKERS"):
+        pmap(square, [1])
+
+
 def test_workers_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PARALLELIZE_WORKERS", "3")
     pids = {pid for _, pid in tagged.options(workers=None, chunksize=1)(range(60))}

@@ -332,7 +332,9 @@ class Options:
     milliseconds of every cold start.
     """
 
-    __slots__ = OPTION_NAMES
+    # _resolved: the last resolve() and what it read from the process (see resolve()).
+    __slots__ = (*OPTION_NAMES, "_resolved")
+    _resolved: tuple[tuple[Any, ...], Resolved] | None
     workers: int | _Unset | None
     chunksize: int | _Unset | None
     ordered: bool | _Unset
@@ -355,9 +357,10 @@ class Options:
 
     def __init__(self, **given: Any) -> None:
         """Validate and keep ``given``; every other field is ``UNSET``. Unknown names: TypeError."""
-        unknown = sorted(set(given) - set(self.__slots__))
+        unknown = sorted(set(given) - set(OPTION_NAMES))
         if unknown:
             raise TypeError(f"unknown option(s) {', '.join(unknown)}")
+        object.__setattr__(self, "_resolved", None)
         for name in OPTION_NAMES:
             value = given.get(name, UNSET)
             if value is not UNSET:
@@ -379,14 +382,31 @@ class Options:
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any], where: str) -> Options:
-        """Build from keyword arguments; an unknown name is a TypeError naming the allowed ones."""
+        """Build from keyword arguments; an unknown name is a TypeError naming the allowed ones.
+
+        The same arguments again (names, types and values: ``workers=True`` is not
+        ``workers=1``) give the same Options, validated once: a loop of ``pmap(fn, items,
+        workers=2)`` pays for it once.
+        """
+        key = tuple([(name, type(value), value) for name, value in kwargs.items()])
+        try:
+            built, kept = _BUILT.get(key), True
+        except TypeError:  # an unhashable value (a list of initargs): built every time
+            built, kept = None, False
+        if built is not None:
+            return built
         unknown = sorted(set(kwargs) - set(OPTION_NAMES))
         if unknown:
             raise TypeError(
                 f"{where}() got unexpected option(s) {', '.join(unknown)}; "
                 f"options are {', '.join(OPTION_NAMES)}"
             )
-        return cls(**kwargs)
+        built = cls(**kwargs)
+        if kept:
+            if len(_BUILT) >= _BUILT_KEPT:
+                _BUILT.clear()
+            _BUILT[key] = built
+        return built
 
     def merged(self, override: Options) -> Options:
         """These options with every field that ``override`` sets replaced."""
@@ -438,7 +458,24 @@ class Options:
         process backend, ``address`` off Dask and Ray, ``initargs`` without an ``initializer``.
         A backend named by ``PARALLELIZE_BACKEND`` never makes such an error: the environment
         changes where a map runs, not whether the code is right.
+
+        The answer is kept, with what it read (the two environment variables, and the usable
+        CPUs when ``workers`` is unset), and given again while those read the same. Treat it as
+        read-only.
         """
+        read = (
+            os.environ.get(ENV_BACKEND),
+            os.environ.get(ENV_WORKERS),
+            usable_cpus() if self.workers in (UNSET, None) else 0,
+        )
+        kept = self._resolved
+        if kept is not None and kept[0] == read:
+            return kept[1]
+        resolved = self._resolve()
+        object.__setattr__(self, "_resolved", (read, resolved))
+        return resolved
+
+    def _resolve(self) -> Resolved:
         if self.backend is not UNSET:
             backend: BackendName = self.backend
         else:
@@ -470,6 +507,12 @@ class Options:
             max_worker_memory=_value(self.max_worker_memory, None),
             checkpoint=_value(self.checkpoint, None),
         )
+
+
+# Options built by from_kwargs(), by their arguments: at most _BUILT_KEPT sets of them, each
+# keeping its values alive (an initializer function, say) until the next clear.
+_BUILT: dict[tuple[Any, ...], Options] = {}
+_BUILT_KEPT: Final = 64
 
 
 def _options_from(given: dict[str, Any]) -> Options:
