@@ -75,6 +75,29 @@ def hold_lock_then_die(counter: SharedCounter) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def hold_drop_and_exit(pickled: bytes) -> None:
+    """Take the lock, let go of the counter while holding it, and end the process."""
+    counter = pickle.loads(pickled)
+    counter.get_lock().acquire()
+    del counter
+    gc.collect()
+    os._exit(0)
+
+
+def fork_a_holder_then_wait(pickled: bytes, folder: str) -> None:
+    """Attach, fork a child that uses the counter and outlives this process, then wait."""
+    counter = pickle.loads(pickled)
+    if os.fork() == 0:
+        counter.increment()  # the child becomes a holder of its own
+        Path(folder, "adopted").touch()
+        while not Path(folder, "go").exists():
+            time.sleep(0.01)
+        del counter
+        gc.collect()  # the child lets go: the last holder, it must remove the file
+        os._exit(0)
+    time.sleep(60)  # killed before that
+
+
 def bump_and_count(counter: SharedCounter, item: int) -> int:
     counter.increment()
     return os.getpid()
@@ -444,6 +467,66 @@ def test_increment_after_a_killed_holder_takes_the_lock_over(start_method: str) 
     assert counter.increment() == 2  # no acquire() first: the plain increment finds it dead
     assert counter.get_lock().acquire(block=False)
     counter.get_lock().release()
+
+
+@pytest.mark.timeout(60)
+def test_a_counter_dropped_while_its_lock_is_held_is_handed_on_at_the_holders_exit() -> None:
+    counter = shared_counter(0)
+    process = multiprocessing.get_context("spawn").Process(
+        target=hold_drop_and_exit, args=(pickle.dumps(counter),)
+    )
+    process.start()
+    process.join(30)
+    assert process.exitcode == 0
+    assert counter.get_lock().acquire(timeout=10)  # the kernel handed it on
+    counter.get_lock().release()
+    assert counter.increment() == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_fork_child_that_outlives_a_killed_holder_removes_the_file(tmp_path: Path) -> None:
+    counter = shared_counter(0)
+    path = path_of(counter)
+    process = multiprocessing.get_context("spawn").Process(
+        target=fork_a_holder_then_wait, args=(pickle.dumps(counter), str(tmp_path))
+    )
+    process.start()
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "adopted").exists():
+        assert time.monotonic() < deadline and process.is_alive()
+        time.sleep(0.01)
+    process.kill()
+    process.join()  # no timeout: a timed join watches a pipe that the fork child holds open
+    assert process.exitcode == -signal.SIGKILL
+    del counter
+    gc.collect()  # the creator lets go: the child still holds it
+    assert os.path.exists(path)
+    (tmp_path / "go").touch()
+    assert wait_until_gone(path, 20)
+
+
+def test_a_thread_that_died_holding_the_lock_leaves_no_false_holder() -> None:
+    counter = shared_counter(0)
+    dead = threading.Thread(target=counter.get_lock().acquire)
+    dead.start()
+    dead.join()
+    assert counter.increment() == 1  # the kernel handed on the dead thread's lock
+    holding, done = threading.Event(), threading.Event()
+
+    def holder() -> None:  # a new thread, likely given the dead one's identifier again
+        with counter.get_lock():
+            holding.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert holding.wait(30)
+        assert not counter.get_lock().acquire(block=False)  # really held by the other thread
+    finally:
+        done.set()
+        thread.join(30)
+    assert counter.increment() == 2
 
 
 class Interrupted(Exception):

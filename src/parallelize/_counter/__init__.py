@@ -14,10 +14,13 @@ Design (one small file per counter, see ``docs/shared-state.md``):
   through ctypes). Free, it is taken and given back in user space with no system call; held, a
   waiter sleeps on a futex; and when its holder dies the kernel hands it to the next locker
   (``EOWNERDEAD``), so a worker killed mid-update (a timeout) cannot wedge the others. A mutex
-  belongs to a thread, so threads of one process exclude each other with it too; an owner and a
-  depth kept beside it make it recursive, as the idiom ``with c.get_lock(): c.value += 1`` needs.
-  The file stays mapped for as long as the process holds the counter, at exit too: a thread may
-  be waiting inside the mutex.
+  belongs to a thread, so threads of one process exclude each other with it too, and it is
+  recursive, as the idiom ``with c.get_lock(): c.value += 1`` needs. The file stays mapped for as
+  long as the process holds the counter, at exit too (a thread may be waiting inside the mutex),
+  and for the process's life if the counter is dropped while one of its threads holds the lock
+  (the mutex is on that thread's robust list, which the kernel walks when the thread ends). It
+  is mapped through a descriptor closed at once, so that the mapping keeps no liveness mark
+  (below) alive.
 * Every process that holds the counter keeps a shared OFD lock on byte 0 of the file: a liveness
   mark the kernel also drops at death. A process letting go (garbage collection, or its exit)
   tries to turn its mark exclusive: if it can, no other process holds the counter and it unlinks

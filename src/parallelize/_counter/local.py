@@ -75,9 +75,10 @@ class CounterLock(Protocol):
 class CounterStorage(CounterLock, Protocol):
     """Where a counter's integer lives: the seam for other engines (issue 6).
 
-    ``add`` is atomic and returns the new value. ``get``, ``set`` and ``add`` take the storage's own
-    recursive lock, so they also work while the caller holds it. Pickling a storage must give
-    something that reaches the same integer in the receiving process.
+    ``add`` is atomic and returns the new value. ``set`` and ``add`` take the storage's own
+    recursive lock, so they also work while the caller holds it; ``get`` needs it only where one
+    read is not atomic. Pickling a storage must give something that reaches the same integer in
+    the receiving process.
     """
 
     def get(self) -> int: ...
@@ -171,7 +172,8 @@ class _Handle:
     """This process's OS resources for one counter; kept apart so a finalizer can release them."""
 
     __slots__ = (
-        "address", "closed", "creator", "dev", "fd", "inherited", "ino", "mm", "path", "pid", "view"
+        "address", "closed", "creator", "dev", "fd", "held", "inherited", "ino", "mm", "path",
+        "pid", "view",
     )  # fmt: skip
 
     def __init__(self, path: str, fd: int, creator: bool):
@@ -184,9 +186,17 @@ class _Handle:
         self.creator = creator
         self.inherited: list[int] = []  # descriptors copied in by fork, closed on release
         self.closed = False
+        self.held = 0  # how many times acquire() holds the mutex, over this process's threads
         # Mapped once for this process's life with the counter: a fork child keeps the same shared
         # pages, and the mutex's address stays valid for every thread that may be waiting on it.
-        self.mm = mmap.mmap(fd, _SIZE, **_MMAP_OPTIONS)
+        # Through a descriptor of its own, closed at once: a mapping keeps its open file
+        # description alive, and with it any liveness mark on it (a fork child's copy of the
+        # mapping would then keep a killed parent's mark, and the file would never be removed).
+        private = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self.mm = mmap.mmap(private, _SIZE, **_MMAP_OPTIONS)
+        finally:
+            os.close(private)
         self.view = memoryview(self.mm).cast("q")
         self.address = mutex.address_of(self.mm, _MUTEX_AT)
 
@@ -196,6 +206,7 @@ class _Handle:
             self.inherited.append(self.fd)
             self.fd = -1
         self.creator = False
+        self.held = 0  # the parent's threads hold it, not this process's
 
     def adopt(self) -> None:
         """In a fork child, on first use: open the file afresh and mark ourselves a holder."""
@@ -315,7 +326,7 @@ class FileStorage:
     same object, so all its copies share one lock.
     """
 
-    __slots__ = ("__weakref__", "_depth", "_fd", "_handle", "_mutex", "_owner", "_view", "name")
+    __slots__ = ("__weakref__", "_fd", "_handle", "_mutex", "_view", "name")
 
     def __init__(self, name: str, handle: _Handle):
         self.name = name
@@ -323,9 +334,7 @@ class FileStorage:
         self._fd = handle.fd  # -1 when this process must adopt (after fork) or has let go
         self._view = handle.view
         self._mutex = handle.address
-        self._owner: int | None = None  # thread ident of the holder, when held by acquire()
-        self._depth = 0
-        weakref.finalize(self, handle.release).atexit = False  # exit is _release_all's job
+        weakref.finalize(self, _let_go, handle).atexit = False  # exit is _release_all's job
 
     @classmethod
     def create(cls, value: int) -> FileStorage:
@@ -398,8 +407,6 @@ class FileStorage:
         return (_attach, (self.name,))
 
     def _forked(self) -> None:
-        self._owner = None
-        self._depth = 0
         self._fd = -1
         self._handle.forked()
 
@@ -415,27 +422,22 @@ class FileStorage:
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         """Take the lock (recursively); False if it was not free in time."""
-        me = threading.get_ident()
-        if self._owner == me:
-            self._depth += 1
-            return True
         if self._fd < 0:
             self._revive()
         if not mutex.lock(self._mutex, block, timeout):
             return False
-        self._owner = me
-        self._depth = 1
+        self._handle.held += 1
         return True
 
     def release(self) -> None:
         """Release the lock once; RuntimeError if this thread does not hold it."""
-        if self._owner != threading.get_ident():
-            raise RuntimeError("cannot release a shared counter's lock this thread does not hold")
-        self._depth -= 1
-        if self._depth:
-            return
-        self._owner = None
-        mutex.unlock(self._mutex)
+        handle = self._handle
+        handle.held -= 1  # while the mutex still excludes the other threads
+        try:
+            mutex.release(self._mutex)
+        except BaseException:
+            handle.held += 1
+            raise
 
     def __enter__(self) -> bool:
         return self.acquire()
@@ -485,6 +487,21 @@ class FileStorage:
 
 def _attach(name: str) -> FileStorage:
     return FileStorage.attach(name)
+
+
+# Counters let go of while a thread of this process held their lock: the mutex is on that
+# thread's robust list, which the kernel walks when the thread ends (to hand it on), so its
+# memory stays mapped until the process ends.
+_held_at_death: list[_Handle] = []
+
+
+def _let_go(handle: _Handle) -> None:
+    """A FileStorage was garbage-collected: let go of its counter."""
+    if handle.held:
+        _held_at_death.append(handle)
+        handle.release(unmap=False)
+    else:
+        handle.release()
 
 
 _trylock = mutex.trylock

@@ -1,10 +1,11 @@
-"""The counter's lock: a robust, process-shared pthread mutex in memory the caller has mapped.
+"""The counter's lock: a robust, recursive, process-shared pthread mutex in mapped memory.
 
 Why this lock: taking and giving back a free mutex is a futex compare-and-swap in user space,
 with no system call (``flock`` makes two, about 0.5 us each on a virtual machine), and a robust
 mutex whose holder dies is handed to the next locker with ``EOWNERDEAD``, where a
 ``multiprocessing`` semaphore held by a killed process stays taken for ever. glibc and musl have
-it; ctypes reaches it.
+it; ctypes reaches it. Recursive, so that the kernel's thread id, not a record kept in Python
+(which a thread that dies holding it would leave stale), says which thread holds it.
 
 Calls that cannot block (try, unlock, consistent) keep the GIL, which makes them cheaper; a wait
 releases it and is cut into slices, so that signal handlers (Ctrl-C) run while a thread waits.
@@ -17,7 +18,17 @@ import errno
 import time
 from typing import Any, Final
 
-__all__ = ["MUTEX_SIZE", "UNAVAILABLE", "address_of", "init", "lock", "taken", "trylock", "unlock"]
+__all__ = [
+    "MUTEX_SIZE",
+    "UNAVAILABLE",
+    "address_of",
+    "init",
+    "lock",
+    "release",
+    "taken",
+    "trylock",
+    "unlock",
+]
 
 # Room for a pthread_mutex_t on every Linux ABI (40 bytes on x86-64, 48 on aarch64).
 MUTEX_SIZE: Final = 64
@@ -25,6 +36,7 @@ MUTEX_SIZE: Final = 64
 _ATTR_SIZE: Final = 16
 _PTHREAD_PROCESS_SHARED: Final = 1
 _PTHREAD_MUTEX_ROBUST: Final = 1
+_PTHREAD_MUTEX_RECURSIVE: Final = 1
 # A blocking wait returns to Python this often, so pending signal handlers get to run.
 _SLICE: Final = 0.1
 
@@ -49,8 +61,10 @@ try:
     # (an error only for a thread that does not hold it) is not read: ~70 ns less a pair.
     trylock: Any = _bind(_quick, "pthread_mutex_trylock")
     unlock: Any = _bind(_quick, "pthread_mutex_unlock", restype=None)
+    _checked_unlock = _bind(_quick, "pthread_mutex_unlock", _POINTER)
     _consistent = _bind(_quick, "pthread_mutex_consistent", _POINTER)
     _timedlock = _bind(_waiting, "pthread_mutex_timedlock", _POINTER, ctypes.POINTER(_Timespec))
+    _attr_type = _bind(_quick, "pthread_mutexattr_settype", _POINTER, ctypes.c_int)
     _mutex_init = _bind(_quick, "pthread_mutex_init", _POINTER, _POINTER)
     _attr_init = _bind(_quick, "pthread_mutexattr_init", _POINTER)
     _attr_pshared = _bind(_quick, "pthread_mutexattr_setpshared", _POINTER, ctypes.c_int)
@@ -59,6 +73,12 @@ try:
     UNAVAILABLE: str | None = None
 except (AttributeError, OSError) as exc:  # no robust mutexes in this C library
     UNAVAILABLE = f"shared_counter needs robust process-shared pthread mutexes ({exc})"
+try:  # glibc 2.30+: a wait on the monotonic clock, which no clock step lengthens
+    _clocklock: Any = _bind(
+        _waiting, "pthread_mutex_clocklock", _POINTER, ctypes.c_int, ctypes.POINTER(_Timespec)
+    )
+except (AttributeError, OSError):
+    _clocklock = None
 
 
 def address_of(buffer: Any, offset: int) -> ctypes.c_void_p:
@@ -83,6 +103,7 @@ def init(address: ctypes.c_void_p) -> None:
     try:
         _check(_attr_pshared(attr, _PTHREAD_PROCESS_SHARED))
         _check(_attr_robust(attr, _PTHREAD_MUTEX_ROBUST))
+        _check(_attr_type(attr, _PTHREAD_MUTEX_RECURSIVE))
         _check(_mutex_init(address, attr))
     finally:
         _attr_destroy(attr)
@@ -97,7 +118,7 @@ def taken(address: ctypes.c_void_p, answer: int) -> bool:
     if answer == errno.EOWNERDEAD:
         _check(_consistent(address))
         return True
-    if answer in (errno.EBUSY, errno.ETIMEDOUT, errno.EDEADLK):  # EDEADLK: held by this thread
+    if answer in (errno.EBUSY, errno.ETIMEDOUT):
         return False
     _check(answer)
     return True
@@ -115,12 +136,26 @@ def lock(address: ctypes.c_void_p, block: bool = True, timeout: float | None = N
         wait = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
         if wait <= 0:
             return False
-        # timedlock reads CLOCK_REALTIME: a clock step only ends a slice early or late.
-        seconds, fraction = divmod(time.time() + wait, 1.0)
+        if _clocklock is not None:
+            seconds, fraction = divmod(time.clock_gettime(time.CLOCK_MONOTONIC) + wait, 1.0)
+        else:  # timedlock reads the wall clock, which a clock step may move
+            seconds, fraction = divmod(time.time() + wait, 1.0)
         when.tv_sec = int(seconds)
-        when.tv_nsec = int(fraction * 1e9)
-        if taken(address, _timedlock(address, when)):
+        when.tv_nsec = min(int(fraction * 1e9), 999_999_999)
+        if _clocklock is not None:
+            answer = _clocklock(address, time.CLOCK_MONOTONIC, when)
+        else:
+            answer = _timedlock(address, when)
+        if taken(address, answer):
             return True
+
+
+def release(address: ctypes.c_void_p) -> None:
+    """Give the mutex back once; RuntimeError if this thread does not hold it."""
+    answer = _checked_unlock(address)
+    if answer == errno.EPERM:
+        raise RuntimeError("cannot release a shared counter's lock this thread does not hold")
+    _check(answer)
 
 
 def _check(answer: int) -> None:
