@@ -412,6 +412,8 @@ def test_what_came_back_before_a_worker_crash_is_kept(tmp_path: Path, start_meth
 
 def test_an_executor_map_over_an_input_too_long_for_len_keeps_a_checkpoint(tmp_path: Path) -> None:
     with Executor(2, backend="thread") as executor:
-        results = executor.map(abs, range(2**70), checkpoint=tmp_path / "map.ckpt")
+        # buffersize bounds how far the map runs ahead of the three results read: unbounded, the
+        # thread workers race through the endless input and the first commit meets a backlog.
+        results = executor.map(abs, range(2**70), checkpoint=tmp_path / "map.ckpt", buffersize=16)
         assert [next(results) for _ in range(3)] == [0, 1, 2]
         results.close()  # type: ignore[attr-defined]
