@@ -13,6 +13,7 @@ releases it and is cut into slices, so that signal handlers (Ctrl-C) run while a
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import time
@@ -73,12 +74,16 @@ try:
     UNAVAILABLE: str | None = None
 except (AttributeError, OSError) as exc:  # no robust mutexes in this C library
     UNAVAILABLE = f"shared_counter needs robust process-shared pthread mutexes ({exc})"
-try:  # glibc 2.30+: a wait on the monotonic clock, which no clock step lengthens
-    _clocklock: Any = _bind(
-        _waiting, "pthread_mutex_clocklock", _POINTER, ctypes.c_int, ctypes.POINTER(_Timespec)
-    )
-except (AttributeError, OSError):
-    _clocklock = None
+_clocklock: Any = None  # glibc 2.30+: a wait on the monotonic clock, which no clock step lengthens
+if UNAVAILABLE is None:
+    with contextlib.suppress(AttributeError):
+        _clocklock = _bind(
+            ctypes.CDLL(None),
+            "pthread_mutex_clocklock",
+            _POINTER,
+            ctypes.c_int,
+            ctypes.POINTER(_Timespec),
+        )
 
 
 def address_of(buffer: Any, offset: int) -> ctypes.c_void_p:
