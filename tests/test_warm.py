@@ -9,7 +9,7 @@ import os
 import pytest
 
 from parallelize import imap, pmap
-from parallelize._backends._pipes import IdlePools, warm_workers
+from parallelize._backends._warm import IdlePools, warm_workers
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,10 +13,8 @@ a transaction per run of results that reach the caller together (split at ``BATC
 from __future__ import annotations
 
 import contextlib
-import datetime
 import fcntl
 import functools
-import hashlib
 import os
 import pickle
 import stat
@@ -154,14 +152,28 @@ def item_digest(item: Any) -> bytes:
             blob = cloudpickle.dumps(item, pickle.HIGHEST_PROTOCOL)
         except Exception:
             blob = repr(item).encode()
-    return hashlib.blake2b(blob, digest_size=16).digest()
+    digest: bytes = _hash(blob).digest()
+    return digest
+
+
+_BLAKE2B: list[Any] = []  # hashlib.blake2b, once imported
+
+
+def _hash(data: bytes = b"") -> Any:
+    """A 16-byte BLAKE2b hash of ``data``. hashlib is imported on first use: it costs every
+    program ~3 ms to import, and only a map with a checkpoint hashes."""
+    if not _BLAKE2B:
+        import hashlib
+
+        _BLAKE2B.append(hashlib.blake2b)
+    return _BLAKE2B[0](data, digest_size=16)
 
 
 def function_identity(fn: Any) -> tuple[str, str]:
     """The function's qualified name and a digest of what decides its results: its code, and
     where they are plain data, its default arguments, its closure's values and a partial's bound
     arguments."""
-    digest = hashlib.blake2b(digest_size=16)
+    digest = _hash()
     name = _describe(fn, digest)
     return name, digest.hexdigest()
 
@@ -481,6 +493,8 @@ class Store:
 
 
 def _now() -> str:
+    import datetime  # when a checkpoint is written, not with parallelize
+
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 

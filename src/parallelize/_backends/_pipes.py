@@ -1,6 +1,6 @@
 """What the backends whose workers read pickled messages from a pipe share (processes and
-interpreters): loading a map's function into a worker once, waking a pool's wait, reading the
-workers' replies, and keeping idle pools warm between maps."""
+interpreters): loading a map's function into a worker once, waking a pool's wait, and reading
+the workers' replies. (Keeping their idle pools warm is ``_warm``'s job.)"""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ import multiprocessing.connection
 import os
 import pickle
 import select
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sized
-from typing import Any, Final, Generic, Protocol, TypeVar, cast
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Final, Protocol, TypeVar, cast
 
-from .._cpu import usable_cpus
 from .._wire.pickling import Pickled
 from .._wire.protocol import Call, Load, Ready, to_wire
 from .base import DEAD
@@ -153,71 +151,3 @@ def _drain(conn: multiprocessing.connection.Connection) -> Iterator[bytes]:
             yield conn.recv_bytes()
     except (EOFError, OSError):
         return
-
-
-def warm_workers() -> int:
-    """Idle workers kept warm between maps, over every configuration (the most recently used
-    pool is kept whatever its size): enough for a program that alternates a few configurations,
-    or runs maps inside an imap loop, to find its workers warm. (A function: read when a map
-    ends, not when the module is imported.)"""
-    return max(8, 4 * usable_cpus())
-
-
-class Kept(Protocol):
-    """What :class:`IdlePools` keeps: a pool with a configuration key, its running workers, and
-    a way to stop them."""
-
-    @property
-    def key(self) -> object: ...
-
-    @property
-    def workers(self) -> Sized: ...
-
-    def close(self) -> None: ...
-
-
-PoolT = TypeVar("PoolT", bound=Kept)
-KeyT = TypeVar("KeyT")
-
-
-class IdlePools(Generic[PoolT]):
-    """The pools a backend keeps warm between maps, the least recently used first: a map takes
-    one of its configuration, and a map that ends gives its pool back, as the most recent."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()  # held to read or change ``pools``
-        self.pools: list[PoolT] = []
-
-    def take(self, key: KeyT, new: Callable[[KeyT], PoolT]) -> PoolT:
-        """The most recently used idle pool of configuration ``key``, no longer idle; else
-        ``new(key)``."""
-        with self.lock:
-            for index in range(len(self.pools) - 1, -1, -1):
-                if self.pools[index].key == key:
-                    return self.pools.pop(index)
-        return new(key)
-
-    def keep(
-        self, pool: PoolT, budget: int, others: Callable[[PoolT], object] | None = None
-    ) -> None:
-        """Keep ``pool`` as the most recently used, closing the least recently used others
-        while the running workers of all pass ``budget`` (``pool`` is kept whatever its size).
-        ``others``, if given, is called under the lock on each other pool still kept."""
-        with self.lock:
-            self.pools.append(pool)
-            evicted = []
-            while len(self.pools) > 1 and sum(len(p.workers) for p in self.pools) > budget:
-                evicted.append(self.pools.pop(0))
-            if others is not None:
-                for other in self.pools[:-1]:
-                    others(other)
-        for old in evicted:  # one pool failing to stop must not keep the others running
-            with contextlib.suppress(Exception):
-                old.close()
-
-    def close_all(self) -> None:
-        """Close every idle pool (at shutdown)."""
-        with self.lock:
-            idle, self.pools = self.pools, []
-        for pool in idle:
-            pool.close()

@@ -42,7 +42,8 @@ from .._options import Resolved
 from .._wire.pickling import dumps, dumps_by_value, dumps_function, names_main
 from .._wire.protocol import Call, Done, InitFailed, Task, from_wire, to_wire
 from .._worker.chunk import SLOT_WIDTH, Status
-from ._pipes import CallIds, IdlePools, WakePipe, finish_events, read_replies, warm_workers
+from ._pipes import CallIds, WakePipe, finish_events, read_replies
+from ._warm import IdlePools, warm_workers
 from .base import Backend, Unreadable, WorkerHandle, WorkerSet
 
 # The first Python whose subinterpreters have a GIL of their own and a module to drive them.

@@ -36,7 +36,8 @@ from .._wire.protocol import Call, GiveBack, Task, from_wire, to_wire
 from .._worker.chunk import SLOT_WIDTH, Status
 from .._worker.init import StartInit
 from .._worker.loop import map_status, process_main
-from ._pipes import CallIds, IdlePools, WakePipe, finish_events, read_replies, warm_workers
+from ._pipes import CallIds, WakePipe, finish_events, read_replies
+from ._warm import IdlePools, warm_workers
 from .base import Backend, Unreadable, WorkerHandle, WorkerSet
 
 # At shutdown, how long idle workers get to exit on their own before they are killed.

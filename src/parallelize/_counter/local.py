@@ -457,9 +457,10 @@ class FileStorage:
             self._view[_VALUE] = value
 
     def add(self, delta: int) -> int:
-        # The hot path: one try of the mutex (no system call when it is free), the update, the
-        # unlock. Everything else (held by this thread, contended, a dead holder, a fork child
-        # that has not adopted the counter yet) goes the long way, through acquire().
+        # The hot path: one try of the mutex (no system call when it is free, or held by this
+        # thread: it is recursive), the update, the unlock. Everything else (held by another
+        # thread, a dead holder, a fork child that has not adopted the counter yet) goes the
+        # long way, through acquire().
         address = self._mutex
         answer = _trylock(address) if self._fd >= 0 else -1
         if answer and (answer < 0 or not mutex.taken(address, answer)):
