@@ -441,8 +441,8 @@ def test_fork_child_does_not_inherit_a_held_lock() -> None:
     assert counter.value == 2
 
 
-@pytest.mark.timeout(120)
-def test_lock_of_a_killed_holder_is_released(start_method: str) -> None:
+def held_by_a_killed_process(start_method: str) -> SharedCounter:
+    """A counter at 1 whose lock a process took, then was SIGKILLed holding."""
     counter = shared_counter(0)
     process = multiprocessing.get_context(start_method).Process(
         target=hold_lock_then_die, args=(counter,)
@@ -450,6 +450,12 @@ def test_lock_of_a_killed_holder_is_released(start_method: str) -> None:
     process.start()
     process.join()
     assert process.exitcode == -signal.SIGKILL
+    return counter
+
+
+@pytest.mark.timeout(120)
+def test_lock_of_a_killed_holder_is_released(start_method: str) -> None:
+    counter = held_by_a_killed_process(start_method)
     assert counter.get_lock().acquire(timeout=10)
     counter.get_lock().release()
     assert counter.increment() == 2
@@ -457,13 +463,7 @@ def test_lock_of_a_killed_holder_is_released(start_method: str) -> None:
 
 @pytest.mark.timeout(120)
 def test_increment_after_a_killed_holder_takes_the_lock_over(start_method: str) -> None:
-    counter = shared_counter(0)
-    process = multiprocessing.get_context(start_method).Process(
-        target=hold_lock_then_die, args=(counter,)
-    )
-    process.start()
-    process.join()
-    assert process.exitcode == -signal.SIGKILL
+    counter = held_by_a_killed_process(start_method)
     assert counter.increment() == 2  # no acquire() first: the plain increment finds it dead
     assert counter.get_lock().acquire(block=False)
     counter.get_lock().release()
