@@ -444,3 +444,30 @@ def test_multiprocessing_locks_and_queues_in_initargs(start_method: str) -> None
         assert sorted(queue.get(timeout=10) for _ in range(6)) == list(range(6))
     queue.close()
     queue.join_thread()
+
+
+TERMINATED_AT_EXIT = """
+import sys
+from parallelize import Pool
+
+if __name__ == "__main__":
+    for _ in range(5):
+        with Pool(2, start_method=sys.argv[1]) as pool:  # __exit__ terminates
+            assert pool.map(abs, range(-50, 0)) == list(range(50, 0, -1))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_pool_terminated_just_before_exit_closes_quietly(
+    tmp_path: Path, start_method: str
+) -> None:
+    """``terminate()`` (the end of a ``with`` block) hands the pool to its session's thread to
+    stop; an exit right after it must neither race that thread's close nor print anything."""
+    script = tmp_path / "script.py"
+    script.write_text(TERMINATED_AT_EXIT)
+    done = subprocess.run(
+        [sys.executable, str(script), start_method],
+        capture_output=True, text=True, env=script_env(), timeout=100, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,14 +62,54 @@ def backing(a: object) -> str:
 
 def test_large_arguments_are_views_of_shared_memory(start_method: str) -> None:
     """What docs/faq.md and docs/comparison.md say: an item's array of 1 MiB or more, even inside
-    a dict or a list, reaches the worker through shared memory; a smaller one, and one the function
-    carries (a closure, ``functools.partial``), are pickled."""
+    a dict or a list, reaches the worker through shared memory, and so does one the function
+    carries (a closure, ``functools.partial``); a smaller one is pickled."""
     big = np.ones(2 * MB // 8)
     small = np.ones(MB // 8 // 2)  # 512 KiB: below the threshold
     items = [big, small, {"array": big}]
     assert pmap(backing, items, workers=2, start_method=start_method) == ["shm", "private", "shm"]
     carried = pmap(lambda _: backing(big), [0], workers=1, start_method=start_method)
+    assert carried == ["shm"]
+    carried = pmap(functools.partial(backing_of_carried, small), [0], workers=1)
     assert carried == ["private"]
+
+
+def backing_of_carried(a: object, _: int) -> str:
+    return backing(a)
+
+
+def claim_and_check(carried: Any, i: int) -> tuple[bool, float]:
+    """Write this worker's pid into the array the function carries, give the other worker time
+    to do the same, then read it back."""
+    carried[0] = os.getpid()
+    time.sleep(0.3)
+    return bool(carried[0] == os.getpid()), float(carried[1])
+
+
+def test_an_array_the_function_carries_is_each_workers_own(start_method: str) -> None:
+    """Shared pages, private writes: what one worker writes to the array its function carries is
+    seen neither by the other worker nor by the caller, as when each had a pickled copy; and a
+    later map with new contents in the same array gets the new contents."""
+    big = np.zeros(2 * MB // 8)
+    big[1] = 7.0
+    claim = functools.partial(claim_and_check, big)
+    options: dict[str, Any] = {"workers": 2, "chunksize": 1, "start_method": start_method}
+    assert pmap(claim, range(2), **options) == [(True, 7.0), (True, 7.0)]
+    assert big[0] == 0.0
+    big[1] = 8.0
+    assert pmap(claim, range(2), **options) == [(True, 8.0), (True, 8.0)]
+
+
+def test_carried_arrays_are_freed_with_the_pool(start_method: str) -> None:
+    from parallelize._backends import process
+
+    for i in range(3):  # three functions, each holding its own array
+        big = np.full(2 * MB // 8, float(i))
+        carried = functools.partial(backing_of_carried, big)
+        assert pmap(carried, [0], workers=2, start_method=start_method) == ["shm"]
+    assert _ours("pzL")
+    process._shutdown_all()
+    assert _ours("pzL") == set()
 
 
 @pytest.mark.timeout(120)
@@ -137,8 +179,9 @@ def test_nothing_outlives_the_interpreter(start_method: str, tmp_path: Path) -> 
             for _ in range(3):
                 sums = pmap(np.sum, arrays, workers=2, start_method={start_method!r})
                 made = pmap(make, range(8), workers=2, start_method={start_method!r})
+                carried = pmap(lambda i: arrays[i][0], range(8), start_method={start_method!r})
             kept = made[3]
-            print(sums[2], float(kept[0]))
+            print(sums[2], float(kept[0]), carried[5])
     """)
     )
     before = set(os.listdir("/dev/shm"))
@@ -146,15 +189,15 @@ def test_nothing_outlives_the_interpreter(start_method: str, tmp_path: Path) -> 
         [sys.executable, str(script)], capture_output=True, text=True, timeout=100, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["600000.0", "3.0"]
+    assert done.stdout.split() == ["600000.0", "3.0", "5.0"]
     assert "resource_tracker" not in done.stderr and "leaked" not in done.stderr
     assert done.stderr == ""
     assert set(os.listdir("/dev/shm")) - before == set()
 
 
-def _ours() -> set[str]:
+def _ours(prefixes: str | tuple[str, ...] = ("pzA", "pzR", "pzL")) -> set[str]:
     """Segments of this test process and its workers."""
-    return {name for name in os.listdir("/dev/shm") if name.startswith(("pzA", "pzR"))}
+    return {name for name in os.listdir("/dev/shm") if name.startswith(prefixes)}
 
 
 def test_returned_arrays_survive_later_maps(start_method: str) -> None:

@@ -13,33 +13,66 @@ import select
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, Protocol, TypeVar, cast
 
-from .._wire.pickling import Pickled
+from .._wire import sharedmem
+from .._wire.pickling import FunctionPickle, Pickled
 from .._wire.protocol import Call, Load, Ready, to_wire
 from .base import DEAD
 
-# Maps whose function pickles to the same bytes share one id, so a warm worker loads it once.
+# Maps whose function pickles to the same bytes share one id, so a warm worker loads it once;
+# a pool remembers the last CALL_IDS_KEPT functions, and at most CALL_BYTES_KEPT of their pickles.
 CALL_IDS_KEPT: Final = 64
+CALL_BYTES_KEPT: Final = 1 << 28
 
 
 class CallIds:
-    """The call id of each pickled function a pool has loaded, the last CALL_IDS_KEPT of them."""
+    """The call id of each pickled function a pool has loaded, the most recent ones."""
 
     def __init__(self) -> None:
-        self._ids: dict[bytes, tuple[int, bytes]] = {}
+        self._ids: dict[bytes, tuple[int, bytes | sharedmem.Owned]] = {}
+        self._bytes = 0
 
-    def message(self, blob: bytes, new_id: Callable[[], int]) -> tuple[int, bytes]:
-        """The id of the function pickled in ``blob`` (a ``new_id()`` if it is new here), and
-        the LOAD message that loads it into a worker (made once per id: a warm map of the same
-        function sends it to no worker)."""
-        known = self._ids.get(blob)
+    def message(
+        self, function: FunctionPickle, new_id: Callable[[], int], *, share: bool = False
+    ) -> tuple[int, bytes | sharedmem.Owned]:
+        """The id of ``function`` (a ``new_id()`` if it is new here), and the LOAD message that
+        loads it into a worker (made once per id: a warm map of the same function sends it to no
+        worker). With ``share``, the large buffers the function holds wait in shared memory for
+        the workers to map, instead of being copied through each worker's pipe."""
+        key = pickle.dumps(function, 5)  # its large buffers in-band: the key is what it holds
+        known = self._ids.get(key)
         if known is None:
-            if len(self._ids) >= CALL_IDS_KEPT:
-                self._ids.clear()
+            while self._ids and (
+                len(self._ids) >= CALL_IDS_KEPT or self._bytes + len(key) > CALL_BYTES_KEPT
+            ):
+                oldest = next(iter(self._ids))
+                del self._ids[oldest]
+                self._bytes -= len(oldest)
             call_id = new_id()
-            # The Call travels as the pickle it already is, and reaches the worker as the Call.
-            load = pickle.dumps(to_wire(Load(call_id, cast(Call, Pickled(blob)))), 5)
-            known = self._ids[blob] = (call_id, load)
+            load: bytes | sharedmem.Owned
+            if share and function.buffers:
+                load = sharedmem.dumps_owned(to_wire(Load(call_id, cast(Call, function))))
+            else:  # the Call travels as the pickle it already is, and reaches the worker as one
+                load = pickle.dumps(to_wire(Load(call_id, cast(Call, Pickled(key)))), 5)
+            known = self._ids[key] = (call_id, load)
+            self._bytes += len(key)
         return known
+
+    def clear(self) -> None:
+        """Forget every function (the pool closes)."""
+        self._ids.clear()
+        self._bytes = 0
+
+    def shares_memory(self) -> bool:
+        """Whether some function's data waits in shared memory for workers yet to load it."""
+        return any(type(load) is not bytes for _, load in self._ids.values())
+
+    def forget_shared(self) -> None:
+        """Forget the functions whose data waits in shared memory (the pool is idle): their
+        segments go, and a later map of one makes it anew (workers that loaded it keep it)."""
+        for key, (_, load) in list(self._ids.items()):
+            if type(load) is not bytes:
+                del self._ids[key]
+                self._bytes -= len(key)
 
 
 class WakePipe:

@@ -39,7 +39,7 @@ from typing import Any, ClassVar, Final
 from .._errors import Failure
 from .._lifecycle import at_exit, park_if_exiting
 from .._options import Resolved
-from .._wire.pickling import dumps, dumps_by_value, dumps_function, names_main
+from .._wire.pickling import dumps, dumps_by_value, dumps_function, names_main, pickle_function
 from .._wire.protocol import Call, Done, InitFailed, Task, from_wire, to_wire
 from .._worker.chunk import SLOT_WIDTH, Status
 from ._pipes import CallIds, WakePipe, finish_events, read_replies
@@ -244,7 +244,9 @@ class InterpreterPool(WorkerSet[_Worker]):
         return blob, None
 
     def load_message(self, call: Call) -> tuple[int, bytes]:
-        return self._call_ids.message(dumps_function(call, call.fn), self.new_task_id)
+        call_id, load = self._call_ids.message(pickle_function(call, call.fn), self.new_task_id)
+        assert type(load) is bytes  # nothing shared: the function's buffers travel in the pipe
+        return call_id, load
 
     def send(self, worker: _Worker, payload: bytes) -> None:
         worker.tasks.send_bytes(payload)

@@ -31,7 +31,7 @@ from .._lifecycle import at_exit, park_if_exiting, worker_lost
 from .._options import Resolved
 from .._threadlimits import thread_share
 from .._wire import sharedmem
-from .._wire.pickling import dumps, dumps_by_value, dumps_function, names_main
+from .._wire.pickling import dumps, dumps_by_value, dumps_function, names_main, pickle_function
 from .._wire.protocol import Call, GiveBack, Task, from_wire, to_wire
 from .._worker.chunk import SLOT_WIDTH, Status
 from .._worker.init import StartInit
@@ -131,6 +131,8 @@ class ProcessPool(WorkerSet[_Worker]):
         # refer to __main__ (objects of a class defined there) must travel by value.
         self._main_by_value = key.start_method != "fork" and not _main_importable()
         self._wake = WakePipe()  # wake(): ends a wait() early (a live job has new input)
+        self._closing = threading.Lock()
+        self._closed = False
 
     def new_task_id(self) -> int:
         return next(self._ids)
@@ -217,24 +219,28 @@ class ProcessPool(WorkerSet[_Worker]):
         """Whether shared memory is kept here for reuse, or will be once the caller lets go of
         the arrays it holds (the idle timer keeps watching until then)."""
         lent = (w.lent for w in self.workers)
-        return self._arena.holds_memory() or any(x.released or x.outstanding() for x in lent)
+        if self._arena.holds_memory() or self._call_ids.shares_memory():
+            return True
+        return any(x.released or x.outstanding() for x in lent)
 
     def release_idle(self) -> None:
         """The pool has been idle a while: free the shared memory it kept for reuse."""
         self._arena.trim(0)
+        self._call_ids.forget_shared()
         for worker in self.workers:
             sharedmem.unlink(worker.lent.drain_all())
 
-    def load_message(self, call: Call) -> tuple[int, bytes]:
-        return self._call_ids.message(dumps_function(call, call.fn), self.new_task_id)
+    def load_message(self, call: Call) -> tuple[int, bytes | sharedmem.Owned]:
+        function = pickle_function(call, call.fn, out_of_band=sharedmem.THRESHOLD)
+        return self._call_ids.message(function, self.new_task_id, share=sharedmem.AVAILABLE)
 
-    def send(self, worker: _Worker, payload: bytes) -> None:
+    def send(self, worker: _Worker, payload: bytes | sharedmem.Owned) -> None:
         if worker.lent.released:
             reuse, drop = worker.lent.drain()
             sharedmem.unlink(drop)
             if reuse:
                 worker.tasks.send_bytes(pickle.dumps(to_wire(GiveBack(reuse))))
-        worker.tasks.send_bytes(payload)
+        worker.tasks.send_bytes(payload if isinstance(payload, bytes) else payload.data)
 
     def wait(self, timeout: float | None) -> list[tuple[_Worker, Any]]:
         park_if_exiting()
@@ -284,8 +290,7 @@ class ProcessPool(WorkerSet[_Worker]):
         deadline = time.monotonic() + 1.0
         while worker.process.exitcode is None and time.monotonic() < deadline:
             time.sleep(0.001)
-        worker.tasks.close()
-        worker.conn.close()
+        _close_pipes(worker)
         if worker in self.workers:
             self.workers.remove(worker)
             self._free_slots.append(worker.slot)
@@ -297,12 +302,18 @@ class ProcessPool(WorkerSet[_Worker]):
         return exitcode
 
     def close(self) -> None:
-        """Stop every worker: end-of-file first, then a kill for any that lingers."""
+        """Stop every worker: end-of-file first, then a kill for any that lingers. Once: the exit
+        hook may close a pool that a halted session's thread is closing (``Pool.terminate``)."""
+        with self._closing:
+            if not self._closed:
+                self._close()
+                self._closed = True
+
+    def _close(self) -> None:
         self._wake.close()
         workers = list(self.workers)
         for worker in workers:
-            worker.tasks.close()
-            worker.conn.close()
+            _close_pipes(worker)
         for worker in workers:
             # ValueError: a map of a daemon thread reaped it meanwhile (at interpreter exit).
             with contextlib.suppress(ValueError):
@@ -314,6 +325,16 @@ class ProcessPool(WorkerSet[_Worker]):
                 _sweep_counters(worker.process.exitcode)
         self.workers.clear()
         self._arena.close()
+        self._call_ids.clear()  # a function's shared data goes once no map holds it
+
+
+def _close_pipes(worker: _Worker) -> None:
+    """Close the caller's ends of a worker's pipes. Not while another thread starts a worker: a
+    number freed between its pipes' making and its fork may be one of the new pipes, which the
+    child, told to close its parent's ends by number, would then close as a stale one."""
+    with _spawn_lock:
+        worker.tasks.close()
+        worker.conn.close()
 
 
 def _parent_ends() -> list[int]:

@@ -119,48 +119,71 @@ def class_attribute(holder: type, name: str) -> Any:
 
 
 def dumps_function(obj: Any, fn: Any) -> bytes:
+    """Pickle ``obj``, which holds the user's callable ``fn``, for a worker (see
+    :func:`pickle_function`)."""
+    return pickle.dumps(pickle_function(obj, fn), PROTOCOL)
+
+
+def pickle_function(obj: Any, fn: Any, *, out_of_band: int | None = None) -> FunctionPickle:
     """Pickle ``obj``, which holds the user's callable ``fn``, for a worker.
 
     Importable functions travel by reference and run in their real module; lambdas, closures and
     functions of ``__main__`` travel by value. The caller's ``sys.path`` travels along and is
     added to the worker's before unpickling, so a worker started earlier finds modules that the
-    caller made importable since. Raises a SerializationError naming ``fn`` when that fails.
+    caller made importable since. Buffers of ``out_of_band`` bytes or more (a large array the
+    function holds) are kept out of the pickle, for the sender to share rather than copy.
+    Raises a SerializationError naming ``fn`` when that fails.
     """
+    large: list[pickle.PickleBuffer] = []
+
+    def keep(buffer: pickle.PickleBuffer) -> bool:
+        view = memoryview(buffer)
+        if out_of_band is None or view.nbytes < out_of_band or not view.contiguous:
+            return True  # in-band
+        large.append(buffer)
+        return False
+
     try:
         # The standard pickler when it can: everything by reference, and no cloudpickle to import
         # on either side. Not for anything of __main__, which a worker cannot import by name.
-        blob = pickle.dumps(obj, PROTOCOL)
+        blob = pickle.dumps(obj, PROTOCOL, buffer_callback=keep)
         if names_main(blob):
             raise pickle.PicklingError("__main__ travels by value")
     except Exception:
+        large.clear()
         buffer = io.BytesIO()
         try:
-            _function_pickler()(buffer, protocol=PROTOCOL).dump(obj)
+            _function_pickler()(buffer, protocol=PROTOCOL, buffer_callback=keep).dump(obj)
         except Exception as exc:
             raise SerializationError(
                 f"cannot pickle the function {fn!r} to send it to the workers: {exc}"
             ) from exc
         blob = buffer.getvalue()
-    return pickle.dumps(_WithPath(list(sys.path), blob), PROTOCOL)
+    return FunctionPickle(list(sys.path), blob, large)
 
 
-class _WithPath:
-    """A pickle to be loaded only after ``sys.path`` holds the caller's entries."""
+class FunctionPickle:
+    """A pickled function as it travels: loaded only after ``sys.path`` holds the caller's
+    entries, with the large buffers that were kept out of its pickle (``buffers``). Pickled as it
+    is, those buffers go in-band; a sender that shares them passes them out of band."""
 
-    __slots__ = ("blob", "path")
+    __slots__ = ("blob", "buffers", "path")
 
-    def __init__(self, path: list[str], blob: bytes):
+    def __init__(self, path: list[str], blob: bytes, buffers: list[pickle.PickleBuffer]):
         self.path = path
         self.blob = blob
+        self.buffers = buffers
 
     def __reduce__(self) -> tuple[Any, ...]:
+        if self.buffers:
+            return (_load_with_path, (self.path, self.blob, self.buffers))
         return (_load_with_path, (self.path, self.blob))
 
 
-def _load_with_path(path: list[str], blob: bytes) -> Any:
+def _load_with_path(path: list[str], blob: bytes, buffers: Sequence[Any] = ()) -> Any:
     missing = [entry for entry in path if entry not in sys.path]
     sys.path.extend(missing)
-    return pickle.loads(blob)
+    return pickle.loads(blob, buffers=buffers)
 
 
 class Pickled:

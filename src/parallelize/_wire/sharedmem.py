@@ -7,12 +7,15 @@ message carries only the segment's name and where each buffer lies; the receiver
 and unpickles with those views as the buffers, so the arrays it gets are backed by the shared
 memory, with no second copy.
 
-Writing into pages already touched is several times faster than into fresh ones, so segments are
-reused in both directions:
+Writing into pages already touched is several times faster than into fresh ones, so the segments
+of arguments and results are reused:
 
 * **Caller to worker** (arguments): segments come from an :class:`Arena` that the pool keeps
   mapped from map to map. A segment is leased while its chunk is in flight. An array a worker
   receives is valid while its item runs (copy it to keep it).
+* **A function's own data** (an array a closure or ``partial`` holds): one segment per function
+  and pool, written once, that each worker maps copy on write for as long as it keeps the
+  function (see :class:`Owned`).
 * **Worker to caller** (results): each worker keeps its own :class:`ReplySegments`. A reply's
   segment is *lent* to the caller; the arrays the caller gets live as long as it holds them, and
   when the last one is gone the caller gives the segment back (with the worker's next chunk) for
@@ -53,9 +56,11 @@ _SHM_DIR: Final = "/dev/shm"
 AVAILABLE: Final = sys.platform == "linux" and os.path.isdir(_SHM_DIR)
 # Map every page at once: one call instead of a page fault per 4 KiB on first access.
 _POPULATE: Final = getattr(mmap, "MAP_POPULATE", 0)
-# Names of arguments' segments start with this; a worker's replies with a prefix its pool chose
-# (see reply_prefix), then its pid, so that the caller can find them once the worker is gone.
+# Names of arguments' segments start with this, those of a function's large data with the next;
+# a worker's replies with a prefix its pool chose (see reply_prefix), then its pid, so that the
+# caller can find them once the worker is gone.
 _ARGS_PREFIX: Final = "pzA"
+_OWNED_PREFIX: Final = "pzL"
 
 
 class Segment:
@@ -91,12 +96,15 @@ class Segment:
         return cls(name, size, mapping)
 
     @classmethod
-    def attach(cls, name: str) -> Segment:
-        """Map an existing segment, every page at once."""
+    def attach(cls, name: str, *, private: bool = False) -> Segment:
+        """Map an existing segment: shared, every page at once; or ``private``, copy on write
+        (pages are read from the segment as they are first touched, and what this process
+        writes stays its own)."""
         fd = os.open(os.path.join(_SHM_DIR, name), os.O_RDWR)
         try:
             size = os.fstat(fd).st_size
-            mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
+            flags = mmap.MAP_PRIVATE if private else mmap.MAP_SHARED | _POPULATE
+            mapping = mmap.mmap(fd, size, flags=flags)
         finally:
             os.close(fd)
         return cls(name, size, mapping)
@@ -137,23 +145,31 @@ def _tracker_shared() -> bool:
 class Envelope:
     """A message whose large buffers wait in a shared-memory segment."""
 
-    __slots__ = ("blob", "lent", "name", "spans")
+    __slots__ = ("blob", "lent", "name", "private", "spans")
 
-    def __init__(self, blob: bytes, name: str, spans: list[tuple[int, int]], lent: bool):
+    def __init__(
+        self,
+        blob: bytes,
+        name: str,
+        spans: list[tuple[int, int]],
+        lent: bool,
+        private: bool = False,
+    ):
         self.blob = blob
         self.name = name
         self.spans = spans  # (offset, length) of each out-of-band buffer, in pickle order
         self.lent = lent  # a worker's reply: the receiver gives the segment back when done
+        self.private = private  # mapped copy on write: what the receiver writes stays its own
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Envelope, (self.blob, self.name, self.spans, self.lent))
+        return (Envelope, (self.blob, self.name, self.spans, self.lent, self.private))
 
     def open(self, lent_to: LentSegments | None) -> Any:
         """The message, its buffers backed by the shared segment.
 
         A lent segment is tracked by ``lent_to`` until nothing maps it here any more.
         """
-        segment = Segment.attach(self.name)
+        segment = Segment.attach(self.name, private=self.private)
         mapping = segment.mapping
         assert mapping is not None
         if self.lent and lent_to is not None:
@@ -236,8 +252,11 @@ if hasattr(os, "register_at_fork"):
 Allocate = Callable[[int], Segment | None]
 
 
-def dumps(message: Any, allocate: Allocate | None, *, lent: bool = False) -> tuple[bytes, Any]:
-    """Pickle ``message``, its large buffers into a segment from ``allocate`` when there are any.
+def dumps(
+    message: Any, allocate: Allocate | None, *, lent: bool = False, private: bool = False
+) -> tuple[bytes, Any]:
+    """Pickle ``message``, its large buffers into a segment from ``allocate`` when there are any
+    (mapped copy on write by the receiver when ``private``).
 
     Returns the bytes to send and the :class:`Segment` used (None when everything went in-band,
     also when ``allocate`` declined). Raises what pickling raises.
@@ -268,7 +287,32 @@ def dumps(message: Any, allocate: Allocate | None, *, lent: bool = False) -> tup
     assert target is not None
     for raw, (offset, length) in zip(large, spans, strict=True):
         target[offset : offset + length] = raw
-    return pickle.dumps(Envelope(blob, segment.name, spans, lent), 5), segment
+    return pickle.dumps(Envelope(blob, segment.name, spans, lent, private), 5), segment
+
+
+class Owned:
+    """A message whose large buffers wait in a segment of their own, which lives as long as
+    something holds the message: every map that may still send it to a worker (a worker that
+    loaded it keeps its own mapping). Unlinked once the last holder lets go, or at exit."""
+
+    __slots__ = ("__weakref__", "data")
+
+    def __init__(self, data: bytes, segment: Segment):
+        self.data = data
+        segment.close()  # the receivers map it; this process only names it
+        weakref.finalize(self, _unlink_from, os.getpid(), segment.name)
+
+
+def dumps_owned(message: Any) -> bytes | Owned:
+    """Pickle ``message``, its large buffers into a segment of its own that each receiver maps
+    copy on write (see :class:`Owned`); plain bytes when it has none or ``/dev/shm`` has no room."""
+    data, segment = dumps(message, lambda size: Segment.create(size, _OWNED_PREFIX), private=True)
+    return data if segment is None else Owned(data, segment)
+
+
+def _unlink_from(pid: int, name: str) -> None:
+    if os.getpid() == pid:  # not in a child forked with a copy of the holder
+        _unlink(name)
 
 
 def _fits(size: int, nbytes: int) -> bool:
