@@ -105,3 +105,13 @@ def test_idle_pools_close_the_least_recently_used_past_the_budget() -> None:
     assert second.closed and third.closed
     idle.close_all()
     assert huge.closed and idle.pools == []
+
+
+def test_closing_every_idle_pool_goes_on_past_one_that_fails() -> None:
+    idle: IdlePools[_Pool] = IdlePools()
+    failing, other = _Pool("a", 1, fails=True), _Pool("b", 1)
+    idle.keep(failing, budget=10)
+    idle.keep(other, budget=10)
+    with pytest.raises(RuntimeError):
+        idle.close_all()  # the failure still reaches the caller, once the rest are closed
+    assert failing.closed and other.closed and idle.pools == []

@@ -72,8 +72,15 @@ class IdlePools(Generic[PoolT]):
                 old.close()
 
     def close_all(self) -> None:
-        """Close every idle pool (at shutdown)."""
+        """Close every idle pool (at shutdown); then raise the first error any close raised, so
+        that one pool failing to stop does not leave the others' workers running."""
         with self.lock:
             idle, self.pools = self.pools, []
+        errors: list[Exception] = []
         for pool in idle:
-            pool.close()
+            try:
+                pool.close()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
