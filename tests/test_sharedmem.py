@@ -352,3 +352,118 @@ def test_idle_release_survives_a_fork(tmp_path: Path) -> None:
         """,
     )
     assert out == ["True", "[]"]
+
+
+def mapped_function_segments(carried: Any, _: int) -> int:
+    """How many segments of functions' data this worker maps (unlinked ones included)."""
+    with open("/proc/self/maps") as maps:
+        return len({line.split()[5] for line in maps if "/dev/shm/pzL" in line})
+
+
+def test_an_idle_pool_lets_a_functions_data_go_without_a_reload() -> None:
+    """Idle, the pool unlinks the segment of a function's data; the next map of the same
+    function shares it anew under the same id, so no worker loads (and maps) it twice."""
+    from parallelize._backends import process
+
+    process._shutdown_all()
+    carried = functools.partial(mapped_function_segments, np.ones(2 * MB // 8))
+    assert pmap(carried, range(2), workers=2, chunksize=1) == [1, 1]
+    for backend in list(process._backends):
+        backend._release_idle()  # what the idle timer does
+    assert _ours("pzL") == set()
+    for _ in range(3):
+        assert pmap(carried, range(2), workers=2, chunksize=1) == [1, 1]
+    process._shutdown_all()
+    assert _ours("pzL") == set()
+
+
+def test_a_function_whose_data_finds_no_segment_travels_in_the_pipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from parallelize._backends import process
+    from parallelize._wire import sharedmem
+
+    def refuse(size: int, prefix: str) -> None:
+        raise PermissionError(13, "Permission denied", "/dev/shm")
+
+    process._shutdown_all()
+    monkeypatch.setattr(sharedmem.Segment, "create", staticmethod(refuse))
+    big = np.full(2 * MB // 8, 3.0)
+    assert pmap(functools.partial(backing_of_carried, big), [0], workers=1) == ["private"]
+    assert pmap(total, [big], workers=1) == [big.sum()]  # as an item's array already did
+    process._shutdown_all()
+
+
+def first_value(carried: Any, _: int) -> float:
+    return float(carried[0])
+
+
+def test_the_data_a_worker_gets_is_the_data_its_id_stands_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The id is found from, and the segment written from, one snapshot of the array: a write
+    landing in between (another thread) cannot leave new contents under the old ones' id."""
+    from parallelize._backends import process
+    from parallelize._wire import sharedmem
+
+    process._shutdown_all()
+    array = np.zeros(2 * MB // 8)
+    share = sharedmem.dumps_owned
+
+    def written_meanwhile(message: Any) -> Any:
+        array[0] = 99.0
+        return share(message)
+
+    carried = functools.partial(first_value, array)
+    monkeypatch.setattr(sharedmem, "dumps_owned", written_meanwhile)
+    pmap(carried, [0], workers=2)
+    monkeypatch.setattr(sharedmem, "dumps_owned", share)
+    array[0] = 0.0
+    assert pmap(carried, range(2), workers=2, chunksize=1) == [0.0, 0.0]
+    process._shutdown_all()
+
+
+def test_a_pool_keeps_a_bounded_amount_of_functions_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    from parallelize import Pool
+    from parallelize._backends import _pipes
+    from parallelize._core import scheduler
+
+    monkeypatch.setattr(_pipes, "CALL_BYTES_KEPT", 8 * MB)
+    monkeypatch.setattr(scheduler, "CALL_BYTES_KEPT", 8 * MB)
+    with Pool(2) as pool:
+        for i in range(12):
+            carried = functools.partial(first_value, np.full(2 * MB // 8, float(i)))
+            assert pool.map(carried, [0]) == [float(i)]
+            kept = sum(os.path.getsize(f"/dev/shm/{name}") for name in _ours("pzL"))
+            assert kept <= 24 * MB  # both bounds, and the map's own
+
+
+POOL_CARRYING_ARRAYS = """
+import functools, sys
+import numpy as np
+from parallelize import Pool
+
+def first(carried, i):
+    return float(carried[0]) + i
+
+if __name__ == "__main__":
+    with Pool(2, start_method=sys.argv[1]) as pool:  # terminated at the end, then exit
+        for k in range(40):
+            carried = functools.partial(first, np.full(1_000_000, float(k)))
+            assert pool.map(carried, [1]) == [k + 1]
+"""
+
+
+def test_functions_data_is_unlinked_quietly_at_exit(start_method: str, tmp_path: Path) -> None:
+    """The segments of a terminated pool's functions go at exit, with no warning of leaked
+    shared memory from the resource tracker."""
+    script = tmp_path / "carrying.py"
+    script.write_text(POOL_CARRYING_ARRAYS)
+    before = set(os.listdir("/dev/shm"))
+    done = subprocess.run(
+        [sys.executable, str(script), start_method],
+        capture_output=True, text=True, timeout=100, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert set(os.listdir("/dev/shm")) - before == set()

@@ -28,7 +28,8 @@ class CallIds:
     """The call id of each pickled function a pool has loaded, the most recent ones."""
 
     def __init__(self) -> None:
-        self._ids: dict[bytes, tuple[int, bytes | sharedmem.Owned]] = {}
+        # The LOAD message is None once forgotten (forget_shared): made again, with the same id.
+        self._ids: dict[bytes, tuple[int, bytes | sharedmem.Owned | None]] = {}
         self._bytes = 0
 
     def message(
@@ -40,6 +41,15 @@ class CallIds:
         the workers to map, instead of being copied through each worker's pipe."""
         key = pickle.dumps(function, 5)  # its large buffers in-band: the key is what it holds
         known = self._ids.get(key)
+        if known is not None and known[1] is not None:
+            return known[0], known[1]
+        shared = share and bool(function.buffers)
+        if shared:  # the key and the segment from one snapshot of the user's arrays
+            function = function.frozen()
+            key = pickle.dumps(function, 5)
+            known = self._ids.get(key)
+            if known is not None and known[1] is not None:
+                return known[0], known[1]
         if known is None:
             while self._ids and (
                 len(self._ids) >= CALL_IDS_KEPT or self._bytes + len(key) > CALL_BYTES_KEPT
@@ -47,15 +57,16 @@ class CallIds:
                 oldest = next(iter(self._ids))
                 del self._ids[oldest]
                 self._bytes -= len(oldest)
-            call_id = new_id()
-            load: bytes | sharedmem.Owned
-            if share and function.buffers:
-                load = sharedmem.dumps_owned(to_wire(Load(call_id, cast(Call, function))))
-            else:  # the Call travels as the pickle it already is, and reaches the worker as one
-                load = pickle.dumps(to_wire(Load(call_id, cast(Call, Pickled(key)))), 5)
-            known = self._ids[key] = (call_id, load)
             self._bytes += len(key)
-        return known
+        call_id = new_id() if known is None else known[0]
+        load: bytes | sharedmem.Owned | None = None
+        if shared:
+            with contextlib.suppress(OSError):  # no segment to be had: through the pipe
+                load = sharedmem.dumps_owned(to_wire(Load(call_id, cast(Call, function))))
+        if load is None:  # the Call travels as the pickle it already is, and arrives as one
+            load = pickle.dumps(to_wire(Load(call_id, cast(Call, Pickled(key)))), 5)
+        self._ids[key] = (call_id, load)
+        return call_id, load
 
     def clear(self) -> None:
         """Forget every function (the pool closes)."""
@@ -64,15 +75,14 @@ class CallIds:
 
     def shares_memory(self) -> bool:
         """Whether some function's data waits in shared memory for workers yet to load it."""
-        return any(type(load) is not bytes for _, load in self._ids.values())
+        return any(isinstance(load, sharedmem.Owned) for _, load in self._ids.values())
 
     def forget_shared(self) -> None:
-        """Forget the functions whose data waits in shared memory (the pool is idle): their
-        segments go, and a later map of one makes it anew (workers that loaded it keep it)."""
-        for key, (_, load) in list(self._ids.items()):
-            if type(load) is not bytes:
-                del self._ids[key]
-                self._bytes -= len(key)
+        """Let the segments of the functions' data go (the pool is idle). Their ids stay: a later
+        map of one shares it anew under the same id, which the workers that loaded it keep."""
+        for key, (call_id, load) in list(self._ids.items()):
+            if isinstance(load, sharedmem.Owned):
+                self._ids[key] = (call_id, None)
 
 
 class WakePipe:

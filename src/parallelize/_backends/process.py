@@ -227,10 +227,12 @@ class ProcessPool(WorkerSet[_Worker]):
         """The pool has been idle a while: free the shared memory it kept for reuse."""
         self._arena.trim(0)
         self._call_ids.forget_shared()
+        sharedmem.sweep_owned()
         for worker in self.workers:
             sharedmem.unlink(worker.lent.drain_all())
 
     def load_message(self, call: Call) -> tuple[int, bytes | sharedmem.Owned]:
+        sharedmem.sweep_owned()  # the segments of functions no map holds any more
         function = pickle_function(call, call.fn, out_of_band=sharedmem.THRESHOLD)
         return self._call_ids.message(function, self.new_task_id, share=sharedmem.AVAILABLE)
 
@@ -325,7 +327,8 @@ class ProcessPool(WorkerSet[_Worker]):
                 _sweep_counters(worker.process.exitcode)
         self.workers.clear()
         self._arena.close()
-        self._call_ids.clear()  # a function's shared data goes once no map holds it
+        self._call_ids.clear()
+        sharedmem.sweep_owned()  # the functions' shared data, unless a map still holds it
 
 
 def _close_pipes(worker: _Worker) -> None:
@@ -476,9 +479,10 @@ class ProcessBackend(Backend):
             pool.close()
             return
         pool.trim()
+        holds_memory = pool.holds_memory()  # while no other map can have taken it
         # Only the most recent idle pool keeps shared memory.
         self._idle.keep(pool, warm_workers(), others=ProcessPool.release_idle)
-        if pool.holds_memory():
+        if holds_memory:
             self._arm()
 
     def _arm(self) -> None:
@@ -562,11 +566,19 @@ _backends: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
 
 
 def _shutdown_all() -> None:
-    """Stop every worker: the warm pool (after its idle timer) and the private ones."""
-    for backend in list(_backends):
-        backend.shutdown()
-    for pool in list(_all_pools):
-        pool.close()
+    """Stop every worker: the warm pool (after its idle timer) and the private ones, then
+    unlink the functions' shared data (what a daemon thread's map still holds too); one that
+    fails stops none of the others, and the first error is raised at the end."""
+    closes = [*(b.shutdown for b in list(_backends)), *(p.close for p in list(_all_pools))]
+    errors: list[Exception] = []
+    for close in closes:
+        try:
+            close()
+        except Exception as exc:
+            errors.append(exc)
+    sharedmem.sweep_owned(everything=True)
+    if errors:
+        raise errors[0]
 
 
 # Registered now, after multiprocessing's own exit hook (imported above), so it runs before it:

@@ -58,8 +58,10 @@ MAX_UNSTARTED: Final = 3
 MIN_POLL: Final = 0.001
 # Longest wait for a retiring worker's exit (which normally wakes the scheduler by itself).
 RETIRE_POLL: Final = 0.1
-# A live job's functions whose load messages are kept (a Pool's maps each have one).
+# A live job's functions whose load messages are kept (a Pool's maps each have one), and the
+# most bytes those messages may hold (a function's large data among them).
 CALLS_KEPT: Final = 256
+CALL_BYTES_KEPT: Final = 1 << 28
 
 
 def ahead_items(options: Resolved, workers: int) -> int:
@@ -113,6 +115,14 @@ class _Task:
         return _Task(start, items, retries, self.call, unstarted, **kw)
 
 
+def _weight(load: object) -> int:
+    """The bytes a load message holds: its pickle, or the shared data it keeps alive
+    (``nbytes``); nothing for a message that is the loaded object itself."""
+    if isinstance(load, bytes):
+        return len(load)
+    return int(getattr(load, "nbytes", 0))
+
+
 class _Loaded:
     """A function as the worker set sends it: its id, and the message that loads it."""
 
@@ -161,6 +171,7 @@ class Scheduler(Generic[W]):
         # function (``job.fn`` and ``job.items`` are then unused).
         self._feed = feed
         self._loaded: dict[int, tuple[Call, _Loaded]] = {}  # a live job's functions, by id()
+        self._loaded_bytes = 0  # what their load messages hold
         if self._feed is None:
             self._call = _Loaded(*pool.load_message(self._full_call(job.fn, job.star)))
         self._sizer = ChunkSizer(
@@ -381,11 +392,13 @@ class Scheduler(Generic[W]):
         known = self._loaded.get(id(call))
         if known is not None and known[0] is call:
             return known[1]
-        if len(self._loaded) >= CALLS_KEPT:
-            self._loaded.clear()
+        if len(self._loaded) >= CALLS_KEPT or self._loaded_bytes > CALL_BYTES_KEPT:
+            self._loaded.clear()  # chunks in flight keep their own
+            self._loaded_bytes = 0
         full = self._full_call(call.fn, call.star)
         loaded = _Loaded(*self._pool.load_message(full))
         self._loaded[id(call)] = (call, loaded)
+        self._loaded_bytes += _weight(loaded.load)
         return loaded
 
     def _full_call(self, fn: Callable[..., Any], star: bool) -> Call:

@@ -179,6 +179,15 @@ class FunctionPickle:
             return (_load_with_path, (self.path, self.blob, self.buffers))
         return (_load_with_path, (self.path, self.blob))
 
+    def frozen(self) -> FunctionPickle:
+        """The same, with a copy of each buffer as it is now (read-only ones stay read-only): a
+        snapshot that another thread writing to the user's array cannot change under us."""
+        copies = [
+            pickle.PickleBuffer(bytes(raw) if raw.readonly else bytearray(raw))
+            for raw in (buffer.raw() for buffer in self.buffers)
+        ]
+        return FunctionPickle(self.path, self.blob, copies)
+
 
 def _load_with_path(path: list[str], blob: bytes, buffers: Sequence[Any] = ()) -> Any:
     missing = [entry for entry in path if entry not in sys.path]

@@ -293,26 +293,48 @@ def dumps(
 class Owned:
     """A message whose large buffers wait in a segment of their own, which lives as long as
     something holds the message: every map that may still send it to a worker (a worker that
-    loaded it keeps its own mapping). Unlinked once the last holder lets go, or at exit."""
+    loaded it keeps its own mapping). Once the last holder lets go, the next
+    :func:`sweep_owned` unlinks it."""
 
-    __slots__ = ("__weakref__", "data")
+    __slots__ = ("__weakref__", "data", "nbytes")
 
     def __init__(self, data: bytes, segment: Segment):
         self.data = data
+        self.nbytes = segment.size
         segment.close()  # the receivers map it; this process only names it
-        weakref.finalize(self, _unlink_from, os.getpid(), segment.name)
+        _owned[segment.name] = os.getpid()
+        # Only noted: the finalizer runs wherever garbage is collected, maybe inside the
+        # resource tracker's own lock, so the unlinking waits for sweep_owned.
+        weakref.finalize(self, _unheld.append, segment.name)
+
+
+# The segments of Owned messages, by name, with the pid of the process that made them (a child
+# forked with a copy of this table must not unlink its parent's), and those no longer held.
+_owned: dict[str, int] = {}
+_unheld: list[str] = []
 
 
 def dumps_owned(message: Any) -> bytes | Owned:
     """Pickle ``message``, its large buffers into a segment of its own that each receiver maps
-    copy on write (see :class:`Owned`); plain bytes when it has none or ``/dev/shm`` has no room."""
+    copy on write (see :class:`Owned`); plain bytes when it has none or ``/dev/shm`` has no
+    room. Raises OSError when no segment can be made."""
     data, segment = dumps(message, lambda size: Segment.create(size, _OWNED_PREFIX), private=True)
     return data if segment is None else Owned(data, segment)
 
 
-def _unlink_from(pid: int, name: str) -> None:
-    if os.getpid() == pid:  # not in a child forked with a copy of the holder
-        _unlink(name)
+def sweep_owned(everything: bool = False) -> None:
+    """Unlink the segments of the Owned messages that nothing holds any more; with
+    ``everything``, of every one this process made (at exit)."""
+    if everything:
+        names = list(_owned)
+    elif _unheld:
+        names = _unheld[:]
+        del _unheld[: len(names)]
+    else:
+        return
+    for name in names:
+        if _owned.pop(name, None) == os.getpid():  # one thread unlinks it, and only its maker
+            _unlink(name)
 
 
 def _fits(size: int, nbytes: int) -> bool:
