@@ -76,7 +76,9 @@ def _page_params() -> list[Any]:
     params: list[Any] = []
     for page in PAGES:
         if page.exists() and python_blocks(page.read_text(encoding="utf-8")):
-            params.append(pytest.param(page, id=page.name))
+            # Starting real clusters takes the longest: with the slow tests.
+            marks = [pytest.mark.slow] if page.name == "scaling-out.md" else []
+            params.append(pytest.param(page, id=page.name, marks=marks))
     return params
 
 

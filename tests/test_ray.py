@@ -41,6 +41,7 @@ def session() -> Iterator[None]:
         ray.shutdown()
 
 
+@pytest.mark.slow
 def test_plain_script_exits_quietly_with_its_own_session(tmp_path: Path) -> None:
     """No session anywhere: a quiet local one starts, and interpreter exit shuts it down."""
     script = tmp_path / "script.py"
