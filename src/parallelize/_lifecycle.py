@@ -25,7 +25,7 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
 # Priority of the finalizer that runs the last=True callbacks: negative ones run last, after the
@@ -103,6 +103,19 @@ def at_exit(callback: Callable[[], None], *, last: bool = False) -> None:
     with _lock:
         _last.append(callback)
         _arm()
+
+
+def close_each(closes: Iterable[Callable[[], object]]) -> None:
+    """Call each of ``closes`` (stopping pools, say); one that raises stops none of the others,
+    and the first error is raised once all have run."""
+    errors: list[Exception] = []
+    for close in closes:
+        try:
+            close()
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 def _arm() -> None:

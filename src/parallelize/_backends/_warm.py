@@ -9,6 +9,7 @@ from collections.abc import Callable, Sized
 from typing import Generic, Protocol, TypeVar
 
 from .._cpu import usable_cpus
+from .._lifecycle import close_each
 
 
 def warm_workers() -> int:
@@ -76,11 +77,4 @@ class IdlePools(Generic[PoolT]):
         that one pool failing to stop does not leave the others' workers running."""
         with self.lock:
             idle, self.pools = self.pools, []
-        errors: list[Exception] = []
-        for pool in idle:
-            try:
-                pool.close()
-            except Exception as exc:
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+        close_each(pool.close for pool in idle)

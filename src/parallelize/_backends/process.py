@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any, Final
 
-from .._lifecycle import at_exit, park_if_exiting, worker_lost
+from .._lifecycle import at_exit, close_each, park_if_exiting, worker_lost
 from .._options import Resolved
 from .._threadlimits import thread_share
 from .._wire import sharedmem
@@ -569,16 +569,10 @@ def _shutdown_all() -> None:
     """Stop every worker: the warm pool (after its idle timer) and the private ones, then
     unlink the functions' shared data (what a daemon thread's map still holds too); one that
     fails stops none of the others, and the first error is raised at the end."""
-    closes = [*(b.shutdown for b in list(_backends)), *(p.close for p in list(_all_pools))]
-    errors: list[Exception] = []
-    for close in closes:
-        try:
-            close()
-        except Exception as exc:
-            errors.append(exc)
-    sharedmem.sweep_owned(everything=True)
-    if errors:
-        raise errors[0]
+    try:
+        close_each([*(b.shutdown for b in list(_backends)), *(p.close for p in list(_all_pools))])
+    finally:
+        sharedmem.sweep_owned(everything=True)
 
 
 # Registered now, after multiprocessing's own exit hook (imported above), so it runs before it:

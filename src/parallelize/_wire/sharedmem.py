@@ -39,7 +39,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 # Below 1 MiB, copying through the pipe costs less than creating, mapping and finding a segment.
 THRESHOLD: Final = 1 << 20
@@ -61,6 +61,8 @@ _POPULATE: Final = getattr(mmap, "MAP_POPULATE", 0)
 # caller can find them once the worker is gone.
 _ARGS_PREFIX: Final = "pzA"
 _OWNED_PREFIX: Final = "pzL"
+
+T = TypeVar("T")
 
 
 class Segment:
@@ -210,8 +212,7 @@ class LentSegments:
         A segment mapped before this process forked may still be mapped by the child, which
         a worker writing into it again would corrupt: those are unlinked, never reused.
         """
-        taken = self.released[:]
-        del self.released[: len(taken)]
+        taken = _drained(self.released)
         self.opened -= len(taken)
         reuse = [name for name, _, forks in taken if forks == _forks]
         drop = [name for name, _, forks in taken if forks != _forks]
@@ -328,13 +329,20 @@ def sweep_owned(everything: bool = False) -> None:
     if everything:
         names = list(_owned)
     elif _unheld:
-        names = _unheld[:]
-        del _unheld[: len(names)]
+        names = _drained(_unheld)
     else:
         return
     for name in names:
         if _owned.pop(name, None) == os.getpid():  # one thread unlinks it, and only its maker
             _unlink(name)
+
+
+def _drained(pending: list[T]) -> list[T]:
+    """Take what ``pending`` holds now; what a finalizer appends meanwhile (in whatever thread
+    collects garbage) stays for the next time."""
+    taken = pending[:]
+    del pending[: len(taken)]
+    return taken
 
 
 def _fits(size: int, nbytes: int) -> bool:
