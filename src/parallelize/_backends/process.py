@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any, Final
 
-from .._lifecycle import at_exit, close_each, park_if_exiting, worker_lost
+from .._lifecycle import at_exit, close_each, exiting, park_if_exiting, worker_lost
 from .._options import Resolved
 from .._threadlimits import thread_share
 from .._wire import sharedmem
@@ -143,6 +143,12 @@ class ProcessPool(WorkerSet[_Worker]):
         status = Status(self._views[slot])
         status.reset()
         with _spawn_lock:  # no other thread's pipes may leak into this child, nor ours into its
+            if exiting.is_set():  # the exit hook began while this waited: it closes pipes under
+                _spawn_lock.release()  # this lock, and a child forked now starts in an exiting
+                try:  # interpreter; a daemon thread's map parks, as at the top
+                    park_if_exiting()
+                finally:
+                    _spawn_lock.acquire()
             # One pipe each way, widened so that neither side's write waits for the other to read.
             task_reader, task_writer = self._context.Pipe(duplex=False)
             reply_reader, reply_writer = self._context.Pipe(duplex=False)
