@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from parallelize import imap, pmap
 from parallelize._backends._warm import IdlePools, warm_workers
+from support import script_env
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -115,3 +119,53 @@ def test_closing_every_idle_pool_goes_on_past_one_that_fails() -> None:
     with pytest.raises(RuntimeError):
         idle.close_all()  # the failure still reaches the caller, once the rest are closed
     assert failing.closed and other.closed and idle.pools == []
+
+
+FORKSERVER_SCRIPT = """
+import os, sys
+import numbers  # something the script imports, that workers should inherit
+from parallelize import pmap
+
+print("ran", os.getpid(), file=sys.stderr, flush=True)
+line = sys.stdin.readline()  # at the top level: the fork server must not wait on the caller's stdin
+
+
+def where(_):
+    return os.getppid(), "numbers" in sys.modules, sys.argv[1:]
+
+
+if __name__ == "__main__":
+    first = pmap(where, range(4), workers=2, chunksize=1, start_method="forkserver")
+    other = pmap(where, range(4), workers=1, chunksize=1, start_method="forkserver")
+    print(len({ppid for ppid, _, _ in first + other}), all(seen for _, seen, _ in first + other),
+          {tuple(argv) for _, _, argv in first + other})
+"""
+
+
+def test_forkserver_workers_inherit_the_script_instead_of_running_it(script: Path) -> None:
+    """The fork server imports the caller's script once (with its imports, its argv and its
+    stdin at end of file); every worker forked from it, of every pool, starts with it in place
+    instead of running the script again (which multiprocessing's own preload of ``__main__``
+    fails to spare them before Python 3.13.8)."""
+    script.write_text(FORKSERVER_SCRIPT, encoding="utf-8")
+    with subprocess.Popen(
+        [sys.executable, str(script), "an-argument"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=script_env(),
+    ) as done:
+        assert done.stdin is not None
+        done.stdin.write("one line, and the pipe stays open\n")
+        done.stdin.flush()
+        try:
+            done.wait(timeout=100)
+        finally:
+            done.kill()
+            done.stdin.close()
+        out, err = done.stdout.read(), done.stderr.read()  # type: ignore[union-attr]
+    assert done.returncode == 0, err
+    ran = [line for line in err.splitlines() if line.startswith("ran")]
+    assert len(ran) == 2, err  # the caller and the fork server, no worker
+    assert out.strip().split(maxsplit=2) == ["1", "True", "{('an-argument',)}"]

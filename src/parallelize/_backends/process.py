@@ -16,6 +16,7 @@ import itertools
 import mmap
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.forkserver
 import multiprocessing.reduction
 import os
 import pickle
@@ -33,6 +34,7 @@ from .._threadlimits import thread_share
 from .._wire import sharedmem
 from .._wire.pickling import dumps, dumps_by_value, dumps_function, names_main, pickle_function
 from .._wire.protocol import Call, GiveBack, Task, from_wire, to_wire
+from .._worker import preload as preload_main
 from .._worker.chunk import SLOT_WIDTH, Status
 from .._worker.init import StartInit
 from .._worker.loop import map_status, process_main
@@ -116,7 +118,7 @@ class ProcessPool(WorkerSet[_Worker]):
             # The fork server imports the worker module once; each worker then starts warm. So
             # does logging, when the caller uses it: a forwarding worker hooks it (_worker.output).
             uses_logging = ["logging"] if "logging" in sys.modules else []
-            preload = [*uses_logging, "__main__", "parallelize._worker.loop"]
+            preload = [*uses_logging, "__main__", preload_main.__name__, "parallelize._worker.loop"]
             self._context.set_forkserver_preload(preload)
         block = self._status_array
         view = memoryview(getattr(block, "mapping", block)).cast("B").cast("q")
@@ -177,6 +179,8 @@ class ProcessPool(WorkerSet[_Worker]):
                 name=f"parallelize-worker-{slot}",
             )
             try:
+                if self.key.start_method == "forkserver":
+                    _start_fork_server()
                 with sharedmem.own_fork():
                     process.start()
             except BaseException:
@@ -383,6 +387,21 @@ class _StatusBlock:
         return (map_status, (multiprocessing.reduction.DupFd(self._fd), self._nbytes))
 
 
+def _start_fork_server() -> None:
+    """Start multiprocessing's fork server, if it is not running, with this process's main
+    module to preload (see :mod:`parallelize._worker.preload`). The variable is set only while
+    the server starts, under ``_spawn_lock``."""
+    global _fork_server_main_given
+    if _fork_server_main_given:
+        return  # started (or one the user started first, whose preload list is theirs)
+    _fork_server_main_given = True
+    os.environ[preload_main.MAIN_VARIABLE] = preload_main.main_preparation()
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        os.environ.pop(preload_main.MAIN_VARIABLE, None)
+
+
 def _needs_start(initargs: tuple[Any, ...]) -> bool:
     """Whether ``initargs`` hold what pickles only while a process starts (a lock, a queue)."""
     try:
@@ -565,6 +584,8 @@ _all_pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
 _parents_pools: list[ProcessPool] = []
 # Held from creating a worker's pipes until it has started (see ProcessPool.spawn).
 _spawn_lock = threading.Lock()
+# Whether the fork server has been started with the main module to preload (_start_fork_server).
+_fork_server_main_given = False
 
 
 # The process backend (one per interpreter, made by the backend registry).
