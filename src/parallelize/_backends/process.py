@@ -114,12 +114,6 @@ class ProcessPool(WorkerSet[_Worker]):
             self._status_array = _StatusBlock(size * 8)
         else:
             self._status_array = self._context.RawArray("q", size)
-        if key.start_method == "forkserver":
-            # The fork server imports the worker module once; each worker then starts warm. So
-            # does logging, when the caller uses it: a forwarding worker hooks it (_worker.output).
-            uses_logging = ["logging"] if "logging" in sys.modules else []
-            preload = [*uses_logging, "__main__", preload_main.__name__, "parallelize._worker.loop"]
-            self._context.set_forkserver_preload(preload)
         block = self._status_array
         view = memoryview(getattr(block, "mapping", block)).cast("B").cast("q")
         self._views = [view[i * SLOT_WIDTH : (i + 1) * SLOT_WIDTH] for i in range(slots)]
@@ -180,7 +174,7 @@ class ProcessPool(WorkerSet[_Worker]):
             )
             try:
                 if self.key.start_method == "forkserver":
-                    _start_fork_server()
+                    _start_fork_server(self._context)
                 with sharedmem.own_fork():
                     process.start()
             except BaseException:
@@ -387,14 +381,19 @@ class _StatusBlock:
         return (map_status, (multiprocessing.reduction.DupFd(self._fd), self._nbytes))
 
 
-def _start_fork_server() -> None:
-    """Start multiprocessing's fork server, if it is not running, with this process's main
-    module to preload (see :mod:`parallelize._worker.preload`). The variable is set only while
-    the server starts, under ``_spawn_lock``."""
-    global _fork_server_main_given
-    if _fork_server_main_given:
+def _start_fork_server(context: Any) -> None:
+    """Start multiprocessing's fork server, once, with what each worker would otherwise import
+    itself as it starts: this process's main module (see :mod:`parallelize._worker.preload`),
+    the worker module, and logging and cloudpickle once this process has them (a forwarding
+    worker hooks logging; a function that travels by value needs cloudpickle, and the first map
+    has pickled its function by the time it starts a worker). The main module's variable is set
+    only while the server starts, under ``_spawn_lock``."""
+    global _fork_server_started
+    if _fork_server_started:
         return  # started (or one the user started first, whose preload list is theirs)
-    _fork_server_main_given = True
+    _fork_server_started = True
+    used = [name for name in ("logging", "cloudpickle") if name in sys.modules]
+    context.set_forkserver_preload([*used, "__main__", preload_main.__name__, _WORKER_MODULE])
     os.environ[preload_main.MAIN_VARIABLE] = preload_main.main_preparation()
     try:
         multiprocessing.forkserver.ensure_running()
@@ -584,8 +583,9 @@ _all_pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
 _parents_pools: list[ProcessPool] = []
 # Held from creating a worker's pipes until it has started (see ProcessPool.spawn).
 _spawn_lock = threading.Lock()
-# Whether the fork server has been started with the main module to preload (_start_fork_server).
-_fork_server_main_given = False
+# Whether this process has started the fork server, with what to preload (_start_fork_server).
+_fork_server_started = False
+_WORKER_MODULE: Final = process_main.__module__
 
 
 # The process backend (one per interpreter, made by the backend registry).
