@@ -174,7 +174,7 @@ class ProcessPool(WorkerSet[_Worker]):
             )
             try:
                 if self.key.start_method == "forkserver":
-                    _start_fork_server(self._context)
+                    _start_fork_server(self._context, thread_share(self.key.workers))
                 with sharedmem.own_fork():
                     process.start()
             except BaseException:
@@ -381,20 +381,22 @@ class _StatusBlock:
         return (map_status, (multiprocessing.reduction.DupFd(self._fd), self._nbytes))
 
 
-def _start_fork_server(context: Any) -> None:
+def _start_fork_server(context: Any, threads: int) -> None:
     """Start multiprocessing's fork server, once, with what each worker would otherwise import
     itself as it starts: this process's main module (see :mod:`parallelize._worker.preload`),
     the worker module, and logging and cloudpickle once this process has them (a forwarding
     worker hooks logging; a function that travels by value needs cloudpickle, and the first map
-    has pickled its function by the time it starts a worker). The main module's variable is set
-    only while the server starts, under ``_spawn_lock``."""
+    has pickled its function by the time it starts a worker). What the main module loads there
+    (NumPy's BLAS) starts with ``threads``, the share of each worker of the pool that starts the
+    server. The main module's variable is set only while the server starts, under
+    ``_spawn_lock``."""
     global _fork_server_started
     if _fork_server_started:
         return  # started (or one the user started first, whose preload list is theirs)
     _fork_server_started = True
     used = [name for name in ("logging", "cloudpickle") if name in sys.modules]
     context.set_forkserver_preload([*used, "__main__", preload_main.__name__, _WORKER_MODULE])
-    os.environ[preload_main.MAIN_VARIABLE] = preload_main.main_preparation()
+    os.environ[preload_main.MAIN_VARIABLE] = preload_main.main_preparation(threads)
     try:
         multiprocessing.forkserver.ensure_running()
     finally:

@@ -18,17 +18,21 @@ import sys
 from multiprocessing import process, spawn, util
 from typing import Any, Final
 
+from .._threadlimits import loading_with
+
 MAIN_VARIABLE: Final = "PARALLELIZE_FORKSERVER_MAIN"
 
 # What of multiprocessing's preparation data the main module's import depends on.
 _MAIN_KEYS: Final = ("sys_path", "sys_argv", "init_main_from_path", "init_main_from_name")
 
 
-def main_preparation() -> str:
+def main_preparation(threads: int) -> str:
     """What the fork server needs to import this process's main module, as text for
-    :data:`MAIN_VARIABLE` (ASCII: JSON escapes whatever else a path holds)."""
+    :data:`MAIN_VARIABLE` (ASCII: JSON escapes whatever else a path holds), with the native
+    threads of each worker of the pool that starts it (NumPy, if the script imports it, is
+    loaded there)."""
     data = spawn.get_preparation_data("fork-server")
-    return json.dumps({key: data[key] for key in _MAIN_KEYS if key in data})
+    return json.dumps({"threads": threads, **{key: data[key] for key in _MAIN_KEYS if key in data}})
 
 
 def _in_fork_server() -> bool:
@@ -51,12 +55,14 @@ def _load_main() -> None:
     # level must meet its end here too, as in a worker, not wait on the caller's terminal.
     util._close_stdin()  # type: ignore[attr-defined]
     preparation: dict[str, Any] = json.loads(text)
+    threads: int = preparation.pop("threads")
     me = process.current_process()
     # As in a starting worker: a script that starts a pool at import, outside its
     # `if __name__ == "__main__":`, gets multiprocessing's clear error instead of recursing.
     setattr(me, "_inheriting", True)  # noqa: B010  # private to multiprocessing, untyped
     try:
-        spawn.prepare(preparation)
+        with loading_with(threads):  # as a worker's own import would have sized them
+            spawn.prepare(preparation)
     except (Exception, SystemExit):
         pass  # then each worker prepares itself, as before, and reports what failed
     finally:
