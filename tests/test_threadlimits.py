@@ -12,13 +12,11 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from parallelize._cpu import usable_cpus
 from parallelize._threadlimits import THREAD_VARIABLES, limit_native_threads, thread_share
-from support import script_env
 
 VARIABLES = [name for names in THREAD_VARIABLES.values() for name in names]
 METHODS = ["fork", "spawn", "forkserver"]
@@ -118,44 +116,3 @@ def test_numpy_loaded_before_fork_is_resized() -> None:
     share = max(1, usable_cpus() // 2)
     for counts in _in_workers("fork", 2, {}, numpy=True):
         assert all(count <= share for count in counts), counts
-
-
-_SCRIPT_WITH_NUMPY = """
-import json, os, sys
-import numpy  # at the top of a script: the fork server loads it, for every worker
-from parallelize import pmap
-
-
-def blas(_):
-    resized = "threadpoolctl" in sys.modules  # a worker that had to resize imported it
-    from threadpoolctl import threadpool_info  # (and so does this, for the next item)
-    counts = {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
-    return os.getpid(), resized, sorted(counts), [os.environ.get(name) for name in sys.argv[1:]]
-
-
-if __name__ == "__main__":
-    print(json.dumps(pmap(blas, range(2), workers=2, chunksize=1, start_method="forkserver")))
-"""
-
-
-def test_numpy_the_fork_server_loads_starts_at_the_workers_share(tmp_path: Path) -> None:
-    """A script that imports NumPy has it loaded once, in the fork server, sized for the
-    workers' share (a worker need not resize it, and without threadpoolctl could not); the
-    variables it was sized with are the workers' own, not the user's choice."""
-    pytest.importorskip("numpy")
-    pytest.importorskip("threadpoolctl")
-    script = tmp_path / "script.py"
-    script.write_text(_SCRIPT_WITH_NUMPY, encoding="utf-8")
-    base = {k: v for k, v in script_env().items() if k not in VARIABLES}
-    done = subprocess.run(
-        [sys.executable, str(script), *VARIABLES],
-        env=base, capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    share = max(1, usable_cpus() // 2)
-    first_items: set[int] = set()
-    for pid, resized, counts, seen in json.loads(done.stdout.strip().splitlines()[-1]):
-        if pid not in first_items:  # a worker's first item: it had imported nothing
-            assert not resized
-            first_items.add(pid)
-        assert counts and all(count <= share for count in counts), counts
-        assert seen == [str(share)] * len(VARIABLES)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
 from typing import Final
 
 from ._cpu import usable_cpus
@@ -37,31 +36,6 @@ def thread_share(workers: int, cpus: int | None = None) -> int:
     """
     total = usable_cpus() if cpus is None else cpus
     return max(1, total // max(1, workers))
-
-
-# The thread count that the native runtimes loaded in this process started with, when a fork
-# server loaded them under loading_with() (None: not known). A worker forked from that server
-# inherits it, and with it runtimes that need no resizing when its share is the same.
-_loaded_for: int | None = None
-
-
-@contextlib.contextmanager
-def loading_with(n: int) -> Iterator[None]:
-    """Native runtimes loaded in the body start with ``n`` threads (those whose variables the
-    user did not set): a fork server importing the caller's script, and NumPy with it, sizes
-    them for its workers' share. The variables are removed after, so that a worker forked later
-    sets its own, and the count is remembered for :func:`limit_native_threads`."""
-    global _loaded_for
-    every = [name for names in THREAD_VARIABLES.values() for name in names]
-    added = [name for name in every if name not in os.environ]
-    for name in added:
-        os.environ[name] = str(n)
-    try:
-        yield
-    finally:
-        for name in added:
-            os.environ.pop(name, None)
-        _loaded_for = n
 
 
 def limit_native_threads(n: int) -> None:
@@ -92,8 +66,8 @@ def limit_native_threads(n: int) -> None:
             user_set.append(api)
         for name in names:
             os.environ.setdefault(name, value)
-    if "numpy" not in sys.modules or _loaded_for == n:
-        return  # nothing loaded yet, or loaded with n threads: the variables are enough
+    if "numpy" not in sys.modules:
+        return  # nothing loaded yet: the variables are enough
     try:
         from threadpoolctl import threadpool_limits  # optional, and only once numpy is loaded
     except ImportError:

@@ -16,7 +16,6 @@ import itertools
 import mmap
 import multiprocessing
 import multiprocessing.connection
-import multiprocessing.forkserver
 import multiprocessing.reduction
 import os
 import pickle
@@ -34,7 +33,6 @@ from .._threadlimits import thread_share
 from .._wire import sharedmem
 from .._wire.pickling import dumps, dumps_by_value, dumps_function, names_main, pickle_function
 from .._wire.protocol import Call, GiveBack, Task, from_wire, to_wire
-from .._worker import preload as preload_main
 from .._worker.chunk import SLOT_WIDTH, Status
 from .._worker.init import StartInit
 from .._worker.loop import map_status, process_main
@@ -174,7 +172,7 @@ class ProcessPool(WorkerSet[_Worker]):
             )
             try:
                 if self.key.start_method == "forkserver":
-                    _start_fork_server(self._context, thread_share(self.key.workers))
+                    _choose_fork_server_preload(self._context)
                 with sharedmem.own_fork():
                     process.start()
             except BaseException:
@@ -381,26 +379,20 @@ class _StatusBlock:
         return (map_status, (multiprocessing.reduction.DupFd(self._fd), self._nbytes))
 
 
-def _start_fork_server(context: Any, threads: int) -> None:
-    """Start multiprocessing's fork server, once, with what each worker would otherwise import
-    itself as it starts: this process's main module (see :mod:`parallelize._worker.preload`),
-    the worker module, and logging and cloudpickle once this process has them (a forwarding
-    worker hooks logging; a function that travels by value needs cloudpickle, and the first map
-    has pickled its function by the time it starts a worker). What the main module loads there
-    (NumPy's BLAS) starts with ``threads``, the share of each worker of the pool that starts the
-    server. The main module's variable is set only while the server starts, under
-    ``_spawn_lock``."""
-    global _fork_server_started
-    if _fork_server_started:
-        return  # started (or one the user started first, whose preload list is theirs)
-    _fork_server_started = True
+def _choose_fork_server_preload(context: Any) -> None:
+    """What the fork server imports once, for every worker it forks, when it starts (at the
+    first forkserver worker): the worker module, and logging and cloudpickle once this process
+    has them (a forwarding worker hooks logging; a function that travels by value needs
+    cloudpickle, and the first map has pickled its function by the time it starts a worker).
+
+    Not the caller's script (multiprocessing's default ``"__main__"``, which imports it from
+    Python 3.13.8 on): what a script or its modules set up at import would be made once in the
+    server and copied into every worker, a thread pool without its threads (workers hang on
+    it), a random generator with its state (workers draw the same numbers), a thread that keeps
+    the server alive after the caller exits. Each worker imports the script itself, as under
+    spawn."""
     used = [name for name in ("logging", "cloudpickle") if name in sys.modules]
-    context.set_forkserver_preload([*used, "__main__", preload_main.__name__, _WORKER_MODULE])
-    os.environ[preload_main.MAIN_VARIABLE] = preload_main.main_preparation(threads)
-    try:
-        multiprocessing.forkserver.ensure_running()
-    finally:
-        os.environ.pop(preload_main.MAIN_VARIABLE, None)
+    context.set_forkserver_preload([*used, _WORKER_MODULE])
 
 
 def _needs_start(initargs: tuple[Any, ...]) -> bool:
@@ -585,8 +577,7 @@ _all_pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
 _parents_pools: list[ProcessPool] = []
 # Held from creating a worker's pipes until it has started (see ProcessPool.spawn).
 _spawn_lock = threading.Lock()
-# Whether this process has started the fork server, with what to preload (_start_fork_server).
-_fork_server_started = False
+# Imported by the fork server before it forks any worker (_choose_fork_server_preload).
 _WORKER_MODULE: Final = process_main.__module__
 
 
