@@ -120,6 +120,12 @@ def test_bench_small_json() -> None:
     assert set(report["counter"]) == {
         "increment_ns", "mp_value_increment_ns", "read_ns", "mp_value_read_ns",
     }  # fmt: skip
+    assert set(report["cold"]) == {"cold_first_map_ms", "pool_cold_first_map_ms"}
+    assert all(value > 0 for value in report["cold"].values())
+    assert set(report["contention"]) == {"2", "4"}  # processes at once, each count checked
+    for figures in report["contention"].values():
+        assert set(figures) == {"shared_counter", "mp_value"}
+        assert all(value > 0 for value in figures.values())
 
 
 @pytest.mark.timeout(CLI_TIMEOUT + 30)
@@ -133,6 +139,7 @@ def test_bench_small_table() -> None:
     assert "vs Pool" in result.stdout and "cpu-bound (primes)" in result.stdout
     assert f"Python {platform.python_version()}" in result.stdout
     assert "warm 2-item call" in result.stdout and "shared_counter increment" in result.stdout
+    assert "cold first 2-item map" in result.stdout and "increment, 4 at once" in result.stdout
 
 
 @pytest.mark.timeout(CLI_TIMEOUT + 30)

@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import textwrap
 import time
@@ -54,6 +55,11 @@ BENCH_REPEAT: Final = 3
 # Calls per latency figure (medians), and operations per counter timing.
 BENCH_CALLS: Final = 40
 BENCH_COUNTER_OPS: Final = 100_000
+# Processes incrementing one counter at once, and the increments each makes.
+BENCH_CONTENDING: Final = (2, 4)
+BENCH_CONTENDED_OPS: Final = 50_000
+# Fresh interpreters per tool for the cold first map.
+BENCH_COLD_RUNS: Final = 3
 # A CPU-bound item running alone on a core gets ~97-100% of it (its wall time is its CPU time).
 # Below 80%, the demo's processes waited for a CPU a fifth of the time or more: other programs
 # were competing for the cores, and the speed-up measures them as much as it measures parallelize.
@@ -103,6 +109,26 @@ def timed_count_primes(block: int, size: int = DEMO_SIZE) -> tuple[int, float, f
 def square(x: int) -> int:
     """The tiny workload: so little work that only the overhead of a map is measured."""
     return x * x
+
+
+def contend(kind: str, target: Any, ops: int, ready: Any, spans: Any) -> None:
+    """In one of several processes: ``ops`` increments of ``target`` (a ``shared_counter``, or a
+    ``multiprocessing.Value`` under its lock) once all are ready; puts the nanoseconds taken."""
+    if kind == "shared_counter":
+        step = target.increment
+    else:
+        lock = target.get_lock()
+
+        def step() -> None:
+            with lock:
+                target.value += 1
+
+    step()  # the first use maps the counter
+    ready.wait()
+    began = time.perf_counter_ns()
+    for _ in range(ops):
+        step()
+    spans.put(time.perf_counter_ns() - began)
 
 
 def _workloads() -> ModuleType:
@@ -318,6 +344,61 @@ def _counter() -> dict[str, float]:
     }
 
 
+def _contention(work: ModuleType, context: Any, workers: int) -> dict[str, float]:
+    """Nanoseconds of wall time per increment with ``workers`` processes incrementing one
+    counter at once, ours and a locked ``multiprocessing.Value``'s; each count is checked."""
+    result = {}
+    for kind, target in (
+        ("shared_counter", shared_counter(0)),
+        ("mp_value", context.Value("q", 0)),
+    ):
+        ready, spans = context.Barrier(workers), context.Queue()
+        job = (kind, target, BENCH_CONTENDED_OPS, ready, spans)
+        processes = [context.Process(target=work.contend, args=job) for _ in range(workers)]
+        for process in processes:
+            process.start()
+        taken = [spans.get(timeout=300) for _ in processes]
+        for process in processes:
+            process.join()
+        if target.value != workers * (BENCH_CONTENDED_OPS + 1):
+            raise RuntimeError(f"{kind} lost increments: {target.value}")
+        result[kind] = max(taken) / (BENCH_CONTENDED_OPS * workers)
+    return result
+
+
+# A fresh interpreter's first map, its imports done: parallelize's or the stdlib pool's.
+_COLD = """
+import multiprocessing, sys, time
+from parallelize import pmap
+from parallelize.__main__ import square
+tool, workers, method = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+began = time.perf_counter()
+if tool == "parallelize":
+    pmap(square, [1, 2], workers=workers, start_method=method)
+else:
+    with multiprocessing.get_context(method).Pool(workers) as pool:
+        pool.map(square, [1, 2])
+print((time.perf_counter() - began) * 1e3)
+"""
+
+
+def _cold(workers: int, method: str) -> dict[str, float]:
+    """Median milliseconds of a fresh interpreter's first 2-item map, pool start included,
+    ours and the stdlib pool's, run in turn."""
+    times: dict[str, list[float]] = {"parallelize": [], "pool": []}
+    for _ in range(BENCH_COLD_RUNS):
+        for tool, samples in times.items():
+            done = subprocess.run(
+                [sys.executable, "-c", _COLD, tool, str(workers), method],
+                capture_output=True, text=True, timeout=120, check=True,
+            )  # fmt: skip
+            samples.append(float(done.stdout.split()[-1]))
+    return {
+        "cold_first_map_ms": statistics.median(times["parallelize"]),
+        "pool_cold_first_map_ms": statistics.median(times["pool"]),
+    }
+
+
 def bench(args: argparse.Namespace) -> int:
     """Time a loop, parallelize and the stdlib pool on two workloads; print the ratios."""
     work = _workloads()
@@ -364,14 +445,17 @@ def bench(args: argparse.Namespace) -> int:
                 }
             )
         latency = _latency(work, pool, args.workers, cast(StartMethod, start_method))
+    cold = _cold(args.workers, start_method)
     try:
         counter = _counter()
+        contention = {str(count): _contention(work, context, count) for count in BENCH_CONTENDING}
     except OSError:  # no /dev/shm (macOS): no counter rows
-        counter = {}
+        counter, contention = {}, {}
     if args.json:
         report = {
             "workers": args.workers, "start_method": start_method, "machine": machine,
-            "rows": rows, "latency": latency, "counter": counter,
+            "rows": rows, "latency": latency, "cold": cold, "counter": counter,
+            "contention": contention,
         }  # fmt: skip
         print(json.dumps(report))
         return EXIT_OK
@@ -399,6 +483,11 @@ def bench(args: argparse.Namespace) -> int:
         ("inside_imap_ms", "a pmap inside an imap"),
     ):
         print(f"{label:<23} {latency[key]:8.3f} ms   {latency[key] / warm:.2f}x the warm call")
+    print(
+        f"cold first 2-item map   {cold['cold_first_map_ms']:8.1f} ms   Pool "
+        f"{cold['pool_cold_first_map_ms']:.1f} ms (a fresh interpreter each, median of "
+        f"{BENCH_COLD_RUNS})"
+    )
     if not counter:
         return EXIT_OK
     print()
@@ -410,6 +499,13 @@ def bench(args: argparse.Namespace) -> int:
         f"shared_counter .value    {counter['read_ns']:7.0f} ns   multiprocessing.Value "
         f"{counter['mp_value_read_ns']:.0f} ns"
     )
+    for count, ns in contention.items():
+        print(
+            f"increment, {count} at once    {ns['shared_counter']:7.0f} ns   "
+            f"multiprocessing.Value {ns['mp_value']:.0f} ns (processes contending)"
+        )
+    print()
+    print("The peers' three workloads (NumPy): benchmarks/bench_peers.py in the repository.")
     return EXIT_OK
 
 
