@@ -734,6 +734,34 @@ def test_workers_exit_when_the_parent_is_killed(start_method: str, tmp_path: Pat
     assert pids and not wait_gone(pids)
 
 
+@pytest.mark.parametrize("parent", ["killed", "exits"])
+def test_workers_whose_code_left_a_thread_running_exit_with_the_parent(
+    start_method: str, parent: str, tmp_path: Path
+) -> None:
+    """A worker whose initializer (or an imported module) started a non-daemon thread still
+    ends when its work does: waiting for that thread, it outlived a killed parent for good (and
+    kept the fork server alive), and held up a parent's normal exit until it was killed."""
+    body = f"""
+    import threading
+
+    def start_thread():
+        threading.Thread(target=threading.Event().wait, daemon=False).start()
+
+    if __name__ == "__main__":
+        pids = set(pmap(lambda _: os.getpid(), range(8), workers=2, chunksize=1,
+                        initializer=start_thread, start_method={start_method!r}))
+        print(" ".join(map(str, pids)), flush=True)
+        if {parent!r} == "killed":
+            os.kill(os.getpid(), signal.SIGKILL)
+    """
+    done = run_script(tmp_path / "thread_left.py", body)
+    assert done.returncode == (-signal.SIGKILL if parent == "killed" else 0), done.stderr
+    pids = [int(p) for p in done.stdout.split()]
+    assert pids and not wait_gone(pids)
+    if parent == "exits":  # ended on their own, with nothing to report
+        assert done.stderr == ""
+
+
 # -- stress --
 
 

@@ -222,7 +222,7 @@ def process_main(
             )
     finally:
         sharedmem.release_replies()
-    _flush()
+    _end_process()
 
 
 def interpreter_main(
@@ -411,6 +411,15 @@ def _read(conn: Any, inbox: queue.SimpleQueue[bytes | None]) -> None:
     # The parent closed the pipe or died. An idle main loop has exited by now; a busy one gets a
     # grace period, then the process ends so that it is not left orphaned.
     time.sleep(ORPHAN_GRACE)
+    _end_process()
+
+
+def _end_process() -> None:
+    """End this worker process now, its work done: flush its output and release what
+    multiprocessing holds for it, but do not wait for threads the user's code left running (a
+    module or an initializer that started a non-daemon thread): waiting, the worker would never
+    exit, delay the caller's exit until it is killed, and outlive a caller that died (keeping
+    the fork server alive too)."""
     _flush()
     import multiprocessing.util  # imported by every process multiprocessing starts
 
