@@ -762,6 +762,37 @@ def test_workers_whose_code_left_a_thread_running_exit_with_the_parent(
         assert done.stderr == ""
 
 
+def test_exit_handlers_run_in_a_worker_that_owns_them(start_method: str, tmp_path: Path) -> None:
+    """A spawned worker (a fresh interpreter) runs the ``atexit`` handlers its own code
+    registered as it ends; a forked one never runs the handlers its parent had registered."""
+    body = f"""
+    import atexit
+
+    def note_exit():
+        open(os.path.join(sys.argv[1], f"exit-{{os.getpid()}}"), "w").close()
+
+    def register():
+        atexit.register(note_exit)
+
+    if __name__ == "__main__":
+        atexit.register(print, "caller-exit")
+        pids = set(pmap(lambda _: os.getpid(), range(8), workers=2, chunksize=1,
+                        initializer=register, start_method={start_method!r}))
+        print(" ".join(map(str, pids)), flush=True)
+    """
+    done = run_script(tmp_path / "handlers.py", body, str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "caller-exit" and done.stdout.count("caller-exit") == 1
+    pids = {int(p) for p in lines[0].split()}
+    assert not wait_gone(list(pids))
+    noted = {int(path.name.removeprefix("exit-")) for path in tmp_path.glob("exit-*")}
+    if start_method == "spawn":
+        assert pids <= noted  # (a worker that got no item ran its handlers too)
+    else:
+        assert not noted
+
+
 # -- stress --
 
 

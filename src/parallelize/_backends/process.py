@@ -167,6 +167,7 @@ class ProcessPool(WorkerSet[_Worker]):
                     thread_share(self.key.workers),
                     (self._reply_prefix, sharedmem.KEEP_BYTES // self.key.workers),
                     sharedmem.IDLE_SECONDS,
+                    self.key.start_method == "spawn",  # a fresh interpreter: its own atexit
                 ),
                 name=f"parallelize-worker-{slot}",
             )

@@ -197,8 +197,11 @@ def process_main(
     native_threads: int,
     replies: tuple[str, int],
     idle_seconds: float,
+    own_exit_handlers: bool,
 ) -> None:
-    """Entry point of a worker process: work comes in on ``inbound``, replies go out on ``conn``."""
+    """Entry point of a worker process: work comes in on ``inbound``, replies go out on ``conn``.
+    ``own_exit_handlers``: it is a fresh interpreter (spawn), whose ``atexit`` handlers are all
+    its own and run as it ends (a forked one's came from its parent, and never run)."""
     enter_worker()
     sharedmem.configure_replies(*replies)
     limit_native_threads(native_threads)
@@ -222,7 +225,7 @@ def process_main(
             )
     finally:
         sharedmem.release_replies()
-    _end_process()
+    _end_process(exit_handlers=own_exit_handlers)
 
 
 def interpreter_main(
@@ -414,12 +417,16 @@ def _read(conn: Any, inbox: queue.SimpleQueue[bytes | None]) -> None:
     _end_process()
 
 
-def _end_process() -> None:
-    """End this worker process now, its work done: flush its output and release what
-    multiprocessing holds for it, but do not wait for threads the user's code left running (a
-    module or an initializer that started a non-daemon thread): waiting, the worker would never
-    exit, delay the caller's exit until it is killed, and outlive a caller that died (keeping
-    the fork server alive too)."""
+def _end_process(*, exit_handlers: bool = False) -> None:
+    """End this worker process now, its work done: flush its output, release what
+    multiprocessing holds for it and, with ``exit_handlers``, run the ``atexit`` handlers, but
+    do not wait for threads the user's code left running (a module or an initializer that
+    started a non-daemon thread): waiting, the worker would never exit, delay the caller's exit
+    until it is killed, and outlive a caller that died (keeping the fork server alive too)."""
+    if exit_handlers:
+        import atexit
+
+        atexit._run_exitfuncs()
     _flush()
     import multiprocessing.util  # imported by every process multiprocessing starts
 
