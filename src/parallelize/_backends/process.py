@@ -136,54 +136,62 @@ class ProcessPool(WorkerSet[_Worker]):
         slot = self._free_slots.pop()
         status = Status(self._views[slot])
         status.reset()
-        with _spawn_lock:  # no other thread's pipes may leak into this child, nor ours into its
-            if exiting.is_set():  # the exit hook began while this waited: it closes pipes under
-                _spawn_lock.release()  # this lock, and a child forked now starts in an exiting
-                try:  # interpreter; a daemon thread's map parks, as at the top
-                    park_if_exiting()
+        try:
+            with _spawn_lock:  # no other thread's pipes may leak into this child, nor ours into its
+                if exiting.is_set():  # the exit hook began while this waited: it closes pipes under
+                    _spawn_lock.release()  # this lock, and a child forked now starts in an exiting
+                    try:  # interpreter; a daemon thread's map parks, as at the top
+                        park_if_exiting()
+                    finally:
+                        _spawn_lock.acquire()
+                # One pipe each way, widened: neither side's write waits for the other to read.
+                task_reader, task_writer = self._context.Pipe(duplex=False)
+                reply_reader, reply_writer = self._context.Pipe(duplex=False)
+                if self.key.workers <= WIDENED_UP_TO:
+                    _widen(task_writer)
+                    _widen(reply_writer)
+                inherited: list[int] = []
+                if self.key.start_method == "fork":
+                    # A forked child inherits the parent's ends of every pipe, of every pool: it
+                    # must close them, or a worker never sees end-of-file when the parent dies.
+                    inherited = [*_parent_ends(), reply_reader.fileno(), task_writer.fileno()]
+                process = self._context.Process(
+                    target=process_main,
+                    args=(
+                        task_reader,
+                        reply_writer,
+                        self._status_array,
+                        slot,
+                        self.key.init_blob,
+                        self.key.max_items,
+                        inherited,
+                        thread_share(self.key.workers),
+                        (self._reply_prefix, sharedmem.KEEP_BYTES // self.key.workers),
+                        sharedmem.IDLE_SECONDS,
+                        self.key.start_method == "spawn",  # a fresh interpreter: its own atexit
+                    ),
+                    name=f"parallelize-worker-{slot}",
+                )
+                try:
+                    if self.key.start_method == "forkserver":
+                        _choose_fork_server_preload(self._context)
+                    with sharedmem.own_fork():
+                        process.start()
+                except BaseException:
+                    self._free_slots.append(slot)
+                    reply_reader.close()
+                    task_writer.close()
+                    raise
                 finally:
-                    _spawn_lock.acquire()
-            # One pipe each way, widened so that neither side's write waits for the other to read.
-            task_reader, task_writer = self._context.Pipe(duplex=False)
-            reply_reader, reply_writer = self._context.Pipe(duplex=False)
-            if self.key.workers <= WIDENED_UP_TO:
-                _widen(task_writer)
-                _widen(reply_writer)
-            inherited: list[int] = []
-            if self.key.start_method == "fork":
-                # A forked child inherits the parent's ends of every pipe, of every pool: it must
-                # close them, or a worker never sees end-of-file when the parent dies.
-                inherited = [*_parent_ends(), reply_reader.fileno(), task_writer.fileno()]
-            process = self._context.Process(
-                target=process_main,
-                args=(
-                    task_reader,
-                    reply_writer,
-                    self._status_array,
-                    slot,
-                    self.key.init_blob,
-                    self.key.max_items,
-                    inherited,
-                    thread_share(self.key.workers),
-                    (self._reply_prefix, sharedmem.KEEP_BYTES // self.key.workers),
-                    sharedmem.IDLE_SECONDS,
-                    self.key.start_method == "spawn",  # a fresh interpreter: its own atexit
-                ),
-                name=f"parallelize-worker-{slot}",
-            )
-            try:
-                if self.key.start_method == "forkserver":
-                    _choose_fork_server_preload(self._context)
-                with sharedmem.own_fork():
-                    process.start()
-            except BaseException:
-                self._free_slots.append(slot)
-                reply_reader.close()
-                task_writer.close()
-                raise
-            finally:
-                task_reader.close()
-                reply_writer.close()
+                    task_reader.close()
+                    reply_writer.close()
+        except RuntimeError as exc:
+            # Python 3.12+ refuses to fork once the interpreter shuts down, which begins before
+            # the exit hook runs: a daemon thread's map parks, as above.
+            if "interpreter shutdown" in str(exc):
+                exiting.set()
+            park_if_exiting()
+            raise
         worker = _Worker(process, reply_reader, task_writer, slot, status, self.key.max_items)
         self.workers.append(worker)
         return worker

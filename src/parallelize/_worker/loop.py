@@ -214,7 +214,11 @@ def process_main(
     status = Status(view[slot * SLOT_WIDTH : (slot + 1) * SLOT_WIDTH])
 
     def start_reader(inbox: queue.SimpleQueue[bytes | None]) -> None:
-        threading.Thread(target=_read, args=(inbound, inbox), daemon=True, name="reader").start()
+        reader = threading.Thread(target=_read, args=(inbound, inbox), daemon=True, name="reader")
+        try:
+            reader.start()
+        except RuntimeError:  # forked by a daemon thread as the caller's interpreter began to
+            _end_process()  # shut down (Python 3.12+): no thread can start here, nor work
 
     # The caller closed the pipe (it is shutting down, or gone) while this worker was busy:
     # nobody wants the reply, and a traceback about it would only alarm the user.
